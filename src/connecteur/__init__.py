@@ -1,0 +1,44 @@
+"""connecteur: message-oriented TCP and Unix-socket communication, done properly.
+
+The Python Socket Programming HOWTO's designs, finished: framings that never
+lose or merge messages, a blocking client, and servers on several engines with
+one handler API, timeouts and graceful stops.
+"""
+
+from __future__ import annotations
+
+from . import framing as framing
+from .connection import Connection as Connection
+from .connection import connect as connect
+from .errors import AddressError as AddressError
+from .errors import AuthenticationError as AuthenticationError
+from .errors import CodecError as CodecError
+from .errors import ConnecteurError as ConnecteurError
+from .errors import ConnectionClosed as ConnectionClosed
+from .errors import FramingError as FramingError
+from .errors import MessageTooLarge as MessageTooLarge
+from .errors import Timeout as Timeout
+from .errors import TruncatedMessage as TruncatedMessage
+from .server import Peer as Peer
+from .server import Server as Server
+from .server import Stats as Stats
+
+__all__ = [
+    "AddressError",
+    "AuthenticationError",
+    "CodecError",
+    "ConnecteurError",
+    "Connection",
+    "ConnectionClosed",
+    "FramingError",
+    "MessageTooLarge",
+    "Peer",
+    "Server",
+    "Stats",
+    "Timeout",
+    "TruncatedMessage",
+    "connect",
+    "framing",
+]
+
+__version__ = "0.1.0"

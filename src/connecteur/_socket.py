@@ -1,0 +1,137 @@
+"""Socket creation and options, in one place for the client and every engine.
+
+Internal: the public API takes addresses, never these helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Iterator
+
+from .address import Address, TcpAddress, UnixAddress
+from .errors import Timeout
+
+__all__ = [
+    "configure_stream",
+    "listen",
+    "open_connection",
+    "timeouts_as",
+    "unlink_unix_socket",
+]
+
+
+def configure_stream(sock: socket.socket) -> None:
+    """Set the options every message stream wants.
+
+    TCP_NODELAY: messages are written whole, so Nagle's delay only adds
+    latency to request/response exchanges. SO_KEEPALIVE: let the kernel notice
+    a peer that vanished without a FIN (the HOWTO's "when sockets die").
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+@contextlib.contextmanager
+def timeouts_as(what: str, seconds: float | None) -> Iterator[None]:
+    """Turn the socket module's `TimeoutError` into `Timeout` naming `what`."""
+    try:
+        yield
+    except TimeoutError as exc:
+        if isinstance(exc, Timeout):
+            raise
+        raise Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0) from exc
+
+
+def open_connection(address: Address, timeout: float | None) -> socket.socket:
+    """Connect a blocking stream socket to `address` within `timeout` seconds.
+
+    Raises:
+        Timeout: the connection was not established in time.
+        OSError: the connection failed (refused, unreachable, no such file).
+    """
+    with timeouts_as(f"connecting to {address}", timeout):
+        if isinstance(address, UnixAddress):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address.path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            # An empty host means "this machine" for a client.
+            sock = socket.create_connection((address.host or "localhost", address.port), timeout)
+    configure_stream(sock)
+    return sock
+
+
+def listen(address: Address, *, backlog: int, reuse_port: bool = False) -> socket.socket:
+    """Return a listening socket bound to `address`.
+
+    An empty host listens on every interface, IPv6 and IPv4 together where
+    the platform allows it. A stale Unix socket file (left by a server that
+    crashed) is replaced; a live one, or any other file, is not.
+    """
+    if isinstance(address, UnixAddress):
+        return _listen_unix(address.path, backlog)
+    if address.host == "" and socket.has_dualstack_ipv6():
+        return socket.create_server(
+            ("", address.port), family=socket.AF_INET6, backlog=backlog, reuse_port=reuse_port, dualstack_ipv6=True
+        )
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    if address.host and family == socket.AF_INET:
+        family = _resolve_family(address)
+    return socket.create_server((address.host, address.port), family=family, backlog=backlog, reuse_port=reuse_port)
+
+
+def _resolve_family(address: TcpAddress) -> socket.AddressFamily:
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return infos[0][0]
+
+
+def _listen_unix(path: str, backlog: int) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not _is_stale_unix_socket(path):
+                raise
+            os.unlink(path)
+            sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_stale_unix_socket(path: str) -> bool:
+    """True when `path` is a socket file nobody listens on any more."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def unlink_unix_socket(sock_name: object) -> None:
+    """Remove the file of a Unix listening socket this process created."""
+    if isinstance(sock_name, str) and sock_name and not sock_name.startswith("\0"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_name)

@@ -1,0 +1,42 @@
+"""The ``connecteur`` command: ``main(argv) -> int``, one module per subcommand."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import demo, send, serve
+from ._options import ArgumentParser
+
+__all__ = ["main"]
+
+_SUBCOMMANDS = (serve, send, demo)
+
+
+def build_parser() -> ArgumentParser:
+    """Return the parser of the whole command line."""
+    parser = ArgumentParser(prog="connecteur", description="Message-oriented TCP and Unix-socket tools.")
+    parser.add_argument("--version", action="version", version=f"connecteur {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _SUBCOMMANDS:
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    0: success; 1: the command failed (unreachable server, bad bytes from the
+    peer, ...); 2: bad usage. Errors are one line on stderr, never a traceback.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        status: int = args.run(args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        print("connecteur: interrupted", file=sys.stderr)
+        return 130
+    return status

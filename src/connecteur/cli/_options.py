@@ -1,0 +1,95 @@
+"""What the subcommands share: framing and address names, and error output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from ..address import Address, parse_address
+from ..errors import AddressError
+from ..framing import (
+    CloseDelimited,
+    DecimalPrefixed,
+    Delimited,
+    FixedLength,
+    Framing,
+    LengthPrefixed,
+    Netstring,
+)
+
+__all__ = [
+    "FRAMING_NAMES",
+    "ArgumentParser",
+    "address_argument",
+    "fail",
+    "framing_argument",
+    "framing_by_name",
+    "seconds_argument",
+]
+
+FRAMING_NAMES = "length, length:1|2|4|8, line, crlf, netstring, fixed:N, digits:N, close"
+_LENGTH_HEADERS = {"1": "!B", "2": "!H", "4": "!I", "8": "!Q"}
+
+
+def framing_by_name(name: str) -> Framing:
+    """Return the framing a command-line name stands for.
+
+    Raises:
+        ValueError: an unknown name or a bad size, in one line.
+    """
+    kind, _, arg = name.partition(":")
+    if kind == "length" and arg in ("", *_LENGTH_HEADERS):
+        return LengthPrefixed(_LENGTH_HEADERS[arg or "4"])
+    if kind in ("line", "crlf", "netstring", "close") and not arg:
+        simple: dict[str, Framing] = {
+            "line": Delimited(b"\n"),
+            "crlf": Delimited(b"\r\n"),
+            "netstring": Netstring(),
+            "close": CloseDelimited(),
+        }
+        return simple[kind]
+    if kind in ("fixed", "digits") and arg.isascii() and arg.isdigit():
+        return FixedLength(int(arg)) if kind == "fixed" else DecimalPrefixed(int(arg))
+    raise ValueError(f"unknown framing {name!r}; choose one of: {FRAMING_NAMES}")
+
+
+def framing_argument(name: str) -> Framing:
+    """An argparse ``type=`` for framing names."""
+    try:
+        return framing_by_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def address_argument(text: str) -> Address:
+    """An argparse ``type=`` for addresses."""
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds_argument(text: str) -> float:
+    """An argparse ``type=`` for a positive duration in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line: ``connecteur: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error in one line and exit with status 2."""
+        fail(f"{self.prog.split()[-1]}: {message}" if " " in self.prog else message, status=2)
+
+
+def fail(message: str, *, status: int = 1) -> NoReturn:
+    """Print ``connecteur: message`` on stderr and exit with `status`."""
+    print(f"connecteur: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)

@@ -1,0 +1,89 @@
+"""``connecteur send ADDRESS [MESSAGE ...]``: send messages, print the replies.
+
+Messages come from the arguments, or one per line of standard input. They are
+sent as they come while a reader thread prints each reply on its own line;
+after the last message the connection is half-closed, and the replies are
+read until the server closes (so a server that answers some messages with
+nothing, or with several, works too). `--timeout` bounds connecting and the
+wait for the server to finish after the last message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .. import _socket
+from ..address import Address
+from ..connection import Connection
+from ..errors import ConnecteurError
+from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``send`` to the subcommands."""
+    parser = commands.add_parser(
+        "send", help="send messages and print the replies", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
+    parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="messages to send (default: stdin lines)")
+    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument("--timeout", type=seconds_argument, default=10.0, metavar="S", help="seconds (default 10)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send, print the replies, return 0 when the server closed cleanly."""
+    address: Address = args.address
+    try:
+        sock = _socket.open_connection(address, args.timeout)
+    except ConnecteurError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot connect to {address}: {exc.strerror or exc}")
+    with Connection(sock, framing=args.framing) as conn:
+        printer = _Printer(conn)
+        printer.start()
+        messages = [m.encode() for m in args.messages] if args.messages else _stdin_lines()
+        try:
+            _send_all(conn, messages)
+        except (ConnecteurError, OSError) as exc:
+            fail(f"sending to {address}: {exc}")
+        printer.join(args.timeout)
+        if printer.is_alive():
+            fail(f"{address} did not finish replying within {args.timeout} s")
+        if printer.error is not None:
+            fail(f"receiving from {address}: {printer.error}")
+    return 0
+
+
+def _send_all(conn: Connection, messages: Iterable[bytes]) -> None:
+    for message in messages:
+        conn.send(message)
+    conn.shutdown_write()
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    for line in sys.stdin.buffer:
+        yield line.rstrip(b"\r\n")
+
+
+class _Printer(threading.Thread):
+    """Prints each reply on its own line until the server closes."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(name="connecteur send: replies", daemon=True)
+        self._conn = conn
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            for reply in self._conn:
+                print(reply.decode("utf-8", "backslashreplace"), flush=True)
+        except (ConnecteurError, OSError) as exc:
+            self.error = exc

@@ -1,0 +1,56 @@
+"""``connecteur serve ADDRESS``: run a server with a ready-made app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ..address import format_address
+from ..server import ENGINES, Server
+from ..tools.apps import APPS
+from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+
+__all__ = ["add_parser", "run"]
+
+IDLE_TIMEOUT = 300.0
+"""Seconds a connection may stay idle on the command line's servers: long
+enough for an interactive client, short enough that dead peers are dropped."""
+
+MESSAGE_TIMEOUT = 60.0
+"""Seconds a message may take to arrive once it has started."""
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``serve`` to the subcommands."""
+    parser = commands.add_parser("serve", help="run a server", description="Run a server until SIGINT or SIGTERM.")
+    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
+    parser.add_argument("--engine", choices=ENGINES, default="threads", help="how connections are served")
+    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument("--app", choices=sorted(APPS), default="echo", help="what the server does with a message")
+    parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
+    parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
+    parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection's end")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until a signal; return 0 after a graceful stop."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="connecteur: %(message)s")
+    if args.max_connections < 1:
+        fail(f"--max-connections must be at least 1, not {args.max_connections}", status=2)
+    server = Server(
+        APPS[args.app],
+        args.address,
+        framing=args.framing,
+        engine=args.engine,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        message_timeout=args.message_timeout,
+    )
+    try:
+        server.serve_forever(ready=lambda: print(f"serving {args.app} on {format_address(server.address)}", flush=True))
+    except OSError as exc:
+        fail(f"cannot listen on {args.address}: {exc.strerror or exc}")
+    return 0

@@ -1,0 +1,301 @@
+"""The blocking client: `connect()` and `Connection`.
+
+A loop around the sans-I/O framing: read bytes with ``recv_into`` into one
+reusable buffer, feed the decoder, hand out messages one by one. Every send
+delivers the whole message; every wait is bounded by the connection's timeout.
+
+Threads: one thread may `send` while another `recv`s (full duplex). Two
+threads sending at once must take turns themselves (a lock of theirs), as must
+two threads receiving.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Final, Self, final
+
+from . import _socket
+from .address import AddressLike, format_address, parse_address
+from .errors import ConnecteurError, ConnectionClosed, FramingError, Timeout
+from .framing import Buffer, Decoder, Framing, LengthPrefixed
+
+__all__ = ["Connection", "connect"]
+
+RECV_SIZE: Final = 256 * 2**10
+"""256 KiB: how much one ``recv_into`` may read. Large enough that bulk
+transfers take few system calls; allocated once per connection."""
+
+COALESCE_SIZE: Final = 256 * 2**10
+"""256 KiB: `send_many` joins small messages into writes of about this size,
+so 10,000 tiny messages cost a few dozen system calls, not 10,000."""
+
+
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    timeout: float | None = None,
+) -> Connection:
+    """Connect to a server and return a `Connection`.
+
+    Args:
+        address: ``"host:port"``, ``"[::1]:port"``, ``"unix:/path"`` or a
+            ``(host, port)`` tuple.
+        framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        timeout: seconds allowed for connecting and then for each `send`,
+            `recv` or `request`; ``None`` waits for ever.
+
+    Raises:
+        AddressError: the address cannot be parsed.
+        Timeout: the connection was not established within `timeout`.
+        OSError: the connection failed (refused, unreachable, ...).
+    """
+    sock = _socket.open_connection(parse_address(address), timeout)
+    return Connection(sock, framing=framing, timeout=timeout)
+
+
+@final
+class Connection:
+    """A message connection over a connected stream socket.
+
+    Created by `connect()`, or directly to wrap a socket you already have
+    (from ``accept()``, ``socketpair()``, ...); the connection then owns it.
+
+    Args:
+        sock: a connected stream socket. It is put in blocking mode with
+            `timeout`.
+        framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        timeout: seconds allowed for each `send`, `recv` or `request`;
+            ``None`` waits for ever.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_decoder",
+        "_failure",
+        "_peer_ended",
+        "_ready",
+        "_sock",
+        "_timeout",
+        "_view",
+        "_write_closed",
+        "address",
+        "framing",
+    )
+
+    def __init__(self, sock: socket.socket, *, framing: Framing | None = None, timeout: float | None = None) -> None:
+        self.framing: Framing = framing if framing is not None else LengthPrefixed()
+        self._sock = sock
+        self._timeout = timeout
+        sock.settimeout(timeout)
+        _socket.configure_stream(sock)
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        self.address: object = peer
+        """The peer's address as the socket module gives it."""
+        self._decoder: Decoder = self.framing.decoder()
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+        self._ready: deque[bytes] = deque()
+        self._failure: ConnecteurError | None = None
+        self._peer_ended = False
+        self._write_closed = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Connection {state} to {format_address(self.address)} framing={self.framing!r}>"
+
+    # --- sending ---------------------------------------------------------------
+
+    def send(self, message: Buffer) -> None:
+        """Send one whole message; return once it has left the process.
+
+        Loops over partial sends. If the timeout runs out part-way, the
+        stream is left mid-message, so the connection is closed.
+
+        Raises:
+            FramingError: the framing cannot carry the message (nothing sent).
+            Timeout: the message could not be sent within the timeout.
+            ConnectionClosed: this side already closed or half-closed it.
+            OSError: the connection broke (reset, broken pipe).
+        """
+        self._send_bytes(self.framing.encode(message))
+
+    def send_many(self, messages: Iterable[Buffer]) -> None:
+        """Send several messages, coalesced into as few system calls as possible.
+
+        Every message is encoded before anything is sent, so a message the
+        framing refuses sends none of them.
+
+        Raises:
+            The same as `send`.
+        """
+        encode = self.framing.encode
+        chunks: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for message in messages:
+            data = encode(message)
+            batch.append(data)
+            size += len(data)
+            if size >= COALESCE_SIZE:
+                chunks.append(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            chunks.append(b"".join(batch))
+        for chunk in chunks:
+            self._send_bytes(chunk)
+
+    def _send_bytes(self, data: bytes) -> None:
+        self._check_can_send()
+        try:
+            with _socket.timeouts_as(f"sending to {format_address(self.address)}", self._timeout):
+                self._sock.sendall(data)
+        except Timeout:
+            self.close()
+            raise
+
+    def _check_can_send(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+        if self._write_closed:
+            raise ConnectionClosed("cannot send after shutdown_write()", by_peer=False)
+
+    # --- receiving -------------------------------------------------------------
+
+    def recv(self) -> bytes:
+        """Return the next message, waiting for it if needed.
+
+        Raises:
+            ConnectionClosed: the peer closed the connection cleanly between
+                messages (or this side closed it).
+            TruncatedMessage: the peer closed inside a message.
+            MessageTooLarge: the peer announced a message over `max_size`.
+            FramingError: the peer's bytes do not follow the framing. Messages
+                that arrived before the bad bytes are returned first.
+            Timeout: no whole message arrived within the timeout; the bytes
+                received so far are kept, so `recv()` may be called again.
+            OSError: the connection broke (reset).
+        """
+        if self._ready:
+            return self._ready.popleft()
+        if self._closed:
+            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+        # The socket already carries the full timeout for the first read; only
+        # a message that needs several reads shortens it to what remains.
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        first = True
+        try:
+            while not self._ready:
+                self._check_can_recv()
+                if not first and deadline is not None:
+                    self._sock.settimeout(self._remaining(deadline))
+                first = False
+                self._receive_some()
+        finally:
+            if not first and deadline is not None:
+                self._sock.settimeout(self._timeout)
+        return self._ready.popleft()
+
+    def _check_can_recv(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._peer_ended:
+            raise ConnectionClosed(f"{format_address(self.address)} closed the connection")
+
+    def _remaining(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._recv_timeout()
+        return remaining
+
+    def _recv_timeout(self) -> Timeout:
+        seconds = self._timeout or 0.0
+        return Timeout(f"no whole message from {format_address(self.address)} within {seconds} s", seconds=seconds)
+
+    def _receive_some(self) -> None:
+        """Read once from the socket and queue the messages that completes."""
+        try:
+            count = self._sock.recv_into(self._buffer)
+        except TimeoutError as exc:
+            raise self._recv_timeout() from exc
+        try:
+            if count:
+                self._ready.extend(self._decoder.feed(self._view[:count]))
+            else:
+                self._peer_ended = True
+                self._ready.extend(self._decoder.eof())
+        except FramingError as exc:
+            self._ready.extend(exc.messages)
+            self._failure = exc
+
+    def request(self, message: Buffer) -> bytes:
+        """Send a message and return the next message received: its reply.
+
+        Raises:
+            The errors of `send` and `recv`.
+        """
+        self.send(message)
+        return self.recv()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the peer closes cleanly.
+
+        Raises:
+            The errors of `recv`, except `ConnectionClosed`, which ends the loop.
+        """
+        while True:
+            try:
+                message = self.recv()
+            except ConnectionClosed:
+                return
+            yield message
+
+    # --- closing ---------------------------------------------------------------
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer "I have finished sending"; keep receiving.
+
+        Idempotent. After it, `send` raises `ConnectionClosed`.
+        """
+        if self._write_closed or self._closed:
+            return
+        self._write_closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            # The peer may already have gone; its close will show in recv().
+            if exc.errno != errno.ENOTCONN:
+                raise
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; messages already received stay readable."""
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    @property
+    def is_closed(self) -> bool:
+        """True once `close()` has been called (or a send timed out)."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed), for `select`."""
+        return self._sock.fileno()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

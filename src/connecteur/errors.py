@@ -1,0 +1,108 @@
+"""The exception hierarchy of connecteur: one page, no I/O.
+
+Every error says whose fault it is: the peer's bad bytes (`FramingError` and
+its children), the peer going away (`ConnectionClosed`), time running out
+(`Timeout`), or the caller asking for something impossible (`AddressError`, and
+`FramingError` raised by `encode()`). Each inherits the matching builtin so that
+code written against the standard library still catches it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "AuthenticationError",
+    "CodecError",
+    "ConnecteurError",
+    "ConnectionClosed",
+    "FramingError",
+    "MessageTooLarge",
+    "Timeout",
+    "TruncatedMessage",
+]
+
+
+class ConnecteurError(Exception):
+    """Base class of every exception connecteur raises on purpose."""
+
+
+class FramingError(ConnecteurError, ValueError):
+    """Bytes that do not follow the framing, or a message the framing cannot carry.
+
+    Raised by a decoder for the peer's malformed bytes, and by `encode()` for a
+    message the caller cannot send with this framing.
+
+    Attributes:
+        messages: the complete messages a decoder found *before* the bad bytes
+            in the same `feed()` call, so that a loop can still act on them.
+    """
+
+    messages: list[bytes]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.messages = []
+
+
+class MessageTooLarge(FramingError):
+    """A message over the framing's `max_size`, in either direction.
+
+    Attributes:
+        size: the announced or attempted size in bytes (for a delimited
+            framing, the bytes received so far without a delimiter).
+        max_size: the limit in force, in bytes.
+    """
+
+    def __init__(self, message: str, *, size: int, max_size: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.max_size = max_size
+
+
+class TruncatedMessage(FramingError):
+    """The stream ended inside a message.
+
+    Attributes:
+        pending: how many bytes of the unfinished message were received.
+    """
+
+    def __init__(self, message: str, *, pending: int) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class CodecError(FramingError):
+    """A payload its codec cannot decode, or a value it cannot encode."""
+
+
+class ConnectionClosed(ConnecteurError, ConnectionError):
+    """The connection is closed: by the peer between two messages, or locally.
+
+    Attributes:
+        by_peer: True when the peer ended the stream; False when this side
+            had already closed the connection.
+    """
+
+    def __init__(self, message: str, *, by_peer: bool = True) -> None:
+        super().__init__(message)
+        self.by_peer = by_peer
+
+
+class AuthenticationError(ConnecteurError):
+    """The shared-secret handshake failed."""
+
+
+class Timeout(ConnecteurError, TimeoutError):
+    """An operation did not finish within its time limit.
+
+    Attributes:
+        seconds: the limit that ran out.
+    """
+
+    def __init__(self, message: str, *, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+class AddressError(ConnecteurError, ValueError):
+    """An address string or tuple that cannot be parsed (the caller's mistake)."""

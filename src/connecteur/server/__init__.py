@@ -1,0 +1,244 @@
+"""`Server`: one handler API over several engines.
+
+The HOWTO's three ways to run a server (a thread per client, a process per
+client, non-blocking sockets multiplexed with select) are engines behind the
+internal `Engine` interface; `Server` binds the socket, picks the engine,
+runs it in the background or in the foreground, and stops it gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
+from typing import Any, Final, Self, final
+
+from .. import _socket
+from ..address import AddressLike, UnixAddress, parse_address
+from ..framing import Framing, LengthPrefixed
+from ._engine import Counters, Engine, EngineConfig, Stats, logger
+from ._handler import Handler, MessageHandler, PeerHandler
+from ._peer import Peer
+
+__all__ = ["ENGINES", "MessageHandler", "Peer", "PeerHandler", "Server", "Stats"]
+
+ENGINES: Final = ("threads",)
+"""The engine names `Server` accepts."""
+
+DEFAULT_BACKLOG: Final = 128
+"""Pending connections the kernel queues before ``accept()``; the usual
+``somaxconn`` default, enough for bursts of new clients."""
+
+
+def _make_engine(name: str, config: EngineConfig) -> Engine:
+    if name == "threads":
+        from .threads import ThreadsEngine
+
+        return ThreadsEngine(config)
+    raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+
+
+@final
+class Server:
+    """A message server: a handler, an address, a framing and an engine.
+
+    Args:
+        handler: a callable ``message -> reply | None``, or an object with
+            any of ``connected(peer)``, ``received(peer, message)`` (may
+            return a reply) and ``closed(peer, error)``.
+        address: where to listen: ``"host:port"``, ``"[::1]:port"``,
+            ``":port"`` (every interface), ``"unix:/path"`` or a tuple. Port 0
+            picks a free port; `address` tells which once started.
+        framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        engine: ``"threads"`` (a thread per connection).
+        max_connections: connections served at once; beyond it, a new
+            connection is closed as soon as it is accepted.
+        idle_timeout: close a connection when no whole message has moved in
+            either direction for this many seconds (None: never).
+        message_timeout: close a connection whose message takes longer than
+            this from its first byte to its last (None: no limit).
+        backlog: connections the kernel may queue before they are accepted.
+        stop_timeout: seconds a graceful stop may take when none is given.
+
+    Raises:
+        AddressError: the address cannot be parsed.
+        TypeError: the handler is neither form.
+        ValueError: an unknown engine or an impossible limit.
+    """
+
+    def __init__(
+        self,
+        handler: MessageHandler | object,
+        address: AddressLike,
+        *,
+        framing: Framing | None = None,
+        engine: str = "threads",
+        max_connections: int = 10_000,
+        idle_timeout: float | None = None,
+        message_timeout: float | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+        _check_positive("idle_timeout", idle_timeout)
+        _check_positive("message_timeout", message_timeout)
+        _check_positive("stop_timeout", stop_timeout)
+        self._address = parse_address(address)
+        self._counters = Counters()
+        self._config = EngineConfig(
+            handler=Handler(handler),
+            framing=framing if framing is not None else LengthPrefixed(),
+            counters=self._counters,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            message_timeout=message_timeout,
+        )
+        self.engine: str = engine
+        """The engine's name."""
+        self._backlog = backlog
+        self._stop_timeout = stop_timeout
+        self._bound: object = None
+        self._engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        where = self._bound if self._bound is not None else self._address
+        return f"<Server {self.engine} {where!s} framing={self.framing!r}>"
+
+    @property
+    def framing(self) -> Framing:
+        """The framing every connection uses."""
+        return self._config.framing
+
+    @property
+    def address(self) -> Any:  # the socket module types addresses as Any too
+        """The bound address: a socket-module tuple, or ``"unix:/path"``.
+
+        Pass it to `connect()` as it is; for TCP, ``host, port = address[:2]``.
+
+        Raises:
+            RuntimeError: the server has not been started.
+        """
+        if self._bound is None:
+            raise RuntimeError("the server is not started: use `with server:`, start() or serve_forever()")
+        return self._bound
+
+    @property
+    def stats(self) -> Stats:
+        """An immutable snapshot of the server's counters."""
+        return self._counters.snapshot()
+
+    # --- running ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; return once listening.
+
+        Raises:
+            RuntimeError: the server was already started.
+            OSError: the address cannot be bound.
+        """
+        engine, listener = self._prepare()
+        self._thread = threading.Thread(
+            target=self._run, args=(engine, listener), name="connecteur server", daemon=True
+        )
+        self._thread.start()
+
+    def serve_forever(self, *, ready: Callable[[], object] | None = None) -> None:
+        """Bind and serve in this thread until SIGINT or SIGTERM, then stop gracefully.
+
+        Args:
+            ready: called once the server listens, when `address` is known
+                (to print it, or to tell a supervisor).
+
+        A second signal hurries the stop: connections still open are closed
+        at once. Signals are only caught when called from the main thread;
+        elsewhere, call `stop()` from another thread.
+
+        Raises:
+            RuntimeError: the server was already started.
+            OSError: the address cannot be bound.
+        """
+        engine, listener = self._prepare()
+        with self._signals_stop(engine):
+            if ready is not None:
+                ready()
+            self._run(engine, listener)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully, within `timeout` seconds (default: `stop_timeout`).
+
+        Stops accepting; each open connection is served until its peer
+        closes or the time is up, so every message already received is
+        answered; then every connection is closed. Idempotent; a server that
+        never started does nothing.
+        """
+        if self._engine is None:
+            return
+        seconds = self._stop_timeout if timeout is None else timeout
+        self._engine.request_stop(time.monotonic() + seconds)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- internals -------------------------------------------------------------
+
+    def _prepare(self) -> tuple[Engine, socket.socket]:
+        if self._engine is not None:
+            raise RuntimeError("this server was already started; create a new Server to serve again")
+        listener = _socket.listen(self._address, backlog=self._backlog)
+        if isinstance(self._address, UnixAddress):
+            self._bound = f"unix:{listener.getsockname()}"
+        else:
+            self._bound = listener.getsockname()
+        self._engine = _make_engine(self.engine, self._config)
+        return self._engine, listener
+
+    def _run(self, engine: Engine, listener: socket.socket) -> None:
+        try:
+            engine.serve(listener)
+        except Exception:
+            logger.exception("the %s engine failed", self.engine)
+        finally:
+            if isinstance(self._address, UnixAddress):
+                _socket.unlink_unix_socket(self._address.path)
+
+    @contextlib.contextmanager
+    def _signals_stop(self, engine: Engine) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = 0
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal signals
+            signals += 1
+            grace = self._stop_timeout if signals == 1 else 0.0
+            engine.request_stop(time.monotonic() + grace)
+
+        handler: Callable[[int, FrameType | None], None] = on_signal
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)

@@ -1,0 +1,169 @@
+"""What every engine shares: its configuration, counters, and accept policy.
+
+An engine runs the accept loop and the per-connection loops; it never parses
+bytes (decoders do) and never decides policy on its own (this module does).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from dataclasses import dataclass, fields
+from typing import Final, Protocol
+
+from ..framing import Framing
+from ._handler import Handler
+
+__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "accept_error_is_fatal_for_now", "logger"]
+
+logger: Final = logging.getLogger("connecteur.server")
+
+ACCEPT_BATCH: Final = 64
+"""Connections accepted per readiness event before serving the others again:
+enough to drain a burst, few enough that a flood cannot starve open peers."""
+
+ACCEPT_BACKOFF: Final = 0.1
+"""Seconds to stop accepting after the process ran out of descriptors or
+memory; retrying at once would spin on the same error (trio's survey)."""
+
+# accept() errors that concern only the connection being accepted: skip it.
+_PER_CONNECTION_ERRNOS: Final = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+     errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH}
+)  # fmt: skip
+# accept() errors that say the process is out of something: back off.
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def accept_error_is_fatal_for_now(exc: OSError) -> bool:
+    """Classify an ``accept()`` error.
+
+    Returns:
+        False when only that connection failed (skip it and go on accepting);
+        True when the process is out of descriptors or memory: stop accepting
+        for `ACCEPT_BACKOFF` seconds. The error is logged in that case.
+
+    Raises:
+        OSError: any other error is a bug or a closed listener: re-raised.
+    """
+    if exc.errno in _PER_CONNECTION_ERRNOS:
+        return False
+    if exc.errno in _RESOURCE_ERRNOS:
+        logger.warning("accept() failed (%s); pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
+        return True
+    raise exc
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """An immutable snapshot of a server's counters.
+
+    Attributes:
+        accepted: connections admitted since the start.
+        rejected: connections closed at once because `max_connections` was reached.
+        active: connections open now.
+        messages_in: whole messages received.
+        messages_out: messages sent (replies and `peer.send`).
+        bytes_in: bytes received, framing included.
+        bytes_out: bytes sent, framing included.
+        errors: connections closed by an error: a handler that raised, the
+            peer's bad bytes, a timeout, a reset.
+    """
+
+    accepted: int = 0
+    rejected: int = 0
+    active: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: int = 0
+
+    def __add__(self, other: Stats) -> Stats:
+        """Add two snapshots field by field (to sum several processes)."""
+        return Stats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+class Counters:
+    """The live, thread-safe counters behind `Stats`.
+
+    Engines count per read and per write, not per byte, so the lock is taken
+    a few times per message at most.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted = self.rejected = self.active = 0
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
+
+    def opened(self) -> None:
+        """Count a connection admitted."""
+        with self._lock:
+            self.accepted += 1
+            self.active += 1
+
+    def closed(self, *, error: bool) -> None:
+        """Count a connection closed, by an error or not."""
+        with self._lock:
+            self.active -= 1
+            self.errors += error
+
+    def refused(self) -> None:
+        """Count a connection closed at once because the server is full."""
+        with self._lock:
+            self.rejected += 1
+
+    def received(self, messages: int, size: int) -> None:
+        """Count one read: `messages` whole messages in `size` bytes."""
+        with self._lock:
+            self.messages_in += messages
+            self.bytes_in += size
+
+    def sent(self, messages: int, size: int) -> None:
+        """Count one write: `messages` messages in `size` bytes."""
+        with self._lock:
+            self.messages_out += messages
+            self.bytes_out += size
+
+    def snapshot(self) -> Stats:
+        """Return the counters now, as an immutable `Stats`."""
+        with self._lock:
+            return Stats(
+                self.accepted, self.rejected, self.active, self.messages_in,
+                self.messages_out, self.bytes_in, self.bytes_out, self.errors,
+            )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything an engine needs from `Server`, fixed at start."""
+
+    handler: Handler
+    framing: Framing
+    counters: Counters
+    max_connections: int
+    idle_timeout: float | None
+    message_timeout: float | None
+
+
+class Engine(Protocol):
+    """The internal interface between `Server` and an engine."""
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept and serve connections until a stop is requested, then stop gracefully.
+
+        Takes ownership of `listener` and closes it as soon as it stops
+        accepting. Returns once every connection is closed (or abandoned at
+        the stop deadline).
+        """
+        ...
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask `serve` to stop by `deadline` (a `time.monotonic()` value).
+
+        Safe from any thread and from a signal handler; calling it again
+        with an earlier deadline hurries the stop.
+        """
+        ...

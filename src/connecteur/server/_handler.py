@@ -1,0 +1,103 @@
+"""The two handler forms, seen by the engines as one object.
+
+A handler is either a callable ``message -> reply | None`` or an object with
+any of ``connected(peer)``, ``received(peer, message)`` and
+``closed(peer, error)``. Engines only ever call `Handler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+from ..framing import Buffer
+
+if TYPE_CHECKING:
+    from . import Peer
+
+__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler"]
+
+MessageHandler = Callable[[bytes], "bytes | None"]
+"""The simplest handler: receives a message, returns a reply or ``None``."""
+
+
+class PeerHandler(Protocol):
+    """A handler object; it may define any subset of these three methods."""
+
+    def received(self, peer: Peer, message: bytes) -> bytes | None:
+        """A whole message arrived from `peer`; return a reply or ``None``."""
+        ...
+
+
+_HOOKS = ("connected", "received", "closed")
+
+
+class HandlerFailed(Exception):
+    """Internal: the user's handler raised; the original is ``__cause__``.
+
+    Engines tell the handler's bugs (logged with a traceback) from the
+    network's failures (logged in one line) by this wrapper.
+    """
+
+    def __init__(self, hook: str, cause: BaseException) -> None:
+        super().__init__(f"the handler's {hook}() raised {type(cause).__name__}: {cause}")
+        self.hook = hook
+        self.__cause__ = cause
+
+
+@final
+class Handler:
+    """Both handler forms behind the same three calls.
+
+    Every call raises `HandlerFailed` when the user's code raises, so that
+    engines never mistake a handler's bug for a network error.
+
+    Raises:
+        TypeError: the object is neither handler form.
+    """
+
+    __slots__ = ("_closed", "_connected", "_received")
+
+    def __init__(self, handler: object) -> None:
+        self._connected: Callable[[Peer], object] | None = getattr(handler, "connected", None)
+        self._closed: Callable[[Peer, BaseException | None], object] | None = getattr(handler, "closed", None)
+        received: Callable[[Peer, bytes], Any] | None = getattr(handler, "received", None)
+        if any(hasattr(handler, name) for name in _HOOKS):
+            self._received = received
+        elif callable(handler):
+            function: Callable[[bytes], Any] = handler
+            self._received = lambda peer, message: function(message)
+        else:
+            raise TypeError(
+                f"a handler must be a callable message -> reply, or an object with "
+                f"connected/received/closed methods, not {handler!r}"
+            )
+
+    def connected(self, peer: Peer) -> None:
+        """Call the handler's ``connected(peer)``, if it has one."""
+        if self._connected is not None:
+            try:
+                self._connected(peer)
+            except Exception as exc:
+                raise HandlerFailed("connected", exc) from exc
+
+    def received(self, peer: Peer, message: bytes) -> Buffer | None:
+        """Call the handler for one message and return its reply (or ``None``)."""
+        if self._received is None:
+            return None
+        try:
+            reply = self._received(peer, message)
+        except Exception as exc:
+            raise HandlerFailed("received", exc) from exc
+        if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
+            error = TypeError(f"a handler must return bytes or None, not {type(reply).__name__}")
+            raise HandlerFailed("received", error)
+        return reply
+
+    def closed(self, peer: Peer, error: BaseException | None) -> None:
+        """Call the handler's ``closed(peer, error)``, if it has one."""
+        if self._closed is not None:
+            try:
+                self._closed(peer, error)
+            except Exception as exc:
+                raise HandlerFailed("closed", exc) from exc

@@ -1,0 +1,60 @@
+"""`Peer`: the server side of one connection, as handlers see it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, final
+
+from ..address import format_address
+from ..framing import Buffer
+
+__all__ = ["Link", "Peer"]
+
+
+class Link(Protocol):
+    """Internal: what an engine provides behind each `Peer`."""
+
+    def send(self, message: Buffer) -> None:
+        """Send or queue one message to the peer, from any thread."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection once the replies already due are sent."""
+        ...
+
+
+@final
+class Peer:
+    """One connected client, as a handler sees it.
+
+    Attributes:
+        address: the client's address as the socket module gives it (a
+            ``(host, port)`` tuple for TCP).
+        data: a dict for the handler's per-connection state.
+    """
+
+    __slots__ = ("_link", "address", "data")
+
+    def __init__(self, link: Link, address: object) -> None:
+        self._link = link
+        self.address = address
+        self.data: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Peer {format_address(self.address)}>"
+
+    def send(self, message: Buffer) -> None:
+        """Send a message to this peer; safe from any thread.
+
+        On the threads engine it is written before `send` returns; on
+        event-loop engines it is queued, with backpressure.
+
+        Raises:
+            FramingError: the framing cannot carry the message.
+            ConnectionClosed: the connection is already closed.
+            OSError: the connection broke while sending.
+        """
+        self._link.send(message)
+
+    def close(self) -> None:
+        """Close this connection after the replies already due; safe from any thread."""
+        self._link.close()

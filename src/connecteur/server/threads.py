@@ -1,0 +1,296 @@
+"""The threads engine: the HOWTO's "create a new thread to handle the client".
+
+One thread accepts (waiting in a selector beside a wake-up socket, so a stop
+request is seen at once); each connection then gets a thread running a
+blocking loop: ``recv_into`` a reusable buffer, feed the decoder, call the
+handler, send its reply. Replies are in request order because one thread
+handles one connection's messages one after another.
+
+Invariants: only a connection's own thread reads its socket and closes it;
+other threads may send (under the connection's lock) or shut it down to wake
+the reader. Simple and fast per connection; each idle connection costs a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from typing import Final
+
+from .. import _socket
+from ..address import format_address
+from ..errors import ConnectionClosed, FramingError, Timeout
+from ..framing import Buffer
+from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, EngineConfig, accept_error_is_fatal_for_now, logger
+from ._handler import HandlerFailed
+from ._peer import Peer
+
+__all__ = ["ThreadsEngine"]
+
+RECV_SIZE: Final = 64 * 2**10
+"""64 KiB read buffer per connection: one thread per connection already costs
+more than this, and it holds many small messages per read."""
+
+JOIN_GRACE: Final = 1.0
+"""Seconds to wait, after the stop deadline, for threads to notice their
+sockets were shut down; a thread still inside a handler then is abandoned."""
+
+
+class ThreadsEngine:
+    """A thread per connection; see the module's description."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._stop_deadline: float | None = None
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
+        self._links: set[_ThreadLink] = set()
+        self._links_lock = threading.Lock()
+        self._all_closed = threading.Condition(self._links_lock)
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        with contextlib.suppress(OSError):  # full (a wake-up is already pending) or closed
+            self._wake_writer.send(b"\0")
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept until a stop is requested, then stop gracefully (see `Engine`)."""
+        try:
+            with listener:
+                self._accept_until_stopped(listener)
+            self._finish_links()
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    # --- accepting -------------------------------------------------------------
+
+    def _accept_until_stopped(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        paused_until: float | None = None
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while self._stop_deadline is None:
+                timeout = None if paused_until is None else max(0.0, paused_until - time.monotonic())
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is listener and self._accept_some(listener):
+                        # Out of descriptors: stop watching the listener, or it
+                        # would show readable at once and spin.
+                        selector.unregister(listener)
+                        paused_until = time.monotonic() + ACCEPT_BACKOFF
+                    elif key.fileobj is self._wake_reader:
+                        with contextlib.suppress(BlockingIOError):
+                            self._wake_reader.recv(4096)
+                if paused_until is not None and time.monotonic() >= paused_until:
+                    selector.register(listener, selectors.EVENT_READ)
+                    paused_until = None
+
+    def _accept_some(self, listener: socket.socket) -> bool:
+        """Accept up to `ACCEPT_BATCH` connections; True to pause accepting."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if accept_error_is_fatal_for_now(exc):
+                    return True
+                continue
+            self._admit(sock, address)
+        return False
+
+    def _admit(self, sock: socket.socket, address: object) -> None:
+        counters = self._config.counters
+        if counters.active >= self._config.max_connections:
+            counters.refused()
+            sock.close()
+            return
+        sock.setblocking(True)
+        _socket.configure_stream(sock)
+        link = _ThreadLink(self, sock, address)
+        counters.opened()
+        with self._links_lock:
+            self._links.add(link)
+        thread = threading.Thread(target=link.run, name=f"connecteur {format_address(address)}", daemon=True)
+        thread.start()
+
+    # --- stopping --------------------------------------------------------------
+
+    def _finish_links(self) -> None:
+        """Let each connection run until its peer's EOF or the stop deadline."""
+        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        with self._all_closed:
+            self._all_closed.wait_for(lambda: not self._links, max(0.0, deadline - time.monotonic()))
+            late = list(self._links)
+        for link in late:
+            link.abort()
+        with self._all_closed:
+            if not self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE):
+                logger.warning("%d connection threads still busy in their handler at stop", len(self._links))
+
+    def forget(self, link: _ThreadLink) -> None:
+        """Called by a connection's thread as it ends."""
+        with self._all_closed:
+            self._links.discard(link)
+            self._all_closed.notify_all()
+
+
+class _ThreadLink:
+    """One connection, served by its own thread (`run`)."""
+
+    def __init__(self, engine: ThreadsEngine, sock: socket.socket, address: object) -> None:
+        self._engine = engine
+        self._config = engine._config
+        self._sock = sock
+        self._lock = threading.Lock()  # serializes sends, shutdown and close
+        self._closing = False  # peer.close() asked
+        self._aborted = False  # the stop deadline passed
+        self._closed = False
+        self._thread_id = 0
+        self._last_activity = time.monotonic()
+        self._message_started: float | None = None
+        self.peer = Peer(self, address)
+
+    # --- the Link interface (any thread) ---------------------------------------
+
+    def send(self, message: Buffer) -> None:
+        """Write one message now; blocks while the peer does not read."""
+        data = self._config.framing.encode(message)
+        with self._lock:
+            if self._closed or self._closing:
+                raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+            self._sock.sendall(data)
+        self._last_activity = time.monotonic()
+        self._config.counters.sent(1, len(data))
+
+    def close(self) -> None:
+        """Close after the current handler call's reply (from the own thread) or at once."""
+        self._closing = True
+        if threading.get_ident() != self._thread_id:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Wake the thread and end the connection: the stop deadline passed."""
+        self._aborted = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            if not self._closed:
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    # --- the connection's own thread -------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection until it ends, then report and clean up."""
+        self._thread_id = threading.get_ident()
+        handler, peer = self._config.handler, self.peer
+        error: BaseException | None = None
+        try:
+            handler.connected(peer)
+            error = self._serve()
+            if error is not None:
+                logger.info("closing %s: %s", format_address(peer.address), error)
+        except HandlerFailed as exc:
+            error = exc.__cause__
+            logger.error("closing %s: %s", format_address(peer.address), exc, exc_info=exc.__cause__)
+        except Exception as exc:  # a bug of ours: keep the server alive, but say it
+            error = exc
+            logger.exception("closing %s after an internal error", format_address(peer.address))
+        finally:
+            with self._lock:
+                self._closed = True
+                self._sock.close()
+            self._config.counters.closed(error=error is not None)
+            self._report_closed(error)
+            self._engine.forget(self)
+
+    def _report_closed(self, error: BaseException | None) -> None:
+        try:
+            self._config.handler.closed(self.peer, error)
+        except HandlerFailed as exc:
+            logger.error("%s", exc, exc_info=exc.__cause__)
+
+    def _serve(self) -> BaseException | None:
+        """The receive loop. Returns the error that ended it, or None after a clean end."""
+        sock, decoder = self._sock, self._config.framing.decoder()
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        has_timers = self._config.idle_timeout is not None or self._config.message_timeout is not None
+        while not self._closing:
+            if has_timers:
+                sock.settimeout(self._wait_time())
+            try:
+                count = sock.recv_into(buffer)
+            except TimeoutError:
+                if (expired := self._expired_timer()) is not None:
+                    return expired
+                continue
+            except OSError as exc:
+                return None if self._aborted or self._closing else exc
+            if self._aborted or self._closing:
+                return None
+            try:
+                messages = decoder.feed(view[:count]) if count else decoder.eof()
+            except FramingError as exc:
+                self._dispatch(exc.messages)
+                return exc
+            self._config.counters.received(len(messages), count)
+            self._track_timers(bool(messages), decoder.buffered)
+            if error := self._dispatch(messages):
+                return error
+            if not count:
+                return None
+        return None
+
+    def _dispatch(self, messages: list[bytes]) -> OSError | None:
+        """Hand each message to the handler and send its reply, in order."""
+        handler, peer = self._config.handler, self.peer
+        for message in messages:
+            reply = handler.received(peer, message)
+            if reply is not None:
+                try:
+                    self.send(reply)
+                except ConnectionClosed:
+                    return None
+                except OSError as exc:
+                    return exc
+            if self._closing:
+                return None
+        return None
+
+    # --- timers ----------------------------------------------------------------
+
+    def _track_timers(self, completed: bool, buffered: int) -> None:
+        now = time.monotonic()
+        if completed:
+            self._last_activity = now
+        if not buffered:
+            self._message_started = None
+        elif completed or self._message_started is None:
+            self._message_started = now
+
+    def _wait_time(self) -> float | None:
+        """Seconds until the next timer is due (None: no timer runs)."""
+        idle, per_message = self._config.idle_timeout, self._config.message_timeout
+        dues = []
+        if idle is not None:
+            dues.append(self._last_activity + idle)
+        if per_message is not None and self._message_started is not None:
+            dues.append(self._message_started + per_message)
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
+
+    def _expired_timer(self) -> Timeout | None:
+        now = time.monotonic()
+        idle, per_message = self._config.idle_timeout, self._config.message_timeout
+        if idle is not None and now >= self._last_activity + idle:
+            return Timeout(f"no message moved for {idle} s", seconds=idle)
+        if per_message is not None and self._message_started is not None and now >= self._message_started + per_message:
+            return Timeout(f"a message took more than {per_message} s to arrive", seconds=per_message)
+        return None

@@ -1,0 +1,1 @@
+"""Ready-made pieces built on the library: handlers (`apps`) and the demo."""
