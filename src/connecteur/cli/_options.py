@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from ..address import Address, parse_address
@@ -82,7 +83,25 @@ def seconds_argument(text: str) -> float:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line: ``connecteur: ...``."""
+    """An argparse parser whose usage errors are one line: ``connecteur: ...``.
+
+    A subcommand's options may also come after its positional arguments
+    (``send ADDRESS hello --framing line``), as users expect.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse intermixed options and positionals in a subcommand's parser."""
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back here
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
     def error(self, message: str) -> NoReturn:
         """Print the error in one line and exit with status 2."""

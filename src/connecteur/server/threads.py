@@ -161,9 +161,13 @@ class _ThreadLink:
 
     def send(self, message: Buffer) -> None:
         """Write one message now; blocks while the peer does not read."""
-        data = self._config.framing.encode(message)
+        if self._closing:
+            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+        self._write(self._config.framing.encode(message))
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
-            if self._closed or self._closing:
+            if self._closed:
                 raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
             self._sock.sendall(data)
         self._last_activity = time.monotonic()
@@ -256,7 +260,12 @@ class _ThreadLink:
             reply = handler.received(peer, message)
             if reply is not None:
                 try:
-                    self.send(reply)
+                    data = self._config.framing.encode(reply)
+                except FramingError as exc:
+                    raise HandlerFailed("received", exc) from exc
+                try:
+                    # Not send(): a reply is still due after the handler's own peer.close().
+                    self._write(data)
                 except ConnectionClosed:
                     return None
                 except OSError as exc:

@@ -1,0 +1,184 @@
+"""The command line, through real subprocesses and in-process `main(argv)`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from connecteur.cli import main
+from connecteur.framing import Netstring
+from tests.support import TIMEOUT
+
+COMMAND = [sys.executable, "-m", "connecteur"]
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT * 3)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    assert result.returncode == status, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("connecteur: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+        self.process = process
+        self.address = address
+
+
+@pytest.fixture
+def serve_cli() -> Iterator[object]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> Served:
+        process = subprocess.Popen(
+            [*COMMAND, "serve", "127.0.0.1:0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        processes.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.fullmatch(r"serving \w+ on (\S+)\n", line)
+        assert match, (line, process.stderr.read() if process.poll() is not None else "")  # type: ignore[union-attr]
+        return Served(process, match.group(1))
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=TIMEOUT)
+
+
+def test_serve_and_send_arguments_then_sigint_exits_zero(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--app", "upper")
+    result = run("send", served.address, "hello", "wörld", "")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "HELLO\nWöRLD\n\n"
+    served.process.send_signal(signal.SIGINT)
+    assert served.process.wait(TIMEOUT) == 0
+
+
+def test_send_reads_stdin_lines(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--app", "echo", "--framing", "netstring")
+    result = run("send", served.address, "--framing", "netstring", stdin="one\ntwo\r\nthree\n")
+    assert (result.returncode, result.stdout) == (0, "one\ntwo\nthree\n")
+
+
+def test_sigterm_stops_the_server_gracefully(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--framing", "line")
+    assert run("send", served.address, "--framing", "line", "x").stdout == "x\n"
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(TIMEOUT) == 0
+
+
+def test_discard_app_sends_no_reply(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--app", "discard")
+    result = run("send", served.address, "a", "b")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_undecodable_reply_bytes_are_escaped(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--framing", "fixed:2")
+    result = run("send", served.address, "--framing", "fixed:2", "\u00e9")  # é is two bytes in UTF-8
+    assert result.stdout == "\u00e9\n"
+    raw = subprocess.run(
+        [*COMMAND, "send", served.address, "--framing", "fixed:2"], input=b"\xff\xfe\n", capture_output=True,
+        timeout=TIMEOUT * 3,
+    )  # fmt: skip
+    assert raw.stdout == b"\\xff\\xfe\n"
+
+
+def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: ignore[no-untyped-def]
+    path = f"{tmp_path}/cli.sock"
+    process = subprocess.Popen([*COMMAND, "serve", f"unix:{path}", "--app", "upper"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == f"serving upper on unix:{path}\n"
+        assert run("send", f"unix:{path}", "sock").stdout == "SOCK\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(TIMEOUT) == 0
+        assert not os.path.exists(path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("command", ["serve", "send"])
+@pytest.mark.parametrize("address", ["nowhere", "localhost:99999", "::1:80", "unix:"])
+def test_bad_address_is_one_line_and_status_2(command: str, address: str) -> None:
+    assert_one_line_error(run(command, address), 2, repr(address.rpartition(":")[2]) if "999" in address else "")
+
+
+@pytest.mark.parametrize("command", ["serve", "send"])
+def test_unknown_framing_is_one_line_and_status_2(command: str) -> None:
+    assert_one_line_error(run(command, "127.0.0.1:1", "--framing", "bogus"), 2, "'bogus'", "netstring")
+
+
+def test_unreachable_server_names_the_address() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert_one_line_error(run("send", f"127.0.0.1:{port}", "x"), 1, f"127.0.0.1:{port}")
+
+
+def test_busy_port_is_one_line_and_status_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(run("serve", f"127.0.0.1:{port}"), 1, f"127.0.0.1:{port}")
+
+
+def test_framing_error_from_the_server_is_one_line_and_status_1() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        process = subprocess.Popen(
+            [*COMMAND, "send", f"127.0.0.1:{port}", "--framing", "netstring", "x"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(Netstring().encode(b"fine") + b"zz:garbage")
+                conn.recv(100)
+            stdout, stderr = process.communicate(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 1
+    assert stdout == "fine\n"
+    assert stderr.startswith("connecteur: receiving from") and "netstring length" in stderr
+    assert len(stderr.splitlines()) == 1
+
+
+def test_main_in_process_reports_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "127.0.0.1:0", "--idle-timeout", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("connecteur: ")
+    assert main([]) == 2
+    assert main(["--version"]) == 0
+    assert "connecteur" in capsys.readouterr().out
+
+
+def test_demo_runs_and_checks_itself() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Every step gave the expected result." in result.stdout
+    assert "FAIL" not in result.stdout

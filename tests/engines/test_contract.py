@@ -1,0 +1,350 @@
+"""The contract every engine keeps, written once and run on each engine."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import connecteur
+from connecteur import ConnectionClosed, Peer, Server, Timeout, connect
+from connecteur.framing import Delimited, LengthPrefixed, Netstring
+from connecteur.tools.apps import echo, upper
+from tests.support import TIMEOUT, recv_until_closed, wait_until
+
+Serve = Callable[..., Server]
+
+
+def raw_client(server: Server) -> socket.socket:
+    return socket.create_connection(server.address, timeout=TIMEOUT)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER 0)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_echo_with_fifty_concurrent_clients(serve: Serve) -> None:
+    server = serve(echo)
+    failures: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with connect(server.address, timeout=TIMEOUT) as conn:
+                for i in range(20):
+                    message = b"client %d message %d" % (n, i)
+                    assert conn.request(message) == message
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not failures
+    assert not any(thread.is_alive() for thread in threads)
+    wait_until(lambda: server.stats.active == 0, what="every connection closed")
+    stats = server.stats
+    assert (stats.accepted, stats.messages_in, stats.messages_out, stats.errors) == (50, 1000, 1000, 0)
+
+
+def test_pipelining_twenty_thousand_messages_keeps_order(serve: Serve) -> None:
+    server = serve(upper)
+    messages = [b"m%d" % i for i in range(20_000)]
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        sender = threading.Thread(target=conn.send_many, args=(messages,))
+        sender.start()
+        replies = [conn.recv() for _ in messages]
+        sender.join(TIMEOUT)
+    assert replies == [m.upper() for m in messages]
+
+
+def test_fragmented_input_one_byte_per_segment(serve: Serve) -> None:
+    server = serve(echo, framing=Netstring())
+    framing = Netstring()
+    wire = b"".join(framing.encode(m) for m in (b"first", b"", b"third message"))
+    with raw_client(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(wire)):
+            sock.sendall(wire[i : i + 1])
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_until_closed(sock) == wire
+
+
+def test_oversized_header_closes_only_that_connection(serve: Serve) -> None:
+    server = serve(echo)
+    with connect(server.address, timeout=TIMEOUT) as good, raw_client(server) as bad:
+        assert good.request(b"before") == b"before"
+        bad.sendall(struct.pack("!I", 2**32 - 1))
+        assert recv_until_closed(bad) == b""
+        assert good.request(b"after") == b"after"
+    wait_until(lambda: server.stats.errors == 1, what="the error counted")
+
+
+def test_garbage_closes_the_connection_and_answers_what_came_before(serve: Serve) -> None:
+    server = serve(echo, framing=Netstring())
+    with raw_client(server) as sock:
+        sock.sendall(b"2:ok,xx:garbage")
+        assert recv_until_closed(sock) == b"2:ok,"
+    with connect(server.address, framing=Netstring(), timeout=TIMEOUT) as conn:
+        assert conn.request(b"next") == b"next"
+    wait_until(lambda: server.stats.errors == 1, what="the error counted")
+
+
+def test_reset_mid_message_leaves_the_server_serving(serve: Serve) -> None:
+    server = serve(echo)
+    for _ in range(5):
+        sock = raw_client(server)
+        sock.sendall(struct.pack("!I", 100) + b"only part")
+        reset(sock)
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"alive") == b"alive"
+    wait_until(lambda: server.stats.active == 0, what="reset connections closed")
+    assert server.stats.errors == 5
+
+
+def test_idle_timeout_closes_a_silent_connection(serve: Serve) -> None:
+    server = serve(echo, idle_timeout=0.3)
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"hello") == b"hello"
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            conn.recv()
+        assert 0.2 < time.monotonic() - started < TIMEOUT
+    wait_until(lambda: server.stats.errors == 1, what="the timeout counted")
+
+
+def test_stray_bytes_do_not_keep_a_connection_alive(serve: Serve) -> None:
+    server = serve(echo, idle_timeout=0.3)
+    with raw_client(server) as sock:
+        sock.sendall(struct.pack("!I", 1000))
+        deadline = time.monotonic() + TIMEOUT
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            sock.sendall(b"x")  # a byte at a time, never a whole message
+            time.sleep(0.05)
+            try:
+                sock.setblocking(False)
+                closed = sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed = True
+            finally:
+                sock.setblocking(True)
+        assert closed
+
+
+def test_message_timeout_closes_a_slow_message(serve: Serve) -> None:
+    server = serve(echo, message_timeout=0.3)
+    with raw_client(server) as sock:
+        sock.sendall(struct.pack("!I", 10) + b"half")
+        started = time.monotonic()
+        assert recv_until_closed(sock) == b""
+        assert 0.2 < time.monotonic() - started < TIMEOUT
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"whole") == b"whole"
+
+
+def test_max_connections_refuses_extra_connections_and_serves_the_rest(serve: Serve) -> None:
+    server = serve(echo, max_connections=2)
+    with connect(server.address, timeout=TIMEOUT) as a, connect(server.address, timeout=TIMEOUT) as b:
+        assert a.request(b"a") == b"a"
+        assert b.request(b"b") == b"b"
+        with connect(server.address, timeout=TIMEOUT) as extra, pytest.raises((ConnectionClosed, OSError)):
+            extra.request(b"extra")
+        assert a.request(b"still") == b"still"
+        assert server.stats.rejected >= 1
+    wait_until(lambda: server.stats.active == 0, what="slots freed")
+    with connect(server.address, timeout=TIMEOUT) as c:
+        assert c.request(b"c") == b"c"
+
+
+def test_graceful_stop_answers_what_was_received_before_a_half_close(engine: str) -> None:
+    def slow_upper(message: bytes) -> bytes:
+        time.sleep(0.002)
+        return message.upper()
+
+    server = Server(slow_upper, "127.0.0.1:0", engine=engine)
+    server.start()
+    try:
+        messages = [b"request %d" % i for i in range(200)]
+        with connect(server.address, timeout=TIMEOUT) as conn:
+            conn.send_many(messages)
+            conn.shutdown_write()
+            stopper = threading.Thread(target=server.stop, kwargs={"timeout": TIMEOUT})
+            stopper.start()
+            replies = list(conn)
+            stopper.join(TIMEOUT)
+        assert replies == [m.upper() for m in messages]
+        assert not stopper.is_alive()
+        with pytest.raises(OSError):
+            connect(server.address, timeout=TIMEOUT).close()
+    finally:
+        server.stop(timeout=1.0)
+
+
+def test_stop_deadline_closes_connections_that_stay_open(engine: str) -> None:
+    server = Server(echo, "127.0.0.1:0", engine=engine)
+    server.start()
+    try:
+        with connect(server.address, timeout=TIMEOUT) as conn:
+            assert conn.request(b"hi") == b"hi"
+            started = time.monotonic()
+            server.stop(timeout=0.3)
+            assert time.monotonic() - started < TIMEOUT
+            with pytest.raises((ConnectionClosed, OSError)):
+                conn.recv()
+    finally:
+        server.stop(timeout=1.0)
+
+
+def test_handler_exception_closes_its_connection_logs_and_counts(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fragile(message: bytes) -> bytes:
+        if message == b"boom":
+            raise RuntimeError("handler bug")
+        return message
+
+    server = serve(fragile)
+    with caplog.at_level(logging.ERROR, logger="connecteur.server"):
+        with connect(server.address, timeout=TIMEOUT) as bystander, connect(server.address, timeout=TIMEOUT) as victim:
+            victim.send(b"boom")
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                victim.recv()
+            assert time.monotonic() - started < TIMEOUT / 2  # closed, not timed out
+            assert bystander.request(b"fine") == b"fine"
+        wait_until(lambda: server.stats.errors == 1, what="the error counted")
+    records = [r for r in caplog.records if r.name == "connecteur.server" and r.exc_info]
+    assert records and isinstance(records[0].exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+def test_handler_object_hooks_and_peer_state(serve: Serve) -> None:
+    events: list[tuple[str, object]] = []
+    closed = threading.Event()
+
+    class Counter:
+        def connected(self, peer: Peer) -> None:
+            peer.data["count"] = 0
+            events.append(("connected", type(peer.address)))
+
+        def received(self, peer: Peer, message: bytes) -> bytes:
+            peer.data["count"] += 1
+            return b"%d:%s" % (peer.data["count"], message)
+
+        def closed(self, peer: Peer, error: BaseException | None) -> None:
+            events.append(("closed", error))
+            closed.set()
+
+    server = serve(Counter())
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"a") == b"1:a"
+        assert conn.request(b"b") == b"2:b"
+    assert closed.wait(TIMEOUT)
+    assert events == [("connected", tuple), ("closed", None)]
+
+
+def test_peer_send_from_another_thread_and_peer_close(serve: Serve) -> None:
+    peers: list[Peer] = []
+    ready = threading.Event()
+
+    class Hub:
+        def connected(self, peer: Peer) -> None:
+            peers.append(peer)
+            ready.set()
+
+    server = serve(Hub())
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert ready.wait(TIMEOUT)
+        pusher = threading.Thread(target=lambda: [peers[0].send(b"push %d" % i) for i in range(100)])
+        pusher.start()
+        assert [conn.recv() for _ in range(100)] == [b"push %d" % i for i in range(100)]
+        pusher.join(TIMEOUT)
+        peers[0].close()
+        with pytest.raises(ConnectionClosed):
+            conn.recv()
+        with pytest.raises(ConnectionClosed):
+            peers[0].send(b"too late")
+
+
+def test_reply_then_close_from_inside_the_handler(serve: Serve) -> None:
+    def last_word(peer: Peer, message: bytes) -> bytes:
+        peer.close()
+        return b"bye"
+
+    class Handler:
+        received = staticmethod(last_word)
+
+    server = serve(Handler())
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"quit") == b"bye"
+        with pytest.raises(ConnectionClosed):
+            conn.recv()
+
+
+def test_empty_message_and_none_reply(serve: Serve) -> None:
+    server = serve(lambda m: None if m == b"quiet" else m)
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"") == b""
+        conn.send(b"quiet")
+        assert conn.request(b"loud") == b"loud"
+
+
+def test_stats_count_bytes_with_framing(serve: Serve) -> None:
+    server = serve(echo, framing=Delimited(b"\n"))
+    with connect(server.address, framing=Delimited(b"\n"), timeout=TIMEOUT) as conn:
+        assert conn.request(b"abc") == b"abc"
+    wait_until(lambda: server.stats.active == 0, what="the connection closed")
+    stats = server.stats
+    assert (stats.bytes_in, stats.bytes_out, stats.messages_in, stats.messages_out) == (4, 4, 1, 1)
+    assert isinstance(stats, connecteur.Stats)
+
+
+def test_unix_socket_server_removes_its_file(serve: Serve, tmp_path: object) -> None:
+    path = f"{tmp_path}/server.sock"
+    server = serve(upper, f"unix:{path}")
+    assert server.address == f"unix:{path}"
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"unix") == b"UNIX"
+    server.stop(timeout=1.0)
+    import os
+
+    assert not os.path.exists(path)
+
+
+def test_ipv6_loopback(serve: Serve) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    try:
+        server = serve(upper, "[::1]:0")
+    except OSError as exc:
+        pytest.skip(f"cannot listen on [::1]: {exc}")
+    assert server.address[0] == "::1"
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"six") == b"SIX"
+
+
+def test_client_timeout_against_a_silent_handler(serve: Serve) -> None:
+    server = serve(lambda m: None, framing=LengthPrefixed("!H"))
+    with connect(server.address, framing=LengthPrefixed("!H"), timeout=0.2) as conn, pytest.raises(Timeout):
+        conn.request(b"anyone?")
+
+
+def test_a_reply_the_framing_cannot_carry_is_the_handlers_error(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    server = serve(lambda m: b"x" * 300, framing=LengthPrefixed("!B"))
+    with caplog.at_level(logging.ERROR, logger="connecteur.server"):
+        with connect(server.address, framing=LengthPrefixed("!B"), timeout=TIMEOUT) as conn:
+            conn.send(b"hi")
+            with pytest.raises(ConnectionClosed):
+                conn.recv()
+        wait_until(lambda: server.stats.errors == 1, what="the error counted")
+    assert any("MessageTooLarge" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: bounded waits, cut streams, wire vectors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+from hypothesis import strategies as st
+
+TIMEOUT = 10.0 * float(os.environ.get("CONNECTEUR_TEST_TIMEOUT_FACTOR", "1"))
+"""The one unit every wait in the tests is bounded by, in seconds."""
+
+
+def cuts(data: bytes, draw: st.DataObject, *, max_piece: int = 64) -> Iterator[bytes]:
+    """Cut `data` into pieces of 1..max_piece bytes, sizes drawn by Hypothesis."""
+    pos = 0
+    while pos < len(data):
+        size = draw.draw(st.integers(min_value=1, max_value=max_piece), label="piece")
+        yield data[pos : pos + size]
+        pos += size
+
+
+def one_byte_at_a_time(data: bytes) -> Iterator[bytes]:
+    """Every byte of `data` as its own piece."""
+    return (data[i : i + 1] for i in range(len(data)))
+
+
+def wait_until(condition: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def recv_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
+    """Read a raw socket until the peer closes (or resets); return all it sent."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
