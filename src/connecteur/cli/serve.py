@@ -25,7 +25,7 @@ def add_parser(commands: Any) -> None:
     """Add ``serve`` to the subcommands."""
     parser = commands.add_parser("serve", help="run a server", description="Run a server until SIGINT or SIGTERM.")
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
-    parser.add_argument("--engine", choices=ENGINES, default="threads", help="how connections are served")
+    parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
     parser.add_argument("--app", choices=sorted(APPS), default="echo", help="what the server does with a message")
     parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")

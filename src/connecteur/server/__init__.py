@@ -26,7 +26,7 @@ from ._peer import Peer
 
 __all__ = ["ENGINES", "MessageHandler", "Peer", "PeerHandler", "Server", "Stats"]
 
-ENGINES: Final = ("threads",)
+ENGINES: Final = ("select", "threads")
 """The engine names `Server` accepts."""
 
 DEFAULT_BACKLOG: Final = 128
@@ -35,6 +35,10 @@ DEFAULT_BACKLOG: Final = 128
 
 
 def _make_engine(name: str, config: EngineConfig) -> Engine:
+    if name == "select":
+        from .select import SelectEngine
+
+        return SelectEngine(config)
     if name == "threads":
         from .threads import ThreadsEngine
 
@@ -59,7 +63,9 @@ class Server:
             ``":port"`` (every interface), ``"unix:/path"`` or a tuple. Port 0
             picks a free port; `address` tells which once started.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
-        engine: ``"threads"`` (a thread per connection).
+        engine: ``"select"`` (one thread multiplexing every connection with
+            non-blocking sockets, the default) or ``"threads"`` (a thread
+            per connection).
         max_connections: connections served at once; beyond it, a new
             connection is closed as soon as it is accepted.
         idle_timeout: close a connection when no whole message has moved in
@@ -81,7 +87,7 @@ class Server:
         address: AddressLike,
         *,
         framing: Framing | None = None,
-        engine: str = "threads",
+        engine: str = "select",
         max_connections: int = 10_000,
         idle_timeout: float | None = None,
         message_timeout: float | None = None,

@@ -22,8 +22,9 @@ from typing import Final
 
 from .. import _socket
 from ..address import format_address
-from ..errors import ConnectionClosed, FramingError, Timeout
+from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
+from ._deadlines import Deadlines
 from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, EngineConfig, accept_error_is_fatal_for_now, logger
 from ._handler import HandlerFailed
 from ._peer import Peer
@@ -153,8 +154,7 @@ class _ThreadLink:
         self._aborted = False  # the stop deadline passed
         self._closed = False
         self._thread_id = 0
-        self._last_activity = time.monotonic()
-        self._message_started: float | None = None
+        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
         self.peer = Peer(self, address)
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -170,7 +170,7 @@ class _ThreadLink:
             if self._closed:
                 raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
             self._sock.sendall(data)
-        self._last_activity = time.monotonic()
+        self._deadlines.moved()
         self._config.counters.sent(1, len(data))
 
     def close(self) -> None:
@@ -226,14 +226,15 @@ class _ThreadLink:
         sock, decoder = self._sock, self._config.framing.decoder()
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
-        has_timers = self._config.idle_timeout is not None or self._config.message_timeout is not None
+        deadlines = self._deadlines
         while not self._closing:
-            if has_timers:
-                sock.settimeout(self._wait_time())
+            if deadlines.is_active:
+                due = deadlines.next_due()
+                sock.settimeout(None if due is None else max(0.0, due - time.monotonic()))
             try:
                 count = sock.recv_into(buffer)
             except TimeoutError:
-                if (expired := self._expired_timer()) is not None:
+                if (expired := deadlines.expired()) is not None:
                     return expired
                 continue
             except OSError as exc:
@@ -246,7 +247,7 @@ class _ThreadLink:
                 self._dispatch(exc.messages)
                 return exc
             self._config.counters.received(len(messages), count)
-            self._track_timers(bool(messages), decoder.buffered)
+            deadlines.received(bool(messages), decoder.buffered)
             if error := self._dispatch(messages):
                 return error
             if not count:
@@ -272,34 +273,4 @@ class _ThreadLink:
                     return exc
             if self._closing:
                 return None
-        return None
-
-    # --- timers ----------------------------------------------------------------
-
-    def _track_timers(self, completed: bool, buffered: int) -> None:
-        now = time.monotonic()
-        if completed:
-            self._last_activity = now
-        if not buffered:
-            self._message_started = None
-        elif completed or self._message_started is None:
-            self._message_started = now
-
-    def _wait_time(self) -> float | None:
-        """Seconds until the next timer is due (None: no timer runs)."""
-        idle, per_message = self._config.idle_timeout, self._config.message_timeout
-        dues = []
-        if idle is not None:
-            dues.append(self._last_activity + idle)
-        if per_message is not None and self._message_started is not None:
-            dues.append(self._message_started + per_message)
-        return max(0.0, min(dues) - time.monotonic()) if dues else None
-
-    def _expired_timer(self) -> Timeout | None:
-        now = time.monotonic()
-        idle, per_message = self._config.idle_timeout, self._config.message_timeout
-        if idle is not None and now >= self._last_activity + idle:
-            return Timeout(f"no message moved for {idle} s", seconds=idle)
-        if per_message is not None and self._message_started is not None and now >= self._message_started + per_message:
-            return Timeout(f"a message took more than {per_message} s to arrive", seconds=per_message)
         return None

@@ -1,0 +1,78 @@
+"""The idle and per-message deadlines of one connection, for every engine.
+
+Engines differ in how they wait (a socket timeout, a timer heap, asyncio's
+call_at); what is due and when is decided here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import final
+
+from ..errors import Timeout
+
+__all__ = ["Deadlines"]
+
+
+@final
+class Deadlines:
+    """When a connection must be closed for idleness or for a slow message.
+
+    Idle: no whole message moved in either direction for `idle_timeout`
+    (stray bytes do not count). Slow: a message not complete `message_timeout`
+    after its first byte.
+    """
+
+    __slots__ = ("_idle_timeout", "_last_activity", "_message_started", "_message_timeout")
+
+    def __init__(self, idle_timeout: float | None, message_timeout: float | None) -> None:
+        self._idle_timeout = idle_timeout
+        self._message_timeout = message_timeout
+        self._last_activity = time.monotonic()
+        self._message_started: float | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """True when any deadline is configured at all."""
+        return self._idle_timeout is not None or self._message_timeout is not None
+
+    def moved(self) -> None:
+        """A whole message was received or sent."""
+        self._last_activity = time.monotonic()
+
+    def received(self, completed: bool, buffered: int) -> bool:
+        """Note a read that completed messages (or not) and left `buffered` bytes.
+
+        Returns:
+            True when a new message started, so its deadline may be the next due.
+        """
+        now = time.monotonic()
+        if completed:
+            self._last_activity = now
+        if not buffered:
+            self._message_started = None
+            return False
+        if completed or self._message_started is None:
+            self._message_started = now
+            return True
+        return False
+
+    def next_due(self) -> float | None:
+        """The `time.monotonic()` when the earliest deadline falls, or None."""
+        dues = []
+        if self._idle_timeout is not None:
+            dues.append(self._last_activity + self._idle_timeout)
+        if self._message_timeout is not None and self._message_started is not None:
+            dues.append(self._message_started + self._message_timeout)
+        return min(dues) if dues else None
+
+    def expired(self) -> Timeout | None:
+        """The `Timeout` to close the connection with, if a deadline has passed."""
+        now = time.monotonic()
+        idle, per_message = self._idle_timeout, self._message_timeout
+        if idle is not None and now >= self._last_activity + idle:
+            return Timeout(f"no message moved for {idle} s", seconds=idle)
+        started = self._message_started
+        if per_message is not None and started is not None and now >= started + per_message:
+            return Timeout(f"a message took more than {per_message} s to arrive", seconds=per_message)
+        return None

@@ -1,0 +1,493 @@
+"""The select engine: the HOWTO's non-blocking sockets multiplexed with select.
+
+One thread, one `selectors.DefaultSelector` (epoll on Linux, kqueue on BSD
+and macOS). The listening socket sits in the readers; every connection is
+non-blocking. A readable connection is read once with ``recv_into`` into one
+buffer shared by all connections (the loop is single-threaded), the bytes go
+to the connection's decoder, and the replies to every message of that read are
+joined into one write. Writes never block: what the socket does not take is
+queued, and the connection watches for writability only while a queue is
+non-empty.
+
+Backpressure: a connection whose queue passes `HIGH_WATER` is no longer read
+until the queue falls below `LOW_WATER`; one whose queue passes `HARD_CAP`
+(only `peer.send()` can push it there) is disconnected.
+
+Timers without threads: idle and per-message deadlines live on the
+connections; a heap holds at most one entry per connection, checked lazily
+when it comes due, so activity costs no heap operation. The loop sleeps in
+``select()`` until the next entry is due, so an idle server uses no CPU.
+
+Other threads reach the loop through `_inbox` and a wake-up socket pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from .. import _socket
+from ..address import format_address
+from ..errors import ConnectionClosed, FramingError
+from ..framing import Buffer
+from ._deadlines import Deadlines
+from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, EngineConfig, accept_error_is_fatal_for_now, logger
+from ._handler import HandlerFailed
+from ._peer import Peer
+
+__all__ = ["SelectEngine"]
+
+RECV_SIZE: Final = 256 * 2**10
+"""256 KiB: the one read buffer all connections share; large enough for bulk
+transfers in few reads, allocated once per engine."""
+
+HIGH_WATER: Final = 1 * 2**20
+"""1 MiB queued for a peer that does not read: stop reading its requests."""
+
+LOW_WATER: Final = 256 * 2**10
+"""Read that peer again once its queue is back under 256 KiB."""
+
+HARD_CAP: Final = 16 * 2**20
+"""16 MiB queued for one peer (by `peer.send()`, which cannot wait): disconnect it."""
+
+_ACCEPT = object()  # selector data of the listening socket
+_WAKE = object()  # selector data of the wake-up socket
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class SelectEngine:
+    """One thread multiplexing every connection; see the module's description."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._selector = selectors.DefaultSelector()
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+        self._links: set[_SelectLink] = set()
+        self._timers: list[tuple[float, int, _SelectLink | None]] = []
+        self._sequence = itertools.count()
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._stop_deadline: float | None = None
+        self._loop_thread = 0
+        self._listener: socket.socket | None = None
+        self._accept_paused_until: float | None = None
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        self._wake()
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept and serve until a stop is requested, then stop gracefully (see `Engine`)."""
+        self._loop_thread = threading.get_ident()
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, _READ, _ACCEPT)
+        self._selector.register(self._wake_reader, _READ, _WAKE)
+        try:
+            self._run_until_stopped()
+        finally:
+            for link in list(self._links):
+                link.abort()
+            self._stop_accepting()
+            self._selector.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    # --- the loop ---------------------------------------------------------------
+
+    def _run_until_stopped(self) -> None:
+        """The event loop. Invariant: every open connection is registered for reading
+        unless paused by backpressure or half-closed, and for writing iff its queue
+        is non-empty."""
+        select, timers = self._selector.select, self._timers
+        while True:
+            if self._stop_deadline is not None:
+                self._stop_accepting()
+                if not self._links or time.monotonic() >= self._stop_deadline:
+                    return
+            timeout = None
+            if timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            if self._stop_deadline is not None:
+                deadline_in = max(0.0, self._stop_deadline - time.monotonic())
+                timeout = deadline_in if timeout is None else min(timeout, deadline_in)
+            for key, mask in select(timeout):
+                data = key.data
+                if isinstance(data, _SelectLink):
+                    if mask & _WRITE:
+                        data.on_writable()
+                    if mask & _READ and data.is_open:
+                        data.on_readable()
+                elif data is _ACCEPT:
+                    self._accept_some()
+                else:
+                    self._drain_inbox()
+            if timers and timers[0][0] <= time.monotonic():
+                self._run_due_timers()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            self._wake_writer.send(b"\0")
+
+    def call_soon(self, action: Callable[[], None]) -> None:
+        """Run `action` on the loop's thread: at once there, else after a wake-up."""
+        if threading.get_ident() == self._loop_thread:
+            action()
+        else:
+            self._inbox.append(action)
+            self._wake()
+
+    def _drain_inbox(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_reader.recv(4096):
+                pass
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft()()
+
+    # --- accepting -------------------------------------------------------------
+
+    def _accept_some(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if accept_error_is_fatal_for_now(exc):
+                    # Out of descriptors: stop watching the listener, or it
+                    # would show readable at once and spin.
+                    self._selector.unregister(listener)
+                    self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
+                    return
+                continue
+            self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: object) -> None:
+        counters = self._config.counters
+        if counters.active >= self._config.max_connections:
+            counters.refused()
+            sock.close()
+            return
+        sock.setblocking(False)
+        _socket.configure_stream(sock)
+        link = _SelectLink(self, sock, address)
+        self._links.add(link)
+        counters.opened()
+        self._selector.register(sock, _READ, link)
+        link.start()
+
+    def _stop_accepting(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and self._stop_deadline is None:
+            with contextlib.suppress(KeyError):
+                self._selector.register(self._listener, _READ, _ACCEPT)
+
+    # --- timers ----------------------------------------------------------------
+
+    def add_timer(self, due: float, link: _SelectLink | None) -> None:
+        """Check `link`'s deadlines at `due` (None: resume accepting)."""
+        timers = self._timers
+        if len(timers) > 2 * len(self._links) + 64:
+            # Entries of closed or re-armed links wait for their due time;
+            # with many short connections they would pile up, so sweep them.
+            timers[:] = [entry for entry in timers if entry[2] is None or entry[2].is_timer_live(entry[0])]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (due, next(self._sequence), link))
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, link = heapq.heappop(timers)
+            if link is None:
+                self._resume_accepting()
+            elif link.is_timer_live(due):
+                link.check_timers()
+
+    # --- connections (called by links) ------------------------------------------
+
+    def update_interest(self, link: _SelectLink, events: int) -> None:
+        """Watch `link` for `events`."""
+        self._selector.modify(link.sock, events, link)
+
+    def forget(self, link: _SelectLink) -> None:
+        """Unregister a closed connection."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(link.sock)
+        self._links.discard(link)
+
+
+class _SelectLink:
+    """One non-blocking connection, driven by the engine's loop."""
+
+    __slots__ = (
+        "_closing",
+        "_config",
+        "_deadlines",
+        "_decoder",
+        "_dispatching",
+        "_engine",
+        "_events",
+        "_outgoing",
+        "_paused",
+        "_queued",
+        "_read_ended",
+        "_timer_due",
+        "is_open",
+        "peer",
+        "sock",
+    )
+
+    def __init__(self, engine: SelectEngine, sock: socket.socket, address: object) -> None:
+        self._engine = engine
+        self._config = engine._config
+        self.sock = sock
+        self.peer = Peer(self, address)
+        self._decoder = self._config.framing.decoder()
+        self._outgoing: deque[memoryview] = deque()
+        self._queued = 0  # bytes in _outgoing
+        self._events = _READ
+        self._paused = False  # reading stopped by backpressure
+        self._read_ended = False  # the peer's EOF was seen
+        self._closing = False  # close once the queue is flushed
+        self._dispatching = False  # inside handler calls: a close waits for their replies
+        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
+        self._timer_due: float | None = None
+        self.is_open = True
+
+    # --- the Link interface (any thread) ---------------------------------------
+
+    def send(self, message: Buffer) -> None:
+        """Queue one message; from another thread the loop writes it soon after."""
+        if not self.is_open or self._closing:
+            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+        data = self._config.framing.encode(message)
+        self._engine.call_soon(lambda: self._push(data, 1))
+
+    def close(self) -> None:
+        """Close once the replies already due are sent; safe from any thread."""
+        if threading.get_ident() != self._engine._loop_thread:
+            self._engine.call_soon(self.close)
+        elif self.is_open:
+            self._closing = True
+            if not self._dispatching:
+                self._close_when_flushed()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is queued: the stop deadline passed."""
+        self._finish(None)
+
+    def _close_when_flushed(self) -> None:
+        if self._queued:
+            self._set_events(_WRITE)
+        else:
+            self._finish(None)
+
+    # --- the loop's side --------------------------------------------------------
+
+    def start(self) -> None:
+        """Tell the handler, and arm the timers."""
+        try:
+            self._config.handler.connected(self.peer)
+        except HandlerFailed as exc:
+            self._fail(exc)
+            return
+        self._arm_timer()
+
+    def on_readable(self) -> None:
+        """Read once, hand every complete message to the handler, queue the replies."""
+        engine = self._engine
+        try:
+            count = self.sock.recv_into(engine._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        try:
+            messages = self._decoder.feed(engine._view[:count]) if count else self._decoder.eof()
+        except FramingError as exc:
+            self._dispatch(exc.messages)
+            self._fail(exc)
+            return
+        self._config.counters.received(len(messages), count)
+        if self._deadlines.received(bool(messages), self._decoder.buffered):
+            self._arm_timer()
+        if not self._dispatch(messages):
+            return
+        if not count:
+            self._read_ended = True
+            self._closing = True
+            self._close_when_flushed()
+
+    def _dispatch(self, messages: list[bytes]) -> bool:
+        """Call the handler for each message; queue the replies as one write.
+
+        Returns False when the connection was closed on the way.
+        """
+        if not messages:
+            return True
+        handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
+        replies: list[bytes] = []
+        self._dispatching = True
+        try:
+            for message in messages:
+                reply = handler.received(peer, message)
+                if reply is not None:
+                    try:
+                        replies.append(encode(reply))
+                    except FramingError as exc:
+                        raise HandlerFailed("received", exc) from exc
+                if self._closing or not self.is_open:
+                    break
+        except HandlerFailed as exc:
+            self._fail(exc)
+            return False
+        finally:
+            self._dispatching = False
+        if replies and self.is_open:
+            self._push(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
+        if self._closing and self.is_open:
+            self._close_when_flushed()
+        return self.is_open
+
+    def _push(self, data: bytes, messages: int) -> None:
+        """Write `data` now as far as the socket takes it; queue the rest."""
+        if not self.is_open:
+            return
+        self._deadlines.moved()
+        self._config.counters.sent(messages, len(data))
+        if self._queued:
+            self._outgoing.append(memoryview(data))
+            self._queued += len(data)
+        else:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent == len(data):
+                return
+            self._outgoing.append(memoryview(data)[sent:])
+            self._queued += len(data) - sent
+            self._set_events(self._events | _WRITE)
+        self._apply_backpressure()
+
+    def on_writable(self) -> None:
+        """Send queued bytes until the socket would block or the queue is empty."""
+        outgoing = self._outgoing
+        while outgoing:
+            chunk = outgoing[0]
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._queued -= sent
+            if sent < len(chunk):
+                outgoing[0] = chunk[sent:]
+                break
+            outgoing.popleft()
+        if self._queued:
+            self._apply_backpressure()
+            return
+        if self._closing:
+            self._finish(None)
+            return
+        self._set_events(self._events & ~_WRITE)
+        self._apply_backpressure()
+
+    def _apply_backpressure(self) -> None:
+        queued = self._queued
+        if queued > HARD_CAP:
+            self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
+        elif not self._paused and queued > HIGH_WATER:
+            self._paused = True
+            self._set_events(self._events & ~_READ)
+        elif self._paused and queued < LOW_WATER:
+            self._paused = False
+            self._set_events(self._events | _READ)
+
+    def _set_events(self, events: int) -> None:
+        if self._read_ended or self._closing:
+            events &= ~_READ
+        if self._paused:
+            events &= ~_READ
+        if not events:
+            # Nothing to wait for: keep the socket registered for errors only.
+            events = _WRITE if self._queued else _READ
+        if events != self._events and self.is_open:
+            self._events = events
+            self._engine.update_interest(self, events)
+
+    # --- timers ----------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        due = self._deadlines.next_due()
+        if due is not None and (self._timer_due is None or due < self._timer_due):
+            self._timer_due = due
+            self._engine.add_timer(due, self)
+
+    def is_timer_live(self, due: float) -> bool:
+        """True when the heap entry due at `due` is this open link's current one."""
+        return self.is_open and self._timer_due == due
+
+    def check_timers(self) -> None:
+        """Its heap entry came due: close on an expired deadline, else re-arm."""
+        self._timer_due = None
+        if (expired := self._deadlines.expired()) is not None:
+            self._fail(expired)
+        else:
+            self._arm_timer()
+
+    # --- ending ------------------------------------------------------------------
+
+    def _fail(self, error: BaseException) -> None:
+        """Close at once because of `error`, logging it as its kind deserves."""
+        address = format_address(self.peer.address)
+        if isinstance(error, HandlerFailed):
+            logger.error("closing %s: %s", address, error, exc_info=error.__cause__)
+            error = error.__cause__ or error
+        else:
+            logger.info("closing %s: %s", address, error)
+        self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        self._engine.forget(self)
+        self.sock.close()
+        self._outgoing.clear()
+        self._queued = 0
+        self._config.counters.closed(error=error is not None)
+        try:
+            self._config.handler.closed(self.peer, error)
+        except HandlerFailed as exc:
+            logger.error("%s", exc, exc_info=exc.__cause__)
