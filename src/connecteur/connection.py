@@ -21,7 +21,7 @@ from typing import Final, Self, final
 
 from . import _socket
 from .address import AddressLike, format_address, parse_address
-from .errors import ConnecteurError, ConnectionClosed, FramingError, Timeout
+from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Decoder, Framing, LengthPrefixed
 
 __all__ = ["Connection", "connect"]
@@ -105,7 +105,7 @@ class Connection:
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._ready: deque[bytes] = deque()
-        self._failure: ConnecteurError | None = None
+        self._failure: Exception | None = None
         self._peer_ended = False
         self._write_closed = False
         self._closed = False
@@ -228,6 +228,11 @@ class Connection:
             count = self._sock.recv_into(self._buffer)
         except TimeoutError as exc:
             raise self._recv_timeout() from exc
+        except OSError as exc:
+            # After a reset the kernel reports a plain EOF: remember the reset,
+            # or the next recv() would call it a clean close.
+            self._failure = exc
+            raise
         try:
             if count:
                 self._ready.extend(self._decoder.feed(self._view[:count]))
