@@ -93,8 +93,11 @@ def format_address(address: object) -> str:
     path for a Unix socket); anything else is shown with `repr`.
     """
     if isinstance(address, str):
-        # The socket module gives a plain path for AF_UNIX sockets.
-        return address if address.startswith("unix:") else f"unix:{address}"
+        # The socket module gives a plain path for AF_UNIX sockets, and an
+        # empty one for a client socket that was never bound.
+        if address.startswith("unix:"):
+            return address
+        return f"unix:{address}" if address else "unix:(unnamed)"
     if isinstance(address, tuple) and len(address) >= 2:
         return str(TcpAddress(str(address[0]), int(address[1])))
     if isinstance(address, TcpAddress | UnixAddress):

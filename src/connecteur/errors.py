@@ -25,6 +25,19 @@ __all__ = [
 class ConnecteurError(Exception):
     """Base class of every exception connecteur raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only attributes would defeat Exception's default pickling,
+        # which calls cls(*args): rebuild from args and state instead, so an
+        # error can cross a process boundary (the processes engine's logs).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ConnecteurError], args: tuple[object, ...], state: dict[str, object]) -> ConnecteurError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class FramingError(ConnecteurError, ValueError):
     """Bytes that do not follow the framing, or a message the framing cannot carry.
@@ -49,7 +62,8 @@ class MessageTooLarge(FramingError):
 
     Attributes:
         size: the announced or attempted size in bytes (for a delimited
-            framing, the bytes received so far without a delimiter).
+            framing, the bytes received so far that can only belong to the
+            message, a possible start of the delimiter excluded).
         max_size: the limit in force, in bytes.
     """
 

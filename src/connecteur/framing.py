@@ -157,7 +157,7 @@ class _BufferDecoder:
         if self._failure is not None:
             raise FramingError(f"decoder already failed: {self._failure}") from self._failure
         if self._ended:
-            raise FramingError("decoder was fed after eof()")
+            raise FramingError("the decoder already saw eof(): the stream has ended")
 
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -203,8 +203,11 @@ class FixedLength:
         """Return `message` unchanged after checking its length.
 
         Raises:
-            FramingError: the message is not exactly `size` bytes.
+            MessageTooLarge: the message is longer than `size`.
+            FramingError: the message is shorter than `size`.
         """
+        if len(message) > self.size:
+            raise _too_large(len(message), self.size, "message has")
         if len(message) != self.size:
             raise FramingError(f"FixedLength({self.size}) cannot carry a message of {len(message)} bytes")
         return bytes(message)
@@ -257,15 +260,19 @@ class Delimited:
         """Return `message` followed by the delimiter.
 
         Raises:
-            FramingError: the message contains the delimiter.
+            FramingError: the message contains the delimiter, or ends with
+                part of it so that the delimiter would be found too early.
             MessageTooLarge: the message is longer than `max_size`.
         """
         if len(message) > self.max_size:
             raise _too_large(len(message), self.max_size, "message has")
-        data = bytes(message)
-        if self.delimiter in data:
-            raise FramingError(f"message contains the delimiter {self.delimiter!r}")
-        return data + self.delimiter
+        wire = bytes(message) + self.delimiter
+        # A message that ends with part of a self-overlapping delimiter
+        # (b"\n" before b"\n\n") would be cut early: the first delimiter on
+        # the wire must be the one added here.
+        if wire.find(self.delimiter) != len(message):
+            raise FramingError(f"message contains the delimiter {self.delimiter!r}, or ends with part of it")
+        return wire
 
     def decoder(self) -> Decoder:
         """Return a new decoder that cuts the stream after each delimiter."""

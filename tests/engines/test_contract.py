@@ -348,3 +348,42 @@ def test_a_reply_the_framing_cannot_carry_is_the_handlers_error(serve: Serve, ca
                 conn.recv()
         wait_until(lambda: server.stats.errors == 1, what="the error counted")
     assert any("MessageTooLarge" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_serves_connections_still_waiting_in_the_backlog(engine: str) -> None:
+    """Clients that connected before the stop get their replies, accepted or not yet."""
+    release = threading.Event()
+
+    def gate(message: bytes) -> bytes:
+        if message == b"hold":
+            release.wait(TIMEOUT)  # on the select engine this holds the whole loop
+        return message.upper()
+
+    server = Server(gate, "127.0.0.1:0", engine=engine)
+    server.start()
+    stopper = threading.Thread(target=server.stop, kwargs={"timeout": TIMEOUT})
+    clients: list[connecteur.Connection] = []
+    try:
+        holder = connect(server.address, timeout=TIMEOUT)
+        clients.append(holder)
+        holder.send(b"hold")
+        holder.shutdown_write()
+        wait_until(lambda: server.stats.messages_in == 1, what="the holding message")
+        for i in range(5):
+            late = connect(server.address, timeout=TIMEOUT)  # completes in the kernel's backlog
+            clients.append(late)
+            late.send(b"late %d" % i)
+            late.shutdown_write()
+        stopper.start()
+        wait_until(lambda: server._engine is not None and server._engine._stop_deadline is not None, what="stop")
+        release.set()
+        assert list(holder) == [b"HOLD"]
+        for i, late in enumerate(clients[1:]):
+            assert list(late) == [b"LATE %d" % i]
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
+        if stopper.is_alive():
+            stopper.join(TIMEOUT)
+        server.stop(timeout=1.0)

@@ -10,13 +10,14 @@ import errno
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from ..framing import Framing
 from ._handler import Handler
 
-__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "accept_error_is_fatal_for_now", "logger"]
+__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "accept_ready", "logger"]
 
 logger: Final = logging.getLogger("connecteur.server")
 
@@ -35,6 +36,34 @@ _PER_CONNECTION_ERRNOS: Final = frozenset(
 )  # fmt: skip
 # accept() errors that say the process is out of something: back off.
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+LAST_ACCEPTS: Final = 4096
+"""At a graceful stop, connections still waiting in the backlog are accepted
+and served (up to this many) rather than reset by closing the listener: their
+clients connected and may have sent requests already."""
+
+
+def accept_ready(listener: socket.socket, admit: Callable[[socket.socket, Any], None], limit: int) -> bool:
+    """Accept up to `limit` waiting connections from a non-blocking listener.
+
+    Every engine accepts through here, so all share one policy.
+
+    Returns:
+        True when accepting must pause for `ACCEPT_BACKOFF` seconds (the
+        process is out of descriptors or memory), False otherwise.
+    """
+    for _ in range(limit):
+        try:
+            sock, address = listener.accept()
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if accept_error_is_fatal_for_now(exc):
+                return True
+            continue
+        admit(sock, address)
+    return False
 
 
 def accept_error_is_fatal_for_now(exc: OSError) -> bool:

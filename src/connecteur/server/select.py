@@ -39,7 +39,7 @@ from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
 from ._deadlines import Deadlines
-from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, EngineConfig, accept_error_is_fatal_for_now, logger
+from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, LAST_ACCEPTS, EngineConfig, accept_ready, logger
 from ._handler import HandlerFailed
 from ._peer import Peer
 
@@ -99,9 +99,9 @@ class SelectEngine:
         try:
             self._run_until_stopped()
         finally:
+            self._stop_accepting(drain_backlog=False)
             for link in list(self._links):
                 link.abort()
-            self._stop_accepting()
             self._selector.close()
             self._wake_reader.close()
             self._wake_writer.close()
@@ -163,20 +163,11 @@ class SelectEngine:
     def _accept_some(self) -> None:
         listener = self._listener
         assert listener is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if accept_error_is_fatal_for_now(exc):
-                    # Out of descriptors: stop watching the listener, or it
-                    # would show readable at once and spin.
-                    self._selector.unregister(listener)
-                    self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
-                    return
-                continue
-            self._admit(sock, address)
+        if accept_ready(listener, self._admit, ACCEPT_BATCH):
+            # Out of descriptors: stop watching the listener, or it would
+            # show readable at once and spin.
+            self._selector.unregister(listener)
+            self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
 
     def _admit(self, sock: socket.socket, address: object) -> None:
         counters = self._config.counters
@@ -192,12 +183,15 @@ class SelectEngine:
         self._selector.register(sock, _READ, link)
         link.start()
 
-    def _stop_accepting(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(self._listener)
-            self._listener.close()
+    def _stop_accepting(self, *, drain_backlog: bool = True) -> None:
+        listener = self._listener
+        if listener is not None:
             self._listener = None
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(listener)
+            if drain_backlog:
+                accept_ready(listener, self._admit, LAST_ACCEPTS)
+            listener.close()
 
     def _resume_accepting(self) -> None:
         if self._listener is not None and self._stop_deadline is None:

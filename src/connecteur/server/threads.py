@@ -25,7 +25,7 @@ from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
 from ._deadlines import Deadlines
-from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, EngineConfig, accept_error_is_fatal_for_now, logger
+from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, LAST_ACCEPTS, EngineConfig, accept_ready, logger
 from ._handler import HandlerFailed
 from ._peer import Peer
 
@@ -80,7 +80,7 @@ class ThreadsEngine:
             while self._stop_deadline is None:
                 timeout = None if paused_until is None else max(0.0, paused_until - time.monotonic())
                 for key, _ in selector.select(timeout):
-                    if key.fileobj is listener and self._accept_some(listener):
+                    if key.fileobj is listener and accept_ready(listener, self._admit, ACCEPT_BATCH):
                         # Out of descriptors: stop watching the listener, or it
                         # would show readable at once and spin.
                         selector.unregister(listener)
@@ -91,20 +91,7 @@ class ThreadsEngine:
                 if paused_until is not None and time.monotonic() >= paused_until:
                     selector.register(listener, selectors.EVENT_READ)
                     paused_until = None
-
-    def _accept_some(self, listener: socket.socket) -> bool:
-        """Accept up to `ACCEPT_BATCH` connections; True to pause accepting."""
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                if accept_error_is_fatal_for_now(exc):
-                    return True
-                continue
-            self._admit(sock, address)
-        return False
+        accept_ready(listener, self._admit, LAST_ACCEPTS)
 
     def _admit(self, sock: socket.socket, address: object) -> None:
         counters = self._config.counters
