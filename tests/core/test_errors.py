@@ -146,3 +146,22 @@ def test_timeout_attributes() -> None:
 def test_code_written_for_the_standard_library_catches_them(exc: BaseException, builtin: type[BaseException]) -> None:
     with pytest.raises(builtin):
         raise exc
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        connecteur.MessageTooLarge("too big", size=5, max_size=4),
+        connecteur.TruncatedMessage("cut", pending=3),
+        connecteur.Timeout("slow", seconds=1.5),
+        connecteur.ConnectionClosed("gone", by_peer=False),
+        connecteur.FramingError("bad"),
+    ],
+)
+def test_errors_survive_pickling_with_their_attributes(error: connecteur.ConnecteurError) -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert copy.args == error.args
+    assert copy.__dict__ == error.__dict__
