@@ -10,6 +10,8 @@ from __future__ import annotations
 from . import framing as framing
 from .connection import Connection as Connection
 from .connection import connect as connect
+from .connection import connect_nowait as connect_nowait
+from .connection import finish_connect as finish_connect
 from .errors import AddressError as AddressError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import CodecError as CodecError
@@ -38,6 +40,8 @@ __all__ = [
     "Timeout",
     "TruncatedMessage",
     "connect",
+    "connect_nowait",
+    "finish_connect",
     "framing",
 ]
 

@@ -16,9 +16,11 @@ from .address import Address, TcpAddress, UnixAddress
 from .errors import Timeout
 
 __all__ = [
+    "check_connected",
     "configure_stream",
     "listen",
     "open_connection",
+    "start_connection",
     "timeouts_as",
     "unlink_unix_socket",
 ]
@@ -68,6 +70,51 @@ def open_connection(address: Address, timeout: float | None) -> socket.socket:
             sock = socket.create_connection((address.host or "localhost", address.port), timeout)
     configure_stream(sock)
     return sock
+
+
+_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY})
+
+
+def start_connection(address: Address) -> socket.socket:
+    """Start connecting a non-blocking socket to `address`; return it at once.
+
+    The connection is complete (or has failed) when the socket shows
+    writable; then call `check_connected`. A host name is resolved first,
+    which may block; only its first address is tried.
+
+    Raises:
+        OSError: the name does not resolve, or the connect failed at once.
+    """
+    target: object
+    if isinstance(address, UnixAddress):
+        family, target = socket.AF_UNIX, address.path
+    else:
+        infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
+        family, _, _, _, target = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        if code not in _IN_PROGRESS:
+            raise OSError(code, f"{os.strerror(code)}: {address}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def check_connected(sock: socket.socket) -> None:
+    """Finish a connection begun by `start_connection`, once it shows writable.
+
+    Raises:
+        OSError: the connection failed (ConnectionRefusedError, ...); the
+            socket is left open for the caller to close.
+    """
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+    sock.getpeername()  # raises ENOTCONN if the socket was not writable yet
+    configure_stream(sock)
 
 
 def listen(address: Address, *, backlog: int, reuse_port: bool = False) -> socket.socket:

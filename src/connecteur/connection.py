@@ -24,7 +24,7 @@ from .address import AddressLike, format_address, parse_address
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Decoder, Framing, LengthPrefixed
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "connect", "connect_nowait", "finish_connect"]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: how much one ``recv_into`` may read. Large enough that bulk
@@ -57,6 +57,35 @@ def connect(
     """
     sock = _socket.open_connection(parse_address(address), timeout)
     return Connection(sock, framing=framing, timeout=timeout)
+
+
+def connect_nowait(address: AddressLike) -> socket.socket:
+    """Start connecting without waiting: for clients inside a select loop.
+
+    The HOWTO's non-blocking connect. Register the returned socket for
+    writability with `select` or `selectors`; once it shows writable, call
+    `finish_connect(sock)`, then use it as it is or wrap it with
+    ``Connection(sock, framing=...)``. A host name is resolved before this
+    returns, which may block; only its first address is tried.
+
+    Raises:
+        AddressError: the address cannot be parsed.
+        OSError: the name does not resolve, or the connect failed at once.
+    """
+    return _socket.start_connection(parse_address(address))
+
+
+def finish_connect(sock: socket.socket) -> None:
+    """Check that a connection begun by `connect_nowait` succeeded.
+
+    Call it when the socket shows writable. The socket stays non-blocking.
+
+    Raises:
+        OSError: the connection failed (``ConnectionRefusedError``, ...), or
+            is not complete yet (the socket was not writable); close the
+            socket in that case.
+    """
+    _socket.check_connected(sock)
 
 
 @final
