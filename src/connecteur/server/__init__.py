@@ -26,7 +26,7 @@ from ._peer import Peer
 
 __all__ = ["ENGINES", "MessageHandler", "Peer", "PeerHandler", "Server", "Stats"]
 
-ENGINES: Final = ("select", "threads")
+ENGINES: Final = ("select", "threads", "processes")
 """The engine names `Server` accepts."""
 
 DEFAULT_BACKLOG: Final = 128
@@ -43,6 +43,10 @@ def _make_engine(name: str, config: EngineConfig) -> Engine:
         from .threads import ThreadsEngine
 
         return ThreadsEngine(config)
+    if name == "processes":
+        from .processes import ProcessesEngine
+
+        return ProcessesEngine(config)
     raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
 
 
@@ -64,8 +68,9 @@ class Server:
             picks a free port; `address` tells which once started.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         engine: ``"select"`` (one thread multiplexing every connection with
-            non-blocking sockets, the default) or ``"threads"`` (a thread
-            per connection).
+            non-blocking sockets, the default), ``"threads"`` (a thread per
+            connection) or ``"processes"`` (a forked process per connection;
+            handler state is then per connection, see the engine's notes).
         max_connections: connections served at once; beyond it, a new
             connection is closed as soon as it is accepted.
         idle_timeout: close a connection when no whole message has moved in

@@ -283,6 +283,7 @@ class _SelectLink:
     def close(self) -> None:
         """Close once the replies already due are sent; safe from any thread."""
         if threading.get_ident() != self._engine._loop_thread:
+            self._closing = True  # so that a send() after this close() raises at once
             self._engine.call_soon(self.close)
         elif self.is_open:
             self._closing = True

@@ -18,6 +18,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 from .. import _socket
@@ -29,7 +30,7 @@ from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, LAST_ACCEPTS, EngineConfig, a
 from ._handler import HandlerFailed
 from ._peer import Peer
 
-__all__ = ["ThreadsEngine"]
+__all__ = ["BlockingLink", "ThreadsEngine"]
 
 RECV_SIZE: Final = 64 * 2**10
 """64 KiB read buffer per connection: one thread per connection already costs
@@ -48,7 +49,7 @@ class ThreadsEngine:
         self._stop_deadline: float | None = None
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
-        self._links: set[_ThreadLink] = set()
+        self._links: set[BlockingLink] = set()
         self._links_lock = threading.Lock()
         self._all_closed = threading.Condition(self._links_lock)
 
@@ -101,7 +102,7 @@ class ThreadsEngine:
             return
         sock.setblocking(True)
         _socket.configure_stream(sock)
-        link = _ThreadLink(self, sock, address)
+        link = BlockingLink(self._config, sock, address, self._forget)
         counters.opened()
         with self._links_lock:
             self._links.add(link)
@@ -122,21 +123,29 @@ class ThreadsEngine:
             if not self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE):
                 logger.warning("%d connection threads still busy in their handler at stop", len(self._links))
 
-    def forget(self, link: _ThreadLink) -> None:
+    def _forget(self, link: BlockingLink) -> None:
         """Called by a connection's thread as it ends."""
         with self._all_closed:
             self._links.discard(link)
             self._all_closed.notify_all()
 
 
-class _ThreadLink:
-    """One connection, served by its own thread (`run`)."""
+class BlockingLink:
+    """One connection served by a blocking loop (`run`) in its own thread or process.
 
-    def __init__(self, engine: ThreadsEngine, sock: socket.socket, address: object) -> None:
-        self._engine = engine
-        self._config = engine._config
+    Args:
+        on_end: called with the link once it is closed and reported.
+    """
+
+    def __init__(
+        self, config: EngineConfig, sock: socket.socket, address: object, on_end: Callable[[BlockingLink], None]
+    ) -> None:
+        self._config = config
+        self._on_end = on_end
         self._sock = sock
-        self._lock = threading.Lock()  # serializes sends, shutdown and close
+        # Serializes sends, shutdown and close. Re-entrant so that abort()
+        # may run in a signal handler that interrupted a send (processes engine).
+        self._lock = threading.RLock()
         self._closing = False  # peer.close() asked
         self._aborted = False  # the stop deadline passed
         self._closed = False
@@ -200,7 +209,7 @@ class _ThreadLink:
                 self._sock.close()
             self._config.counters.closed(error=error is not None)
             self._report_closed(error)
-            self._engine.forget(self)
+            self._on_end(self)
 
     def _report_closed(self, error: BaseException | None) -> None:
         try:

@@ -1,0 +1,257 @@
+"""The processes engine: the HOWTO's "create a new process to handle the client".
+
+The parent accepts (in a selector beside a wake-up socket) and forks one child
+per connection. The child closes every descriptor it inherited except its
+connection, a pipe back to the parent and the standard streams, then serves
+the connection with the same blocking loop as the threads engine
+(`BlockingLink`), writes its counters to the pipe and exits. The pipe's end
+of file tells the parent the child is gone: it adds the counters to
+`server.stats` and reaps the child, so no zombie is left.
+
+What is shared: nothing but the listening port. Handler state lives in each
+child and dies with it; `peer.send` from another connection cannot reach a
+child. `server.stats` counts a connection's messages when the connection ends.
+
+Stopping: the parent stops accepting (serving what is still in the backlog),
+lets children run until their peer's EOF or the stop deadline, then sends
+SIGTERM (the child shuts its connection down and reports), and SIGKILL to any
+child still there a moment later. Children ignore SIGINT: a Ctrl-C reaches the
+whole process group, and the parent decides how to stop.
+
+Needs ``os.fork`` (Linux, macOS, the BSDs); not available on Windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from .. import _socket
+from ..address import format_address
+from ._engine import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    LAST_ACCEPTS,
+    Counters,
+    EngineConfig,
+    accept_ready,
+    logger,
+)
+from .threads import BlockingLink
+
+__all__ = ["ProcessesEngine"]
+
+KILL_GRACE: Final = 1.0
+"""Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL."""
+
+_REPORTED: Final = ("messages_in", "messages_out", "bytes_in", "bytes_out", "errors")
+
+
+@dataclass
+class _Child:
+    pid: int
+    pipe: int
+    address: object
+    report: bytearray = field(default_factory=bytearray)
+
+
+class ProcessesEngine:
+    """A forked process per connection; see the module's description."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        if not hasattr(os, "fork"):
+            raise RuntimeError("the processes engine needs os.fork(), which this platform lacks")
+        self._config = config
+        self._stop_deadline: float | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._children: dict[int, _Child] = {}  # by pipe descriptor
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept and fork until a stop is requested, then stop gracefully (see `Engine`)."""
+        listener.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        try:
+            with listener:
+                self._accept_until_stopped(listener)
+                accept_ready(listener, self._admit, LAST_ACCEPTS)
+            self._wait_for_children()
+        finally:
+            self._kill_children(signal.SIGKILL)
+            self._selector.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    # --- accepting -------------------------------------------------------------
+
+    def _accept_until_stopped(self, listener: socket.socket) -> None:
+        selector = self._selector
+        selector.register(listener, selectors.EVENT_READ)
+        paused_until: float | None = None
+        while self._stop_deadline is None:
+            timeout = None if paused_until is None else max(0.0, paused_until - time.monotonic())
+            for key, _ in selector.select(timeout):
+                if key.fileobj is listener:
+                    if accept_ready(listener, self._admit, ACCEPT_BATCH):
+                        selector.unregister(listener)  # out of descriptors: do not spin
+                        paused_until = time.monotonic() + ACCEPT_BACKOFF
+                else:
+                    self._on_readable(key.fileobj)
+            if paused_until is not None and time.monotonic() >= paused_until:
+                selector.register(listener, selectors.EVENT_READ)
+                paused_until = None
+        if paused_until is None:
+            # Before the listener closes: its descriptor number may come back
+            # as a child's pipe, which this selector must be free to register.
+            selector.unregister(listener)
+
+    def _admit(self, sock: socket.socket, address: object) -> None:
+        counters = self._config.counters
+        if counters.active >= self._config.max_connections:
+            counters.refused()
+            sock.close()
+            return
+        reader, writer = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that fork() in a threaded process may copy a
+            # held lock; the child only runs the loop below and then _exit()s.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child never returns
+            os.close(reader)
+            _run_child(self._config, sock, address, writer)
+        os.close(writer)
+        sock.close()
+        counters.opened()
+        self._children[reader] = _Child(pid, reader, address)
+        self._selector.register(reader, selectors.EVENT_READ)
+
+    # --- children --------------------------------------------------------------
+
+    def _on_readable(self, fileobj: object) -> None:
+        if fileobj is self._wake_reader:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_reader.recv(4096)
+            return
+        assert isinstance(fileobj, int)
+        child = self._children[fileobj]
+        data = os.read(child.pipe, 4096)
+        if data:
+            child.report += data
+        else:
+            self._reap(child)
+
+    def _reap(self, child: _Child) -> None:
+        """The child closed its pipe (it is exiting): count its report, wait for it."""
+        self._selector.unregister(child.pipe)
+        os.close(child.pipe)
+        del self._children[child.pipe]
+        _, status = os.waitpid(child.pid, 0)
+        counters = self._config.counters
+        try:
+            report = json.loads(child.report)
+        except ValueError:
+            code = os.waitstatus_to_exitcode(status)
+            logger.error("the process serving %s died (exit status %s)", format_address(child.address), code)
+            counters.closed(error=True)
+            return
+        counters.received(report["messages_in"], report["bytes_in"])
+        counters.sent(report["messages_out"], report["bytes_out"])
+        counters.closed(error=report["errors"] > 0)
+
+    def _wait_for_children(self) -> None:
+        """Reap children as they end, until none is left or the stop deadline passes."""
+        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        self._reap_until(deadline)
+        if self._children:
+            self._kill_children(signal.SIGTERM)
+            self._reap_until(time.monotonic() + KILL_GRACE)
+
+    def _reap_until(self, deadline: float) -> None:
+        while self._children and (remaining := deadline - time.monotonic()) > 0:
+            for key, _ in self._selector.select(remaining):
+                self._on_readable(key.fileobj)
+
+    def _kill_children(self, signum: signal.Signals) -> None:
+        for child in list(self._children.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+            if signum == signal.SIGKILL:
+                self._selector.unregister(child.pipe)
+                os.close(child.pipe)
+                os.waitpid(child.pid, 0)
+                self._config.counters.closed(error=True)
+                del self._children[child.pipe]
+
+
+def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe: int) -> None:
+    """Serve one connection in a forked child, report, and exit. Never returns."""
+    status = 1
+    try:
+        _close_inherited(keep={0, 1, 2, sock.fileno(), pipe})
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _keep_standard_stream_log_handlers()
+        counters = Counters()
+        sock.setblocking(True)
+        _socket.configure_stream(sock)
+        link = BlockingLink(replace(config, counters=counters), sock, address, lambda link: None)
+        signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
+        counters.opened()
+        link.run()
+        report = {name: getattr(counters.snapshot(), name) for name in _REPORTED}
+        os.write(pipe, json.dumps(report).encode())
+        status = 0
+    except BaseException:
+        logger.exception("the process serving %s failed", format_address(address))
+    finally:
+        os._exit(status)
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """Close every descriptor but `keep`: a child holds only what it needs.
+
+    Without this, a child would keep open the sockets of unrelated code in the
+    parent (a test's own clients, say), and their peers would never see EOF.
+    """
+    highest = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
+    start = 0
+    for fd in sorted(keep):
+        # Never an empty range: CPython 3.11 turns closerange(n, n) into
+        # close_range(n, UINT_MAX), which closes every descriptor.
+        if start < fd:
+            os.closerange(start, fd)
+        start = fd + 1
+    if start < highest:
+        os.closerange(start, highest)
+
+
+def _keep_standard_stream_log_handlers() -> None:
+    """Drop log handlers whose files were just closed; stderr ones keep working."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for each in loggers:
+        each.handlers[:] = [h for h in each.handlers if _stream_fileno(h) in (1, 2)]
+
+
+def _stream_fileno(handler: logging.Handler) -> int:
+    try:
+        return int(handler.stream.fileno())  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return -1

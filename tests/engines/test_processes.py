@@ -1,0 +1,107 @@
+"""What only the processes engine promises: isolation, reaping, and stopping its children."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from connecteur import ConnectionClosed, Server, connect
+from tests.support import TIMEOUT, wait_until
+
+
+def pid_and_crash(message: bytes) -> bytes:
+    if message == b"crash":
+        os._exit(3)  # the child dies without a word
+    return b"%d" % os.getpid()
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False  # still running, or a zombie nobody reaped
+
+
+def test_each_connection_gets_its_own_process_and_every_child_is_reaped() -> None:
+    with Server(pid_and_crash, "127.0.0.1:0", engine="processes") as server:
+        with connect(server.address, timeout=TIMEOUT) as a, connect(server.address, timeout=TIMEOUT) as b:
+            pids = {int(a.request(b"pid")), int(b.request(b"pid"))}
+            assert int(a.request(b"pid")) in pids
+        assert len(pids) == 2 and os.getpid() not in pids
+        wait_until(lambda: server.stats.active == 0, what="both connections closed")
+        assert all(is_gone(pid) for pid in pids)
+        stats = server.stats
+        assert (stats.accepted, stats.messages_in, stats.messages_out, stats.errors) == (2, 3, 3, 0)
+
+
+def test_a_crashing_child_affects_only_its_connection() -> None:
+    with Server(pid_and_crash, "127.0.0.1:0", engine="processes") as server:
+        with connect(server.address, timeout=TIMEOUT) as bystander, connect(server.address, timeout=TIMEOUT) as victim:
+            victim.send(b"crash")
+            try:
+                victim.recv()
+                raise AssertionError("the crashed child replied")
+            except (ConnectionClosed, ConnectionResetError):
+                pass
+            assert bystander.request(b"pid").isdigit()
+        wait_until(lambda: server.stats.active == 0, what="both connections closed")
+        assert server.stats.errors == 1
+
+
+def test_a_child_does_not_hold_the_parents_unrelated_sockets() -> None:
+    """A test's own socket, open in the parent at fork time, must not stay open in a child."""
+    with Server(pid_and_crash, "127.0.0.1:0", engine="processes") as server:
+        mine, theirs = socket.socketpair()
+        try:
+            with connect(server.address, timeout=TIMEOUT) as conn:
+                assert conn.request(b"pid").isdigit()  # a child now exists
+                mine.close()
+                theirs.settimeout(TIMEOUT)
+                assert theirs.recv(1) == b""  # EOF: no child kept a copy of `mine`
+        finally:
+            mine.close()
+            theirs.close()
+
+
+def _children_of(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as file:
+            children.update(int(p) for p in file.read().split())
+    return children
+
+
+def test_sigterm_to_the_parent_stops_the_children_and_exits_zero() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connecteur", "serve", "127.0.0.1:0", "--engine", "processes"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        match = re.fullmatch(r"serving echo on (\S+):(\d+)\n", process.stdout.readline())
+        assert match
+        with connect((match.group(1), int(match.group(2))), timeout=TIMEOUT) as conn:
+            assert conn.request(b"hello") == b"hello"
+            children = _children_of(process.pid)
+            assert len(children) == 1
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            # The idle client keeps its connection open: the stop deadline ends it.
+            try:
+                conn.recv()
+                raise AssertionError("a message after the stop")
+            except (ConnectionClosed, ConnectionResetError):
+                pass
+            assert process.wait(TIMEOUT) == 0
+            assert time.monotonic() - started < TIMEOUT
+        wait_until(lambda: all(is_gone(pid) for pid in children), what="the child to be gone")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
