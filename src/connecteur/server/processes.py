@@ -24,14 +24,11 @@ Needs ``os.fork`` (Linux, macOS, the BSDs); not available on Windows.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import selectors
 import signal
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -46,6 +43,7 @@ from ._engine import (
     accept_ready,
     logger,
 )
+from ._fork import Reports, become_child, fork, write_report
 from .threads import BlockingLink
 
 __all__ = ["ProcessesEngine"]
@@ -53,15 +51,13 @@ __all__ = ["ProcessesEngine"]
 KILL_GRACE: Final = 1.0
 """Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL."""
 
-_REPORTED: Final = ("messages_in", "messages_out", "bytes_in", "bytes_out", "errors")
-
 
 @dataclass
 class _Child:
     pid: int
     pipe: int
     address: object
-    report: bytearray = field(default_factory=bytearray)
+    reports: Reports = field(default_factory=Reports)
 
 
 class ProcessesEngine:
@@ -130,11 +126,7 @@ class ProcessesEngine:
             sock.close()
             return
         reader, writer = os.pipe()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns that fork() in a threaded process may copy a
-            # held lock; the child only runs the loop below and then _exit()s.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork()
         if pid == 0:  # the child never returns
             os.close(reader)
             _run_child(self._config, sock, address, writer)
@@ -155,7 +147,7 @@ class ProcessesEngine:
         child = self._children[fileobj]
         data = os.read(child.pipe, 4096)
         if data:
-            child.report += data
+            child.reports.feed(data)
         else:
             self._reap(child)
 
@@ -165,17 +157,15 @@ class ProcessesEngine:
         os.close(child.pipe)
         del self._children[child.pipe]
         _, status = os.waitpid(child.pid, 0)
-        counters = self._config.counters
-        try:
-            report = json.loads(child.report)
-        except ValueError:
+        counters, report = self._config.counters, child.reports.latest
+        if report is None:
             code = os.waitstatus_to_exitcode(status)
             logger.error("the process serving %s died (exit status %s)", format_address(child.address), code)
             counters.closed(error=True)
             return
-        counters.received(report["messages_in"], report["bytes_in"])
-        counters.sent(report["messages_out"], report["bytes_out"])
-        counters.closed(error=report["errors"] > 0)
+        counters.received(report.messages_in, report.bytes_in)
+        counters.sent(report.messages_out, report.bytes_out)
+        counters.closed(error=report.errors > 0)
 
     def _wait_for_children(self) -> None:
         """Reap children as they end, until none is left or the stop deadline passes."""
@@ -206,9 +196,7 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
     """Serve one connection in a forked child, report, and exit. Never returns."""
     status = 1
     try:
-        _close_inherited(keep={0, 1, 2, sock.fileno(), pipe})
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _keep_standard_stream_log_handlers()
+        become_child(keep={sock.fileno(), pipe})
         counters = Counters()
         sock.setblocking(True)
         _socket.configure_stream(sock)
@@ -216,42 +204,9 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
         signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
         counters.opened()
         link.run()
-        report = {name: getattr(counters.snapshot(), name) for name in _REPORTED}
-        os.write(pipe, json.dumps(report).encode())
+        write_report(pipe, counters.snapshot())
         status = 0
     except BaseException:
         logger.exception("the process serving %s failed", format_address(address))
     finally:
         os._exit(status)
-
-
-def _close_inherited(keep: set[int]) -> None:
-    """Close every descriptor but `keep`: a child holds only what it needs.
-
-    Without this, a child would keep open the sockets of unrelated code in the
-    parent (a test's own clients, say), and their peers would never see EOF.
-    """
-    highest = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
-    start = 0
-    for fd in sorted(keep):
-        # Never an empty range: CPython 3.11 turns closerange(n, n) into
-        # close_range(n, UINT_MAX), which closes every descriptor.
-        if start < fd:
-            os.closerange(start, fd)
-        start = fd + 1
-    if start < highest:
-        os.closerange(start, highest)
-
-
-def _keep_standard_stream_log_handlers() -> None:
-    """Drop log handlers whose files were just closed; stderr ones keep working."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
-    for each in loggers:
-        each.handlers[:] = [h for h in each.handlers if _stream_fileno(h) in (1, 2)]
-
-
-def _stream_fileno(handler: logging.Handler) -> int:
-    try:
-        return int(handler.stream.fileno())  # type: ignore[attr-defined]
-    except (OSError, ValueError, AttributeError):
-        return -1
