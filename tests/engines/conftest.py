@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from connecteur import Server
 from connecteur.server import ENGINES
 
+VARIANTS = [*ENGINES, "select*2"]
+"""Every engine, plus the select engine with two pre-forked workers."""
 
-@pytest.fixture(params=ENGINES)
+
+def engine_options(variant: str) -> dict[str, Any]:
+    """The `Server` keyword arguments for a variant name such as ``"select*2"``."""
+    name, _, workers = variant.partition("*")
+    return {"engine": name, "workers": int(workers or 1)}
+
+
+@pytest.fixture(params=VARIANTS)
 def engine(request: pytest.FixtureRequest) -> str:
-    """Each engine name in turn."""
+    """Each engine variant in turn."""
     return str(request.param)
 
 
@@ -21,8 +31,8 @@ def serve(engine: str) -> Iterator[Callable[..., Server]]:
     """Start servers on the engine under test; every one is stopped at the end."""
     servers: list[Server] = []
 
-    def start(handler: object, address: str = "127.0.0.1:0", **options: object) -> Server:
-        server = Server(handler, address, engine=engine, **options)  # type: ignore[arg-type]
+    def start(handler: object, address: str = "127.0.0.1:0", **options: Any) -> Server:
+        server = Server(handler, address, **engine_options(engine), **options)
         server.start()
         servers.append(server)
         return server

@@ -18,7 +18,7 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self, final
 
 from .. import _socket
-from ..address import AddressLike, UnixAddress, parse_address
+from ..address import AddressLike, TcpAddress, UnixAddress, parse_address
 from ..framing import Framing, LengthPrefixed
 from ._engine import Counters, Engine, EngineConfig, Stats, logger
 from ._handler import Handler, MessageHandler, PeerHandler
@@ -71,7 +71,10 @@ class Server:
             non-blocking sockets, the default), ``"threads"`` (a thread per
             connection) or ``"processes"`` (a forked process per connection;
             handler state is then per connection, see the engine's notes).
-        max_connections: connections served at once; beyond it, a new
+        workers: processes serving the port, each with its own engine, to use
+            every core (the select engine only). Handler state is then per
+            worker; `stats` adds up every worker's counters.
+        max_connections: connections served at once (per worker); beyond it, a new
             connection is closed as soon as it is accepted.
         idle_timeout: close a connection when no whole message has moved in
             either direction for this many seconds (None: never).
@@ -93,6 +96,7 @@ class Server:
         *,
         framing: Framing | None = None,
         engine: str = "select",
+        workers: int = 1,
         max_connections: int = 10_000,
         idle_timeout: float | None = None,
         message_timeout: float | None = None,
@@ -101,6 +105,10 @@ class Server:
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, not {workers!r}")
+        if workers > 1 and engine != "select":
+            raise ValueError(f"workers > 1 needs engine='select', not {engine!r}")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         _check_positive("idle_timeout", idle_timeout)
@@ -118,6 +126,8 @@ class Server:
         )
         self.engine: str = engine
         """The engine's name."""
+        self.workers: int = workers
+        """How many processes serve (1: this one)."""
         self._backlog = backlog
         self._stop_timeout = stop_timeout
         self._bound: object = None
@@ -216,13 +226,30 @@ class Server:
     def _prepare(self) -> tuple[Engine, socket.socket]:
         if self._engine is not None:
             raise RuntimeError("this server was already started; create a new Server to serve again")
-        listener = _socket.listen(self._address, backlog=self._backlog)
+        listener = _socket.listen(self._address, backlog=self._backlog, reuse_port=self._workers_reuse_port)
         if isinstance(self._address, UnixAddress):
             self._bound = f"unix:{listener.getsockname()}"
         else:
             self._bound = listener.getsockname()
-        self._engine = _make_engine(self.engine, self._config)
+        if self.workers > 1:
+            from .workers import WorkersEngine
+
+            bound = self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, 0)
+            self._engine = WorkersEngine(
+                self._config,
+                lambda config: _make_engine(self.engine, config),
+                workers=self.workers,
+                address=bound,
+                backlog=self._backlog,
+            )
+        else:
+            self._engine = _make_engine(self.engine, self._config)
         return self._engine, listener
+
+    @property
+    def _workers_reuse_port(self) -> bool:
+        """Workers each bind the port themselves where the kernel balances them."""
+        return self.workers > 1 and isinstance(self._address, TcpAddress) and hasattr(socket, "SO_REUSEPORT")
 
     def _run(self, engine: Engine, listener: socket.socket) -> None:
         try:

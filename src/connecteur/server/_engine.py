@@ -44,14 +44,17 @@ and served (up to this many) rather than reset by closing the listener: their
 clients connected and may have sent requests already."""
 
 
-def accept_ready(listener: socket.socket, admit: Callable[[socket.socket, Any], None], limit: int) -> bool:
+def accept_ready(listener: socket.socket, admit: Callable[[socket.socket, Any], bool], limit: int) -> bool:
     """Accept up to `limit` waiting connections from a non-blocking listener.
 
-    Every engine accepts through here, so all share one policy.
+    Every engine accepts through here, so all share one policy. `admit`
+    returns True when it could not take the connection for lack of a
+    resource (a thread, a process), which pauses accepting like EMFILE.
 
     Returns:
         True when accepting must pause for `ACCEPT_BACKOFF` seconds (the
-        process is out of descriptors or memory), False otherwise.
+        process is out of descriptors, memory, threads or processes), False
+        otherwise.
     """
     for _ in range(limit):
         try:
@@ -62,7 +65,8 @@ def accept_ready(listener: socket.socket, admit: Callable[[socket.socket, Any], 
             if accept_error_is_fatal_for_now(exc):
                 return True
             continue
-        admit(sock, address)
+        if admit(sock, address):
+            return True
     return False
 
 
@@ -124,6 +128,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._elsewhere: dict[int, Stats] = {}  # other processes' latest reports
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
 
@@ -138,6 +143,13 @@ class Counters:
         with self._lock:
             self.active -= 1
             self.errors += error
+
+    def withdrawn(self) -> None:
+        """A connection counted as opened could not be served after all: count it refused."""
+        with self._lock:
+            self.accepted -= 1
+            self.active -= 1
+            self.rejected += 1
 
     def refused(self) -> None:
         """Count a connection closed at once because the server is full."""
@@ -156,13 +168,19 @@ class Counters:
             self.messages_out += messages
             self.bytes_out += size
 
-    def snapshot(self) -> Stats:
-        """Return the counters now, as an immutable `Stats`."""
+    def report_elsewhere(self, key: int, stats: Stats) -> None:
+        """Record the latest counters of another process (a worker), added by `snapshot`."""
         with self._lock:
-            return Stats(
+            self._elsewhere[key] = stats
+
+    def snapshot(self) -> Stats:
+        """Return the counters now, as an immutable `Stats`, other processes' included."""
+        with self._lock:
+            own = Stats(
                 self.accepted, self.rejected, self.active, self.messages_in,
                 self.messages_out, self.bytes_in, self.bytes_out, self.errors,
             )  # fmt: skip
+            return sum(self._elsewhere.values(), own)
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,14 +119,22 @@ class ProcessesEngine:
             # as a child's pipe, which this selector must be free to register.
             selector.unregister(listener)
 
-    def _admit(self, sock: socket.socket, address: object) -> None:
+    def _admit(self, sock: socket.socket, address: object) -> bool:
         counters = self._config.counters
         if counters.active >= self._config.max_connections:
             counters.refused()
             sock.close()
-            return
-        reader, writer = os.pipe()
-        pid = fork()
+            return False
+        try:
+            reader, writer = os.pipe()
+        except OSError as exc:
+            return self._cannot_serve(sock, address, exc)
+        try:
+            pid = fork()
+        except OSError as exc:  # EAGAIN: the process limit
+            os.close(reader)
+            os.close(writer)
+            return self._cannot_serve(sock, address, exc)
         if pid == 0:  # the child never returns
             os.close(reader)
             _run_child(self._config, sock, address, writer)
@@ -135,6 +143,13 @@ class ProcessesEngine:
         counters.opened()
         self._children[reader] = _Child(pid, reader, address)
         self._selector.register(reader, selectors.EVENT_READ)
+        return False
+
+    def _cannot_serve(self, sock: socket.socket, address: object, exc: OSError) -> bool:
+        logger.error("closing %s: %s; pausing accepts for %.1f s", format_address(address), exc, ACCEPT_BACKOFF)
+        sock.close()
+        self._config.counters.refused()
+        return True
 
     # --- children --------------------------------------------------------------
 

@@ -169,12 +169,12 @@ class SelectEngine:
             self._selector.unregister(listener)
             self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
 
-    def _admit(self, sock: socket.socket, address: object) -> None:
+    def _admit(self, sock: socket.socket, address: object) -> bool:
         counters = self._config.counters
         if counters.active >= self._config.max_connections:
             counters.refused()
             sock.close()
-            return
+            return False
         sock.setblocking(False)
         _socket.configure_stream(sock)
         link = _SelectLink(self, sock, address)
@@ -182,6 +182,7 @@ class SelectEngine:
         counters.opened()
         self._selector.register(sock, _READ, link)
         link.start()
+        return False
 
     def _stop_accepting(self, *, drain_backlog: bool = True) -> None:
         listener = self._listener

@@ -94,12 +94,13 @@ class ThreadsEngine:
                     paused_until = None
         accept_ready(listener, self._admit, LAST_ACCEPTS)
 
-    def _admit(self, sock: socket.socket, address: object) -> None:
+    def _admit(self, sock: socket.socket, address: object) -> bool:
+        """Serve a new connection in a thread of its own; True if no thread could start."""
         counters = self._config.counters
         if counters.active >= self._config.max_connections:
             counters.refused()
             sock.close()
-            return
+            return False
         sock.setblocking(True)
         _socket.configure_stream(sock)
         link = BlockingLink(self._config, sock, address, self._forget)
@@ -107,7 +108,16 @@ class ThreadsEngine:
         with self._links_lock:
             self._links.add(link)
         thread = threading.Thread(target=link.run, name=f"connecteur {format_address(address)}", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a process or memory limit
+            logger.error("closing %s: %s; pausing accepts for %.1f s", format_address(address), exc, ACCEPT_BACKOFF)
+            with self._links_lock:
+                self._links.discard(link)
+            sock.close()
+            counters.withdrawn()
+            return True
+        return False
 
     # --- stopping --------------------------------------------------------------
 

@@ -1,0 +1,194 @@
+"""Pre-forked workers: several processes, each running its own engine, on one port.
+
+Python runs one thread of bytecode at a time per process, so an event loop
+uses one core. ``Server(..., workers=N)`` forks N workers; each serves with
+its own engine (the select engine), and the kernel spreads new connections
+over them: with ``SO_REUSEPORT`` (Linux, the BSDs) every worker listens on a
+socket of its own bound to the same port; elsewhere they share the inherited
+listening socket.
+
+The parent only supervises. Each worker reports its counters as JSON lines on
+a pipe every `REPORT_INTERVAL` seconds and when it stops; `server.stats` adds
+up the latest report of every worker. A stop is a line on each worker's
+control pipe giving the seconds left; if the parent dies, that pipe's end of
+file stops the worker too, so no worker is orphaned.
+
+What is shared: the port only. Handler state lives in each worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from .. import _socket
+from ..address import Address, TcpAddress
+from ._engine import Counters, Engine, EngineConfig, logger
+from ._fork import Reports, become_child, fork, write_report
+
+__all__ = ["WorkersEngine"]
+
+REPORT_INTERVAL: Final = 0.2
+"""Seconds between a worker's reports of its counters: fresh enough for a
+monitor, rare enough to cost nothing."""
+
+KILL_GRACE: Final = 2.0
+"""Seconds a worker has past the stop deadline before SIGKILL."""
+
+EngineFactory = Callable[[EngineConfig], Engine]
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int
+    reports_pipe: int
+    control_pipe: int
+    reports: Reports = field(default_factory=Reports)
+
+
+class WorkersEngine:
+    """N forked workers, each with its own engine; see the module's description."""
+
+    def __init__(
+        self, config: EngineConfig, make_engine: EngineFactory, *, workers: int, address: Address, backlog: int
+    ) -> None:
+        if not hasattr(os, "fork"):
+            raise RuntimeError("workers need os.fork(), which this platform lacks")
+        self._config = config
+        self._make_engine = make_engine
+        self._count = workers
+        self._address = address
+        self._backlog = backlog
+        self._stop_deadline: float | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._workers: dict[int, _Worker] = {}  # by reports pipe
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def serve(self, listener: socket.socket) -> None:
+        """Fork the workers, supervise them until a stop, then stop them gracefully."""
+        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        try:
+            with listener:
+                for index in range(self._count):
+                    self._start_worker(index, listener)
+            while self._stop_deadline is None and self._workers:
+                self._supervise(None)
+            self._stop_workers()
+        finally:
+            for worker in list(self._workers.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                self._reap(worker)
+            self._selector.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def _start_worker(self, index: int, listener: socket.socket) -> None:
+        reports_read, reports_write = os.pipe()
+        control_read, control_write = os.pipe()
+        pid = fork()
+        if pid == 0:  # never returns
+            _run_worker(self, index, listener, control_read, reports_write)
+        os.close(reports_write)
+        os.close(control_read)
+        self._workers[reports_read] = _Worker(index, pid, reports_read, control_write)
+        self._selector.register(reports_read, selectors.EVENT_READ)
+
+    def _supervise(self, timeout: float | None) -> None:
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._wake_reader:
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_reader.recv(4096)
+                continue
+            assert isinstance(key.fileobj, int)
+            worker = self._workers[key.fileobj]
+            data = os.read(worker.reports_pipe, 65536)
+            if data:
+                worker.reports.feed(data)
+                if worker.reports.latest is not None:
+                    self._config.counters.report_elsewhere(worker.index, worker.reports.latest)
+            else:
+                self._reap(worker)
+
+    def _stop_workers(self) -> None:
+        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        for worker in self._workers.values():
+            with contextlib.suppress(OSError):
+                os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
+        final = deadline + KILL_GRACE
+        while self._workers and (remaining := final - time.monotonic()) > 0:
+            self._supervise(remaining)
+
+    def _reap(self, worker: _Worker) -> None:
+        """The worker closed its reports pipe: wait for it and say why it ended."""
+        self._selector.unregister(worker.reports_pipe)
+        os.close(worker.reports_pipe)
+        os.close(worker.control_pipe)
+        del self._workers[worker.reports_pipe]
+        _, status = os.waitpid(worker.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or self._stop_deadline is None:
+            logger.error("worker %d (pid %d) ended with exit status %d", worker.index, worker.pid, code)
+
+
+def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, control: int, reports: int) -> None:
+    """A worker's life: its own listener and engine, reports, and a stop on command. Never returns."""
+    status = 1
+    try:
+        become_child(keep={listener.fileno(), control, reports})
+        if index > 0 and isinstance(parent._address, TcpAddress) and hasattr(socket, "SO_REUSEPORT"):
+            port = listener.getsockname()[1]
+            own = _socket.listen(replace(parent._address, port=port), backlog=parent._backlog, reuse_port=True)
+            listener.close()
+            listener = own
+        counters = Counters()
+        engine = parent._make_engine(replace(parent._config, counters=counters))
+        stopped = threading.Event()
+        threading.Thread(target=_obey_parent, args=(engine, control), daemon=True).start()
+        threading.Thread(target=_report, args=(counters, reports, stopped), daemon=True).start()
+        engine.serve(listener)
+        stopped.set()
+        write_report(reports, counters.snapshot())
+        status = 0
+    except BaseException:
+        logger.exception("worker %d failed", index)
+    finally:
+        os._exit(status)
+
+
+def _obey_parent(engine: Engine, control: int) -> None:
+    """Stop when the parent says so (seconds left), or at once if the parent is gone."""
+    pending = b""
+    while b"\n" not in pending:
+        data = os.read(control, 64)
+        if not data:
+            break
+        pending += data
+    seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else 1.0
+    engine.request_stop(time.monotonic() + seconds)
+
+
+def _report(counters: Counters, reports: int, stopped: threading.Event) -> None:
+    while not stopped.wait(REPORT_INTERVAL):
+        try:
+            write_report(reports, counters.snapshot())
+        except OSError:
+            return
