@@ -40,6 +40,10 @@ REPORT_INTERVAL: Final = 0.2
 """Seconds between a worker's reports of its counters: fresh enough for a
 monitor, rare enough to cost nothing."""
 
+ORPHAN_GRACE: Final = 1.0
+"""Seconds a worker takes to stop gracefully when its parent vanished or it got
+SIGTERM directly: no parent is there to give it the server's stop timeout."""
+
 KILL_GRACE: Final = 2.0
 """Seconds a worker has past the stop deadline before SIGKILL."""
 
@@ -164,9 +168,12 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         stopped = threading.Event()
         threading.Thread(target=_obey_parent, args=(engine, control), daemon=True).start()
         threading.Thread(target=_report, args=(counters, reports, stopped), daemon=True).start()
+        # A SIGTERM to the whole process group (systemd, `timeout`) stops gracefully too.
+        signal.signal(signal.SIGTERM, lambda signum, frame: engine.request_stop(time.monotonic() + ORPHAN_GRACE))
         engine.serve(listener)
         stopped.set()
-        write_report(reports, counters.snapshot())
+        with contextlib.suppress(BrokenPipeError):  # the parent may be gone
+            write_report(reports, counters.snapshot())
         status = 0
     except BaseException:
         logger.exception("worker %d failed", index)
@@ -182,7 +189,7 @@ def _obey_parent(engine: Engine, control: int) -> None:
         if not data:
             break
         pending += data
-    seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else 1.0
+    seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else ORPHAN_GRACE
     engine.request_stop(time.monotonic() + seconds)
 
 
