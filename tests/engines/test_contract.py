@@ -415,7 +415,7 @@ def test_stop_serves_connections_still_waiting_in_the_backlog(engine: str, tmp_p
             late.send(b"late %d" % i)
             late.shutdown_write()
         stopper.start()
-        wait_until(lambda: server._engine is not None and server._engine._stop_deadline is not None, what="stop")
+        wait_until(lambda: server._engine is not None and server._engine._stop.deadline is not None, what="stop")
         release.touch()
         assert list(holder) == [b"HOLD"]
         for i, late in enumerate(clients[1:]):

@@ -234,7 +234,8 @@ class Server:
         if self.workers > 1:
             from .workers import WorkersEngine
 
-            bound = self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, 0)
+            port = 0 if isinstance(self._address, UnixAddress) else listener.getsockname()[1]
+            bound = self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, port)
             self._engine = WorkersEngine(
                 self._config,
                 lambda config: _make_engine(self.engine, config),

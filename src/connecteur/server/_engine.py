@@ -6,6 +6,7 @@ bytes (decoders do) and never decides policy on its own (this module does).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -17,7 +18,7 @@ from typing import Any, Final, Protocol
 from ..framing import Framing
 from ._handler import Handler
 
-__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "accept_ready", "logger"]
+__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "StopSignal", "accept_ready", "logger", "refuse_if_full"]
 
 logger: Final = logging.getLogger("connecteur.server")
 
@@ -214,3 +215,51 @@ class Engine(Protocol):
         with an earlier deadline hurries the stop.
         """
         ...
+
+
+def refuse_if_full(config: EngineConfig, sock: socket.socket) -> bool:
+    """Close `sock` at once, and count it, if the server is at `max_connections`."""
+    if config.counters.active < config.max_connections:
+        return False
+    config.counters.refused()
+    sock.close()
+    return True
+
+
+class StopSignal:
+    """A stop deadline any thread or signal handler may set, and the socket that wakes a selector.
+
+    Attributes:
+        deadline: the `time.monotonic()` by which to stop, None while serving.
+        reader: register it for reading in the engine's selector.
+    """
+
+    __slots__ = ("_writer", "deadline", "reader")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def request(self, deadline: float) -> None:
+        """Ask for a stop by `deadline`; an earlier deadline than one already set wins."""
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the selector return. Safe from any thread and from signal handlers."""
+        with contextlib.suppress(OSError):  # full (a wake-up is already pending) or closed
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        """Consume pending wake-ups (call when `reader` shows readable)."""
+        with contextlib.suppress(BlockingIOError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        """Close both sockets."""
+        self.reader.close()
+        self._writer.close()

@@ -40,8 +40,10 @@ from ._engine import (
     LAST_ACCEPTS,
     Counters,
     EngineConfig,
+    StopSignal,
     accept_ready,
     logger,
+    refuse_if_full,
 )
 from ._fork import Reports, become_child, fork, write_report
 from .threads import BlockingLink
@@ -67,24 +69,18 @@ class ProcessesEngine:
         if not hasattr(os, "fork"):
             raise RuntimeError("the processes engine needs os.fork(), which this platform lacks")
         self._config = config
-        self._stop_deadline: float | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
+        self._stop = StopSignal()
         self._children: dict[int, _Child] = {}  # by pipe descriptor
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
-        if self._stop_deadline is None or deadline < self._stop_deadline:
-            self._stop_deadline = deadline
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"\0")
+        self._stop.request(deadline)
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and fork until a stop is requested, then stop gracefully (see `Engine`)."""
         listener.setblocking(False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._selector.register(self._stop.reader, selectors.EVENT_READ)
         try:
             with listener:
                 self._accept_until_stopped(listener)
@@ -93,8 +89,7 @@ class ProcessesEngine:
         finally:
             self._kill_children(signal.SIGKILL)
             self._selector.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._stop.close()
 
     # --- accepting -------------------------------------------------------------
 
@@ -102,7 +97,7 @@ class ProcessesEngine:
         selector = self._selector
         selector.register(listener, selectors.EVENT_READ)
         paused_until: float | None = None
-        while self._stop_deadline is None:
+        while self._stop.deadline is None:
             timeout = None if paused_until is None else max(0.0, paused_until - time.monotonic())
             for key, _ in selector.select(timeout):
                 if key.fileobj is listener:
@@ -120,11 +115,9 @@ class ProcessesEngine:
             selector.unregister(listener)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        counters = self._config.counters
-        if counters.active >= self._config.max_connections:
-            counters.refused()
-            sock.close()
+        if refuse_if_full(self._config, sock):
             return False
+        counters = self._config.counters
         try:
             reader, writer = os.pipe()
         except OSError as exc:
@@ -154,9 +147,8 @@ class ProcessesEngine:
     # --- children --------------------------------------------------------------
 
     def _on_readable(self, fileobj: object) -> None:
-        if fileobj is self._wake_reader:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_reader.recv(4096)
+        if fileobj is self._stop.reader:
+            self._stop.drain()
             return
         assert isinstance(fileobj, int)
         child = self._children[fileobj]
@@ -184,7 +176,7 @@ class ProcessesEngine:
 
     def _wait_for_children(self) -> None:
         """Reap children as they end, until none is left or the stop deadline passes."""
-        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        deadline = self._stop.deadline or time.monotonic()
         self._reap_until(deadline)
         if self._children:
             self._kill_children(signal.SIGTERM)

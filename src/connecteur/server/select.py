@@ -39,7 +39,16 @@ from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
 from ._deadlines import Deadlines
-from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, LAST_ACCEPTS, EngineConfig, accept_ready, logger
+from ._engine import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    LAST_ACCEPTS,
+    EngineConfig,
+    StopSignal,
+    accept_ready,
+    logger,
+    refuse_if_full,
+)
 from ._handler import HandlerFailed
 from ._peer import Peer
 
@@ -75,19 +84,14 @@ class SelectEngine:
         self._timers: list[tuple[float, int, _SelectLink | None]] = []
         self._sequence = itertools.count()
         self._inbox: deque[Callable[[], None]] = deque()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
-        self._stop_deadline: float | None = None
+        self._stop = StopSignal()
         self._loop_thread = 0
         self._listener: socket.socket | None = None
         self._accept_paused_until: float | None = None
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
-        if self._stop_deadline is None or deadline < self._stop_deadline:
-            self._stop_deadline = deadline
-        self._wake()
+        self._stop.request(deadline)
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and serve until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -95,7 +99,7 @@ class SelectEngine:
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, _READ, _ACCEPT)
-        self._selector.register(self._wake_reader, _READ, _WAKE)
+        self._selector.register(self._stop.reader, _READ, _WAKE)
         try:
             self._run_until_stopped()
         finally:
@@ -103,8 +107,7 @@ class SelectEngine:
             for link in list(self._links):
                 link.abort()
             self._selector.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._stop.close()
 
     # --- the loop ---------------------------------------------------------------
 
@@ -114,15 +117,15 @@ class SelectEngine:
         is non-empty."""
         select, timers = self._selector.select, self._timers
         while True:
-            if self._stop_deadline is not None:
+            if self._stop.deadline is not None:
                 self._stop_accepting()
-                if not self._links or time.monotonic() >= self._stop_deadline:
+                if not self._links or time.monotonic() >= self._stop.deadline:
                     return
             timeout = None
             if timers:
                 timeout = max(0.0, timers[0][0] - time.monotonic())
-            if self._stop_deadline is not None:
-                deadline_in = max(0.0, self._stop_deadline - time.monotonic())
+            if self._stop.deadline is not None:
+                deadline_in = max(0.0, self._stop.deadline - time.monotonic())
                 timeout = deadline_in if timeout is None else min(timeout, deadline_in)
             for key, mask in select(timeout):
                 data = key.data
@@ -138,22 +141,16 @@ class SelectEngine:
             if timers and timers[0][0] <= time.monotonic():
                 self._run_due_timers()
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
-            self._wake_writer.send(b"\0")
-
     def call_soon(self, action: Callable[[], None]) -> None:
         """Run `action` on the loop's thread: at once there, else after a wake-up."""
         if threading.get_ident() == self._loop_thread:
             action()
         else:
             self._inbox.append(action)
-            self._wake()
+            self._stop.wake()
 
     def _drain_inbox(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while self._wake_reader.recv(4096):
-                pass
+        self._stop.drain()
         inbox = self._inbox
         while inbox:
             inbox.popleft()()
@@ -170,11 +167,9 @@ class SelectEngine:
             self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        counters = self._config.counters
-        if counters.active >= self._config.max_connections:
-            counters.refused()
-            sock.close()
+        if refuse_if_full(self._config, sock):
             return False
+        counters = self._config.counters
         sock.setblocking(False)
         _socket.configure_stream(sock)
         link = _SelectLink(self, sock, address)
@@ -195,7 +190,7 @@ class SelectEngine:
             listener.close()
 
     def _resume_accepting(self) -> None:
-        if self._listener is not None and self._stop_deadline is None:
+        if self._listener is not None and self._stop.deadline is None:
             with contextlib.suppress(KeyError):
                 self._selector.register(self._listener, _READ, _ACCEPT)
 

@@ -26,7 +26,16 @@ from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
 from ._deadlines import Deadlines
-from ._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, LAST_ACCEPTS, EngineConfig, accept_ready, logger
+from ._engine import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    LAST_ACCEPTS,
+    EngineConfig,
+    StopSignal,
+    accept_ready,
+    logger,
+    refuse_if_full,
+)
 from ._handler import HandlerFailed
 from ._peer import Peer
 
@@ -46,19 +55,14 @@ class ThreadsEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        self._stop_deadline: float | None = None
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_writer.setblocking(False)
+        self._stop = StopSignal()
         self._links: set[BlockingLink] = set()
         self._links_lock = threading.Lock()
         self._all_closed = threading.Condition(self._links_lock)
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
-        if self._stop_deadline is None or deadline < self._stop_deadline:
-            self._stop_deadline = deadline
-        with contextlib.suppress(OSError):  # full (a wake-up is already pending) or closed
-            self._wake_writer.send(b"\0")
+        self._stop.request(deadline)
 
     def serve(self, listener: socket.socket) -> None:
         """Accept until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -67,8 +71,7 @@ class ThreadsEngine:
                 self._accept_until_stopped(listener)
             self._finish_links()
         finally:
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._stop.close()
 
     # --- accepting -------------------------------------------------------------
 
@@ -77,8 +80,8 @@ class ThreadsEngine:
         paused_until: float | None = None
         with selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while self._stop_deadline is None:
+            selector.register(self._stop.reader, selectors.EVENT_READ)
+            while self._stop.deadline is None:
                 timeout = None if paused_until is None else max(0.0, paused_until - time.monotonic())
                 for key, _ in selector.select(timeout):
                     if key.fileobj is listener and accept_ready(listener, self._admit, ACCEPT_BATCH):
@@ -86,9 +89,8 @@ class ThreadsEngine:
                         # would show readable at once and spin.
                         selector.unregister(listener)
                         paused_until = time.monotonic() + ACCEPT_BACKOFF
-                    elif key.fileobj is self._wake_reader:
-                        with contextlib.suppress(BlockingIOError):
-                            self._wake_reader.recv(4096)
+                    elif key.fileobj is self._stop.reader:
+                        self._stop.drain()
                 if paused_until is not None and time.monotonic() >= paused_until:
                     selector.register(listener, selectors.EVENT_READ)
                     paused_until = None
@@ -96,11 +98,9 @@ class ThreadsEngine:
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
         """Serve a new connection in a thread of its own; True if no thread could start."""
-        counters = self._config.counters
-        if counters.active >= self._config.max_connections:
-            counters.refused()
-            sock.close()
+        if refuse_if_full(self._config, sock):
             return False
+        counters = self._config.counters
         sock.setblocking(True)
         _socket.configure_stream(sock)
         link = BlockingLink(self._config, sock, address, self._forget)
@@ -123,7 +123,7 @@ class ThreadsEngine:
 
     def _finish_links(self) -> None:
         """Let each connection run until its peer's EOF or the stop deadline."""
-        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        deadline = self._stop.deadline or time.monotonic()
         with self._all_closed:
             self._all_closed.wait_for(lambda: not self._links, max(0.0, deadline - time.monotonic()))
             late = list(self._links)

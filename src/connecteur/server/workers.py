@@ -4,8 +4,8 @@ Python runs one thread of bytecode at a time per process, so an event loop
 uses one core. ``Server(..., workers=N)`` forks N workers; each serves with
 its own engine (the select engine), and the kernel spreads new connections
 over them: with ``SO_REUSEPORT`` (Linux, the BSDs) every worker listens on a
-socket of its own bound to the same port; elsewhere they share the inherited
-listening socket.
+socket of its own bound to the same port (all bound before any worker starts);
+elsewhere they share the inherited listening socket.
 
 The parent only supervises. Each worker reports its counters as JSON lines on
 a pipe every `REPORT_INTERVAL` seconds and when it stops; `server.stats` adds
@@ -31,7 +31,7 @@ from typing import Final
 
 from .. import _socket
 from ..address import Address, TcpAddress
-from ._engine import Counters, Engine, EngineConfig, logger
+from ._engine import Counters, Engine, EngineConfig, StopSignal, logger
 from ._fork import Reports, become_child, fork, write_report
 
 __all__ = ["WorkersEngine"]
@@ -70,30 +70,31 @@ class WorkersEngine:
         self._config = config
         self._make_engine = make_engine
         self._count = workers
-        self._address = address
-        self._backlog = backlog
-        self._stop_deadline: float | None = None
+        # Every worker's socket joins the port's SO_REUSEPORT group now, before
+        # any worker runs, so that the kernel spreads connections from the start.
+        self._own_listeners: list[socket.socket] = []
+        if isinstance(address, TcpAddress) and hasattr(socket, "SO_REUSEPORT"):
+            self._own_listeners = [
+                _socket.listen(address, backlog=backlog, reuse_port=True) for _ in range(workers - 1)
+            ]
         self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
+        self._stop = StopSignal()
         self._workers: dict[int, _Worker] = {}  # by reports pipe
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
-        if self._stop_deadline is None or deadline < self._stop_deadline:
-            self._stop_deadline = deadline
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"\0")
+        self._stop.request(deadline)
 
     def serve(self, listener: socket.socket) -> None:
         """Fork the workers, supervise them until a stop, then stop them gracefully."""
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._selector.register(self._stop.reader, selectors.EVENT_READ)
         try:
-            with listener:
-                for index in range(self._count):
-                    self._start_worker(index, listener)
-            while self._stop_deadline is None and self._workers:
+            listeners = [listener, *self._own_listeners]
+            for index in range(self._count):
+                self._start_worker(index, listeners[index] if index < len(listeners) else listener)
+            for each in listeners:
+                each.close()
+            while self._stop.deadline is None and self._workers:
                 self._supervise(None)
             self._stop_workers()
         finally:
@@ -102,8 +103,9 @@ class WorkersEngine:
                     os.kill(worker.pid, signal.SIGKILL)
                 self._reap(worker)
             self._selector.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._stop.close()
+            for each in self._own_listeners:
+                each.close()
 
     def _start_worker(self, index: int, listener: socket.socket) -> None:
         reports_read, reports_write = os.pipe()
@@ -118,9 +120,8 @@ class WorkersEngine:
 
     def _supervise(self, timeout: float | None) -> None:
         for key, _ in self._selector.select(timeout):
-            if key.fileobj is self._wake_reader:
-                with contextlib.suppress(BlockingIOError):
-                    self._wake_reader.recv(4096)
+            if key.fileobj is self._stop.reader:
+                self._stop.drain()
                 continue
             assert isinstance(key.fileobj, int)
             worker = self._workers[key.fileobj]
@@ -133,7 +134,7 @@ class WorkersEngine:
                 self._reap(worker)
 
     def _stop_workers(self) -> None:
-        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        deadline = self._stop.deadline or time.monotonic()
         for worker in self._workers.values():
             with contextlib.suppress(OSError):
                 os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
@@ -149,7 +150,7 @@ class WorkersEngine:
         del self._workers[worker.reports_pipe]
         _, status = os.waitpid(worker.pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        if code != 0 or self._stop_deadline is None:
+        if code != 0 or self._stop.deadline is None:
             logger.error("worker %d (pid %d) ended with exit status %d", worker.index, worker.pid, code)
 
 
@@ -158,11 +159,6 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
     status = 1
     try:
         become_child(keep={listener.fileno(), control, reports})
-        if index > 0 and isinstance(parent._address, TcpAddress) and hasattr(socket, "SO_REUSEPORT"):
-            port = listener.getsockname()[1]
-            own = _socket.listen(replace(parent._address, port=port), backlog=parent._backlog, reuse_port=True)
-            listener.close()
-            listener = own
         counters = Counters()
         engine = parent._make_engine(replace(parent._config, counters=counters))
         stopped = threading.Event()
