@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,13 +12,17 @@ from connecteur import Server
 from connecteur.server import ENGINES
 
 VARIANTS = [*ENGINES, "select*2"]
-"""Every engine, plus the select engine with two pre-forked workers."""
+"""Every engine, the select engine with two pre-forked workers, and the
+asyncio engine on uvloop when uvloop is installed."""
+if importlib.util.find_spec("uvloop") is not None:
+    VARIANTS.append("asyncio@uvloop")
 
 
 def engine_options(variant: str) -> dict[str, Any]:
-    """The `Server` keyword arguments for a variant name such as ``"select*2"``."""
-    name, _, workers = variant.partition("*")
-    return {"engine": name, "workers": int(workers or 1)}
+    """The `Server` keyword arguments for a variant name: ``"select*2"``, ``"asyncio@uvloop"``."""
+    rest, _, loop = variant.partition("@")
+    name, _, workers = rest.partition("*")
+    return {"engine": name, "workers": int(workers or 1), "loop": loop or "asyncio"}
 
 
 @pytest.fixture(params=VARIANTS)

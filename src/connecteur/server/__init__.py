@@ -26,7 +26,7 @@ from ._peer import Peer
 
 __all__ = ["ENGINES", "MessageHandler", "Peer", "PeerHandler", "Server", "Stats"]
 
-ENGINES: Final = ("select", "threads", "processes")
+ENGINES: Final = ("select", "threads", "processes", "asyncio")
 """The engine names `Server` accepts."""
 
 DEFAULT_BACKLOG: Final = 128
@@ -34,7 +34,11 @@ DEFAULT_BACKLOG: Final = 128
 ``somaxconn`` default, enough for bursts of new clients."""
 
 
-def _make_engine(name: str, config: EngineConfig) -> Engine:
+def _make_engine(name: str, config: EngineConfig, loop: str = "asyncio") -> Engine:
+    if name == "asyncio":
+        from .asyncio import AsyncioEngine
+
+        return AsyncioEngine(config, loop=loop)
     if name == "select":
         from .select import SelectEngine
 
@@ -69,8 +73,11 @@ class Server:
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         engine: ``"select"`` (one thread multiplexing every connection with
             non-blocking sockets, the default), ``"threads"`` (a thread per
-            connection) or ``"processes"`` (a forked process per connection;
-            handler state is then per connection, see the engine's notes).
+            connection), ``"processes"`` (a forked process per connection;
+            handler state is then per connection, see the engine's notes) or
+            ``"asyncio"`` (asyncio protocols; handlers may be ``async def``).
+        loop: the asyncio engine's event loop: ``"asyncio"`` or ``"uvloop"``
+            (``pip install 'connecteur[uvloop]'``).
         workers: processes serving the port, each with its own engine, to use
             every core (the select engine only). Handler state is then per
             worker; `stats` adds up every worker's counters.
@@ -96,6 +103,7 @@ class Server:
         *,
         framing: Framing | None = None,
         engine: str = "select",
+        loop: str = "asyncio",
         workers: int = 1,
         max_connections: int = 10_000,
         idle_timeout: float | None = None,
@@ -107,8 +115,14 @@ class Server:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive int, not {workers!r}")
-        if workers > 1 and engine != "select":
-            raise ValueError(f"workers > 1 needs engine='select', not {engine!r}")
+        if workers > 1 and engine not in ("select", "asyncio"):
+            raise ValueError(f"workers > 1 needs engine='select' or 'asyncio', not {engine!r}")
+        if loop != "asyncio" and engine != "asyncio":
+            raise ValueError(f"loop={loop!r} needs engine='asyncio'")
+        if engine == "asyncio":
+            from .asyncio import loop_factory
+
+            loop_factory(loop)  # fails now, with one line, if uvloop is missing
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         _check_positive("idle_timeout", idle_timeout)
@@ -126,6 +140,8 @@ class Server:
         )
         self.engine: str = engine
         """The engine's name."""
+        self.loop: str = loop
+        """The event loop of the asyncio engine: ``"asyncio"`` or ``"uvloop"``."""
         self.workers: int = workers
         """How many processes serve (1: this one)."""
         self._backlog = backlog
@@ -238,13 +254,13 @@ class Server:
             bound = self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, port)
             self._engine = WorkersEngine(
                 self._config,
-                lambda config: _make_engine(self.engine, config),
+                lambda config: _make_engine(self.engine, config, self.loop),
                 workers=self.workers,
                 address=bound,
                 backlog=self._backlog,
             )
         else:
-            self._engine = _make_engine(self.engine, self._config)
+            self._engine = _make_engine(self.engine, self._config, self.loop)
         return self._engine, listener
 
     @property

@@ -229,15 +229,20 @@ def refuse_if_full(config: EngineConfig, sock: socket.socket) -> bool:
 class StopSignal:
     """A stop deadline any thread or signal handler may set, and the socket that wakes a selector.
 
+    Args:
+        on_request: called after each request instead of waking `reader`
+            (an event loop with a thread-safe wake-up of its own).
+
     Attributes:
         deadline: the `time.monotonic()` by which to stop, None while serving.
         reader: register it for reading in the engine's selector.
     """
 
-    __slots__ = ("_writer", "deadline", "reader")
+    __slots__ = ("_on_request", "_writer", "deadline", "reader")
 
-    def __init__(self) -> None:
+    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
         self.deadline: float | None = None
+        self._on_request = on_request if on_request is not None else self.wake
         self.reader, self._writer = socket.socketpair()
         self.reader.setblocking(False)
         self._writer.setblocking(False)
@@ -246,7 +251,7 @@ class StopSignal:
         """Ask for a stop by `deadline`; an earlier deadline than one already set wins."""
         if self.deadline is None or deadline < self.deadline:
             self.deadline = deadline
-        self.wake()
+        self._on_request()
 
     def wake(self) -> None:
         """Make the selector return. Safe from any thread and from signal handlers."""

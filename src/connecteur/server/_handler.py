@@ -7,6 +7,7 @@ any of ``connected(peer)``, ``received(peer, message)`` and
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -73,31 +74,57 @@ class Handler:
                 f"connected/received/closed methods, not {handler!r}"
             )
 
-    def connected(self, peer: Peer) -> None:
-        """Call the handler's ``connected(peer)``, if it has one."""
-        if self._connected is not None:
-            try:
-                self._connected(peer)
-            except Exception as exc:
-                raise HandlerFailed("connected", exc) from exc
+    def connected(self, peer: Peer) -> object:
+        """Call the handler's ``connected(peer)``, if it has one; return what it returned.
+
+        An event-loop engine awaits an awaitable result; the others refuse it.
+        """
+        if self._connected is None:
+            return None
+        try:
+            return self._connected(peer)
+        except Exception as exc:
+            raise HandlerFailed("connected", exc) from exc
 
     def received(self, peer: Peer, message: bytes) -> Buffer | None:
-        """Call the handler for one message and return its reply (or ``None``)."""
+        """Call the handler for one message and return its reply (or ``None``).
+
+        For engines without an event loop: an async handler is refused.
+        """
+        reply = self.received_maybe_async(peer, message)
+        if inspect.isawaitable(reply):
+            if inspect.iscoroutine(reply):
+                reply.close()  # never awaited: say why below, not in a RuntimeWarning
+            error = TypeError("an async handler needs engine='asyncio'")
+            raise HandlerFailed("received", error)
+        return self.check_reply(reply)
+
+    def received_maybe_async(self, peer: Peer, message: bytes) -> object:
+        """Call the handler for one message; return its reply or an awaitable of it."""
         if self._received is None:
             return None
         try:
-            reply = self._received(peer, message)
+            return self._received(peer, message)
         except Exception as exc:
             raise HandlerFailed("received", exc) from exc
+
+    @staticmethod
+    def check_reply(reply: object) -> Buffer | None:
+        """Return `reply` if it is bytes-like or None.
+
+        Raises:
+            HandlerFailed: the handler returned something else.
+        """
         if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
             error = TypeError(f"a handler must return bytes or None, not {type(reply).__name__}")
             raise HandlerFailed("received", error)
         return reply
 
-    def closed(self, peer: Peer, error: BaseException | None) -> None:
-        """Call the handler's ``closed(peer, error)``, if it has one."""
-        if self._closed is not None:
-            try:
-                self._closed(peer, error)
-            except Exception as exc:
-                raise HandlerFailed("closed", exc) from exc
+    def closed(self, peer: Peer, error: BaseException | None) -> object:
+        """Call the handler's ``closed(peer, error)``, if it has one; return what it returned."""
+        if self._closed is None:
+            return None
+        try:
+            return self._closed(peer, error)
+        except Exception as exc:
+            raise HandlerFailed("closed", exc) from exc

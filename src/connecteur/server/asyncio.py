@@ -1,0 +1,455 @@
+"""The asyncio engine: asyncio's protocol layer feeding the sans-I/O decoders.
+
+Each connection is an ``asyncio.BufferedProtocol``: the loop reads straight
+into one buffer the whole engine shares (the loop is single-threaded and a
+buffer is consumed before the next read), the decoder cuts messages, and the
+handler is called for each. A plain handler's replies to all the messages of
+one read leave in one write. A handler may be ``async def``: its replies are
+awaited in a per-connection chain, so they still leave in request order.
+
+Accepting uses the same policy as every engine (`accept_ready`), with the
+listening socket watched by ``loop.add_reader`` and each accepted socket given
+to ``loop.connect_accepted_socket``; so a stop can still serve the backlog.
+
+Flow control mirrors the select engine: the transport's write buffer has the
+same high and low water marks, and a peer whose replies pile up is not read
+until they drain (``pause_writing`` pauses reading). Async replies in flight
+are bounded the same way. Deadlines run on ``loop.call_at``.
+
+Runs on asyncio's default loop or on uvloop (``loop="uvloop"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, cast
+
+from ..address import format_address
+from ..errors import ConnectionClosed, FramingError
+from ..framing import Buffer
+from ._deadlines import Deadlines
+from ._engine import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    LAST_ACCEPTS,
+    EngineConfig,
+    StopSignal,
+    accept_ready,
+    logger,
+    refuse_if_full,
+)
+from ._handler import HandlerFailed
+from ._peer import Peer
+from .select import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
+
+__all__ = ["LOOPS", "AsyncioEngine", "loop_factory"]
+
+LOOPS: Final = ("asyncio", "uvloop")
+"""The event loops the engine can run on."""
+
+MAX_PENDING_REPLIES: Final = 1024
+"""Async replies in flight on one connection before it stops being read."""
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """Return a function that makes a new event loop of the named kind.
+
+    Raises:
+        ValueError: an unknown name, or uvloop is not installed.
+    """
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ValueError("uvloop is not installed: pip install 'connecteur[uvloop]'") from None
+        return uvloop.new_event_loop
+    raise ValueError(f"unknown loop {name!r}; choose one of: {', '.join(LOOPS)}")
+
+
+class AsyncioEngine:
+    """Connections as asyncio protocols; see the module's description."""
+
+    def __init__(self, config: EngineConfig, *, loop: str = "asyncio") -> None:
+        self._config = config
+        self._new_loop = loop_factory(loop)
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+        self._links: set[_AioLink] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = StopSignal(on_request=self._wake_loop)
+        self._stopping: asyncio.Event | None = None
+        self._listener: socket.socket | None = None
+        self._loop_thread = 0
+        self._all_closed: asyncio.Event | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # referenced until done, or they may vanish
+
+    # --- Engine interface --------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> None:
+        """Run a new event loop in this thread until a stop (see `Engine`)."""
+        with asyncio.Runner(loop_factory=self._new_loop) as runner:
+            runner.run(self.run(listener))
+
+    def request_stop(self, deadline: float) -> None:
+        """Ask to stop by `deadline`; safe from any thread and from signal handlers."""
+        self._stop.request(deadline)
+
+    def _wake_loop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(stopping.set)
+
+    async def run(self, listener: socket.socket) -> None:
+        """Serve on the running loop until a stop is requested, then stop gracefully."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopping = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        if self._stop.deadline is not None:
+            self._stopping.set()
+        listener.setblocking(False)
+        self._listener = listener
+        loop.add_reader(listener, self._accept_some)
+        try:
+            await self._stopping.wait()
+            self._stop_accepting(drain_backlog=True)
+            await self._wait_for_links()
+        finally:
+            self._stop_accepting(drain_backlog=False)
+            for link in list(self._links):
+                link.abort()
+            # Let the aborted transports run their connection_lost callbacks.
+            for _ in range(100):
+                if not self._links:
+                    break
+                await asyncio.sleep(0)
+            self._stop.close()
+
+    # --- accepting -------------------------------------------------------------
+
+    def _accept_some(self) -> None:
+        listener, loop = self._listener, self._loop
+        assert listener is not None and loop is not None
+        if accept_ready(listener, self._admit, ACCEPT_BATCH):
+            loop.remove_reader(listener)  # out of descriptors: do not spin
+            loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and self._loop is not None:
+            self._loop.add_reader(self._listener, self._accept_some)
+
+    def _admit(self, sock: socket.socket, address: object) -> bool:
+        if refuse_if_full(self._config, sock):
+            return False
+        loop = self._loop
+        assert loop is not None
+        link = _AioLink(self, address)
+        self._links.add(link)
+        self._config.counters.opened()
+        self.keep(loop.create_task(self._connect(link, sock)))
+        return False
+
+    def keep(self, task: asyncio.Future[None]) -> asyncio.Future[None]:
+        """Hold a reference to a background task until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _connect(self, link: _AioLink, sock: socket.socket) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            await loop.connect_accepted_socket(lambda: link, sock)
+        except OSError as exc:
+            sock.close()
+            link.connection_lost(exc)
+
+    def _stop_accepting(self, *, drain_backlog: bool) -> None:
+        listener, loop = self._listener, self._loop
+        if listener is None or loop is None:
+            return
+        self._listener = None
+        loop.remove_reader(listener)
+        if drain_backlog:
+            accept_ready(listener, self._admit, LAST_ACCEPTS)
+        listener.close()
+
+    async def _wait_for_links(self) -> None:
+        deadline = self._stop.deadline or time.monotonic()
+        all_closed = self._all_closed
+        assert all_closed is not None
+        if self._links:
+            all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await all_closed.wait()
+
+    def forget(self, link: _AioLink) -> None:
+        """A connection ended."""
+        self._links.discard(link)
+        if not self._links and self._all_closed is not None:
+            self._all_closed.set()
+
+
+class _AioLink(asyncio.BufferedProtocol):
+    """One connection: the protocol callbacks, the handler calls, the reply chain."""
+
+    def __init__(self, engine: AsyncioEngine, address: object) -> None:
+        self._engine = engine
+        self._config = engine._config
+        self._decoder = self._config.framing.decoder()
+        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
+        self._transport: asyncio.Transport | None = None
+        self._tail: asyncio.Future[None] | None = None  # the last async reply in the chain
+        self._pending = 0  # async replies in flight
+        self._writing_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._error: BaseException | None = None
+        self.is_open = True
+        self.peer = Peer(self, address)
+
+    # --- the Link interface ---------------------------------------------------
+
+    def send(self, message: Buffer) -> None:
+        """Queue one message; safe from any thread."""
+        if not self.is_open or self._closing:
+            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+        data = self._config.framing.encode(message)
+        self._call_in_loop(lambda: self._write(data, 1))
+
+    def close(self) -> None:
+        """Close once the replies already due are sent; safe from any thread.
+
+        Always deferred to the loop's next turn, so that a handler that
+        closes its peer still gets the reply it returns sent first.
+        """
+        self._closing = True
+        loop = self._engine._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._close_when_flushed)
+
+    def abort(self) -> None:
+        """Close at once: the stop deadline passed."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _call_in_loop(self, action: Callable[[], None]) -> None:
+        loop = self._engine._loop
+        assert loop is not None
+        if threading.get_ident() == self._engine._loop_thread:
+            action()
+        else:
+            loop.call_soon_threadsafe(action)
+
+    # --- protocol callbacks ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without inheriting it.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        try:
+            started = self._config.handler.connected(self.peer)
+        except HandlerFailed as exc:
+            self._fail(exc)
+            return
+        if inspect.isawaitable(started):
+            self._chain(started, counts=False)
+        self._arm_timer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._engine._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            messages = self._decoder.feed(self._engine._view[:nbytes])
+        except FramingError as exc:
+            self._dispatch(exc.messages)
+            self._fail(exc)
+            return
+        self._config.counters.received(len(messages), nbytes)
+        if self._deadlines.received(bool(messages), self._decoder.buffered):
+            self._arm_timer()
+        self._dispatch(messages)
+
+    def eof_received(self) -> bool:
+        try:
+            messages = self._decoder.eof()
+        except FramingError as exc:
+            self._fail(exc)
+            return False
+        self._config.counters.received(len(messages), 0)
+        self._dispatch(messages)
+        self._closing = True
+        self._close_when_flushed()
+        return True  # keep the transport open to send the replies still due
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        if self._timer is not None:
+            self._timer.cancel()
+        error = self._error if self._error is not None else exc
+        self._config.counters.closed(error=error is not None)
+        self._engine.forget(self)
+        try:
+            ended = self._config.handler.closed(self.peer, error)
+        except HandlerFailed as failure:
+            logger.error("%s", failure, exc_info=failure.__cause__)
+            return
+        if inspect.isawaitable(ended):
+            self._engine.keep(asyncio.ensure_future(self._log_failure(ended)))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # --- messages and replies -------------------------------------------------
+
+    def _dispatch(self, messages: list[bytes]) -> None:
+        """Call the handler for each message; plain replies of one read leave in one write."""
+        handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
+        replies: list[bytes] = []
+        try:
+            for message in messages:
+                if not self.is_open:
+                    return
+                reply = handler.received_maybe_async(peer, message)
+                if inspect.isawaitable(reply) or self._tail is not None:
+                    self._flush(replies)
+                    self._chain(reply)
+                elif reply is not None:
+                    replies.append(self._encode_reply(handler.check_reply(reply), encode))
+        except HandlerFailed as exc:
+            self._fail(exc)
+            return
+        self._flush(replies)
+
+    def _encode_reply(self, reply: Buffer | None, encode: Callable[[Buffer], bytes]) -> bytes:
+        assert reply is not None
+        try:
+            return encode(reply)
+        except FramingError as exc:
+            raise HandlerFailed("received", exc) from exc
+
+    def _flush(self, replies: list[bytes]) -> None:
+        if replies:
+            self._write(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
+            replies.clear()
+
+    def _chain(self, reply: object, *, counts: bool = True) -> None:
+        """Queue a reply (awaitable or not) behind the async replies already in flight."""
+        self._pending += 1
+        self._tail = self._engine.keep(asyncio.ensure_future(self._in_order(self._tail, reply, counts)))
+        self._update_reading()
+
+    async def _in_order(self, previous: Awaitable[None] | None, reply: object, counts: bool) -> None:
+        try:
+            if previous is not None:
+                await previous
+            if inspect.isawaitable(reply):
+                try:
+                    reply = await reply
+                except Exception as exc:
+                    raise HandlerFailed("received", exc) from exc
+            if counts and self.is_open:
+                checked = self._config.handler.check_reply(reply)
+                if checked is not None:
+                    self._write(self._encode_reply(checked, self._config.framing.encode), 1)
+        except HandlerFailed as exc:
+            self._fail(exc)
+        finally:
+            self._pending -= 1
+            if self._tail is asyncio.current_task():  # the last in the chain: none is waiting
+                self._tail = None
+            self._update_reading()
+            if self._closing:
+                self._close_when_flushed()
+
+    async def _log_failure(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.error("the handler's closed() raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+
+    def _write(self, data: bytes, messages: int) -> None:
+        transport = self._transport
+        if transport is None or not self.is_open or transport.is_closing():
+            return
+        transport.write(data)
+        self._deadlines.moved()
+        self._config.counters.sent(messages, len(data))
+        queued = transport.get_write_buffer_size()
+        if queued > HARD_CAP:
+            self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or not self.is_open or transport.is_closing():
+            return
+        should_pause = self._writing_paused or self._pending > MAX_PENDING_REPLIES
+        if should_pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not should_pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _close_when_flushed(self) -> None:
+        """Close once no async reply is in flight; the transport flushes its buffer itself."""
+        if self._transport is not None and self.is_open and self._pending == 0:
+            self._transport.close()
+
+    # --- deadlines --------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        due = self._deadlines.next_due()
+        loop = self._engine._loop
+        if due is None or loop is None or (self._timer_due is not None and self._timer_due <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        # Deadlines use time.monotonic(); the loop has its own clock.
+        self._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._check_timers)
+
+    def _check_timers(self) -> None:
+        self._timer = self._timer_due = None
+        if not self.is_open:
+            return
+        if (expired := self._deadlines.expired()) is not None:
+            self._fail(expired)
+        else:
+            self._arm_timer()
+
+    # --- ending -----------------------------------------------------------------
+
+    def _fail(self, error: BaseException) -> None:
+        address = format_address(self.peer.address)
+        if isinstance(error, HandlerFailed):
+            logger.error("closing %s: %s", address, error, exc_info=error.__cause__)
+            error = error.__cause__ or error
+        else:
+            logger.info("closing %s: %s", address, error)
+        if self._error is None:
+            self._error = error
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self.connection_lost(None)
