@@ -7,6 +7,7 @@ one handler API, timeouts and graceful stops.
 
 from __future__ import annotations
 
+from . import aio as aio
 from . import framing as framing
 from .connection import Connection as Connection
 from .connection import connect as connect
@@ -39,6 +40,7 @@ __all__ = [
     "Stats",
     "Timeout",
     "TruncatedMessage",
+    "aio",
     "connect",
     "connect_nowait",
     "finish_connect",

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..address import format_address
 from ..server import ENGINES, Server
+from ..server.asyncio import LOOPS
 from ..tools.apps import APPS
 from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
 
@@ -28,8 +29,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
     parser.add_argument("--app", choices=sorted(APPS), default="echo", help="what the server does with a message")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop of the asyncio engine")
     parser.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="processes serving the port (select engine)"
+        "--workers", type=int, default=1, metavar="N", help="processes serving the port (select or asyncio engine)"
     )
     parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
     parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
@@ -41,20 +43,20 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal; return 0 after a graceful stop."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="connecteur: %(message)s")
-    if args.max_connections < 1:
-        fail(f"--max-connections must be at least 1, not {args.max_connections}", status=2)
-    if args.workers < 1 or (args.workers > 1 and args.engine != "select"):
-        fail(f"--workers must be 1, or more with --engine select (got {args.workers} with {args.engine})", status=2)
-    server = Server(
-        APPS[args.app],
-        args.address,
-        framing=args.framing,
-        engine=args.engine,
-        workers=args.workers,
-        max_connections=args.max_connections,
-        idle_timeout=args.idle_timeout,
-        message_timeout=args.message_timeout,
-    )
+    try:
+        server = Server(
+            APPS[args.app],
+            args.address,
+            framing=args.framing,
+            engine=args.engine,
+            loop=args.loop,
+            workers=args.workers,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            message_timeout=args.message_timeout,
+        )
+    except ValueError as exc:
+        fail(str(exc), status=2)
     try:
         server.serve_forever(ready=lambda: print(f"serving {args.app} on {format_address(server.address)}", flush=True))
     except OSError as exc:

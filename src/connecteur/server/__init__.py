@@ -59,6 +59,34 @@ def _check_positive(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
 
 
+def engine_config(
+    handler: object,
+    *,
+    framing: Framing | None,
+    max_connections: int,
+    idle_timeout: float | None,
+    message_timeout: float | None,
+) -> EngineConfig:
+    """Check a server's options and return the configuration its engine runs with.
+
+    Raises:
+        TypeError: the handler is neither form.
+        ValueError: an impossible limit.
+    """
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+    _check_positive("idle_timeout", idle_timeout)
+    _check_positive("message_timeout", message_timeout)
+    return EngineConfig(
+        handler=Handler(handler),
+        framing=framing if framing is not None else LengthPrefixed(),
+        counters=Counters(),
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        message_timeout=message_timeout,
+    )
+
+
 @final
 class Server:
     """A message server: a handler, an address, a framing and an engine.
@@ -123,21 +151,16 @@ class Server:
             from .asyncio import loop_factory
 
             loop_factory(loop)  # fails now, with one line, if uvloop is missing
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
-        _check_positive("idle_timeout", idle_timeout)
-        _check_positive("message_timeout", message_timeout)
         _check_positive("stop_timeout", stop_timeout)
         self._address = parse_address(address)
-        self._counters = Counters()
-        self._config = EngineConfig(
-            handler=Handler(handler),
-            framing=framing if framing is not None else LengthPrefixed(),
-            counters=self._counters,
+        self._config = engine_config(
+            handler,
+            framing=framing,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             message_timeout=message_timeout,
         )
+        self._counters = self._config.counters
         self.engine: str = engine
         """The engine's name."""
         self.loop: str = loop

@@ -1,0 +1,376 @@
+"""The asyncio twin of the blocking client, and a server for code already in a loop.
+
+``await connect(...)`` returns a `Connection` with the blocking client's
+names, awaitable: ``send``, ``send_many``, ``recv``, ``request``, ``close``,
+``async for`` and ``async with``; ``shutdown_write()`` is a plain method. The
+errors are the same classes (`ConnectionClosed`, `TruncatedMessage`,
+`Timeout`, ...).
+
+Like the asyncio engine, the client is an ``asyncio.BufferedProtocol`` that
+feeds the same sans-I/O decoder (one parser everywhere, no ``StreamReader``).
+It creates no task: waiting is done on futures the caller awaits, so a
+cancelled call leaves nothing behind.
+
+``await serve(handler, address, ...)`` runs the asyncio engine on the running
+loop and returns an `AioServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar, cast, final
+
+from . import _socket
+from .address import AddressLike, UnixAddress, format_address, parse_address
+from .errors import ConnectionClosed, FramingError, Timeout
+from .framing import Buffer, Framing, LengthPrefixed
+from .server import Stats, engine_config
+from .server._engine import EngineConfig
+from .server.asyncio import AsyncioEngine
+
+__all__ = ["AioServer", "Connection", "connect", "serve"]
+
+RECV_SIZE: Final = 256 * 2**10
+"""256 KiB: the buffer the loop reads into, once per connection."""
+
+READY_HIGH: Final = 1024
+"""Messages decoded but not yet taken by `recv()` before reading pauses: a
+peer cannot fill this process's memory faster than the caller consumes."""
+
+_T = TypeVar("_T")
+
+
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    timeout: float | None = None,
+) -> Connection:
+    """Connect to a server and return an asyncio `Connection`.
+
+    Args:
+        address: ``"host:port"``, ``"[::1]:port"``, ``"unix:/path"`` or a tuple.
+        framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        timeout: seconds allowed for connecting and then for each `send`,
+            `recv` or `request`; ``None`` waits for ever.
+
+    Raises:
+        AddressError: the address cannot be parsed.
+        Timeout: the connection was not established within `timeout`.
+        OSError: the connection failed (refused, unreachable, ...).
+    """
+    parsed = parse_address(address)
+    loop = asyncio.get_running_loop()
+    protocol = _ClientProtocol(framing if framing is not None else LengthPrefixed())
+    try:
+        async with asyncio.timeout(timeout):
+            if isinstance(parsed, UnixAddress):
+                await loop.create_unix_connection(lambda: protocol, parsed.path)
+            else:
+                await loop.create_connection(lambda: protocol, parsed.host or "localhost", parsed.port)
+    except TimeoutError as exc:
+        raise Timeout(f"connecting to {parsed} timed out after {timeout} s", seconds=timeout or 0.0) from exc
+    return Connection(protocol, timeout=timeout)
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    """Receives into one buffer, decodes, and wakes whoever waits for a message."""
+
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        self.decoder = framing.decoder()
+        self.buffer = bytearray(RECV_SIZE)
+        self.view = memoryview(self.buffer)
+        self.ready: deque[bytes] = deque()
+        self.failure: BaseException | None = None
+        self.peer_ended = False
+        self.lost = False
+        self.transport: asyncio.Transport | None = None
+        self.reading_paused = False
+        self.writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
+        self.waiter: asyncio.Future[None] | None = None  # set while recv() waits
+        self.closed: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without inheriting it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.closed = asyncio.get_running_loop().create_future()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _socket.configure_stream(sock)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.ready.extend(self.decoder.feed(self.view[:nbytes]))
+        except FramingError as exc:
+            self.ready.extend(exc.messages)
+            self.failure = exc
+        if len(self.ready) > READY_HIGH and self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.peer_ended = True
+        try:
+            self.ready.extend(self.decoder.eof())
+        except FramingError as exc:
+            self.failure = exc
+        self._wake()
+        return True  # keep writing possible: the peer only half-closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is not None and self.failure is None:
+            self.failure = exc
+        self._wake()
+        for future in (self.writable, self.closed):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def took_one(self) -> None:
+        """A message left `ready`: read again once the caller has caught up."""
+        if self.reading_paused and len(self.ready) < READY_HIGH // 2 and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+@final
+class Connection:
+    """An asyncio message connection; create it with `connect()`.
+
+    One task may `send` while another `recv`s; two tasks sending at once
+    must take turns themselves (an ``asyncio.Lock``), as must two receivers.
+    """
+
+    def __init__(self, protocol: _ClientProtocol, *, timeout: float | None) -> None:
+        self._protocol = protocol
+        self._timeout = timeout
+        self._write_closed = False
+        self._closed = False
+        transport = protocol.transport
+        assert transport is not None
+        self._transport = transport
+        self.framing: Framing = protocol.framing
+        """The framing of this connection."""
+        self.address: object = transport.get_extra_info("peername")
+        """The peer's address as the socket module gives it."""
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<aio.Connection {state} to {format_address(self.address)} framing={self.framing!r}>"
+
+    async def _within_timeout(self, awaitable: Awaitable[_T], what: str) -> _T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await awaitable
+        except TimeoutError as exc:
+            seconds = self._timeout or 0.0
+            raise Timeout(f"{what} {format_address(self.address)} took more than {seconds} s", seconds=seconds) from exc
+
+    # --- sending ---------------------------------------------------------------
+
+    async def send(self, message: Buffer) -> None:
+        """Send one whole message; return once the transport can take more.
+
+        Raises:
+            FramingError: the framing cannot carry the message (nothing sent).
+            Timeout: the peer did not read enough within the timeout.
+            ConnectionClosed: this side already closed or half-closed it.
+            OSError: the connection broke.
+        """
+        await self._write(self.framing.encode(message))
+
+    async def send_many(self, messages: Iterable[Buffer]) -> None:
+        """Send several messages in one write; none is sent if one cannot be framed.
+
+        Raises:
+            The same as `send`.
+        """
+        encode = self.framing.encode
+        await self._write(b"".join([encode(message) for message in messages]))
+
+    async def _write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+        if self._write_closed:
+            raise ConnectionClosed("cannot send after shutdown_write()", by_peer=False)
+        protocol = self._protocol
+        if protocol.lost:
+            raise (
+                protocol.failure
+                if isinstance(protocol.failure, OSError)
+                else ConnectionResetError(f"the connection to {format_address(self.address)} is lost")
+            )
+        self._transport.write(data)
+        if protocol.writable is not None:
+            await self._within_timeout(asyncio.shield(protocol.writable), "sending to")
+
+    # --- receiving -------------------------------------------------------------
+
+    async def recv(self) -> bytes:
+        """Return the next message, waiting for it if needed.
+
+        Raises:
+            ConnectionClosed: the peer closed cleanly between messages (or this
+                side closed the connection).
+            TruncatedMessage: the peer closed inside a message.
+            FramingError: the peer's bytes do not follow the framing; messages
+                that came before the bad bytes are returned first.
+            Timeout: no whole message within the timeout (bytes received so
+                far are kept; `recv()` may be called again).
+            OSError: the connection broke.
+        """
+        protocol = self._protocol
+        while not protocol.ready:
+            if protocol.failure is not None:
+                raise protocol.failure
+            if self._closed:
+                raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+            if protocol.peer_ended or protocol.lost:
+                raise ConnectionClosed(f"{format_address(self.address)} closed the connection")
+            protocol.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._within_timeout(protocol.waiter, "waiting for a message from")
+            finally:
+                protocol.waiter = None
+        message = protocol.ready.popleft()
+        protocol.took_one()
+        return message
+
+    async def request(self, message: Buffer) -> bytes:
+        """Send a message and return the next message received: its reply.
+
+        Raises:
+            The errors of `send` and `recv`.
+        """
+        await self.send(message)
+        return await self.recv()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[bytes]:
+        """Yield messages until the peer closes cleanly."""
+        while True:
+            try:
+                message = await self.recv()
+            except ConnectionClosed:
+                return
+            yield message
+
+    # --- closing ---------------------------------------------------------------
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer "I have finished sending"; keep receiving. Idempotent."""
+        if self._write_closed or self._closed or self._protocol.lost:
+            return
+        self._write_closed = True
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def close(self) -> None:
+        """Close the connection and wait until the transport is gone. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
+        closed = self._protocol.closed
+        if closed is not None:
+            await asyncio.shield(closed)
+
+    @property
+    def is_closed(self) -> bool:
+        """True once `close()` has been called."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+# --- a server inside the running loop --------------------------------------------
+
+
+async def serve(
+    handler: object,
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    max_connections: int = 10_000,
+    idle_timeout: float | None = None,
+    message_timeout: float | None = None,
+    backlog: int = 128,
+) -> AioServer:
+    """Start serving on the running loop; return the `AioServer`.
+
+    The arguments are `Server`'s; the handler may be ``async def``.
+
+    Raises:
+        AddressError, TypeError, ValueError: as `Server` does.
+        OSError: the address cannot be bound.
+    """
+    config = engine_config(
+        handler, framing=framing, max_connections=max_connections,
+        idle_timeout=idle_timeout, message_timeout=message_timeout,
+    )  # fmt: skip
+    listener = _socket.listen(parse_address(address), backlog=backlog)
+    return AioServer(config, listener)
+
+
+@final
+class AioServer:
+    """A server running on the current event loop; made by `serve()`."""
+
+    def __init__(self, config: EngineConfig, listener: socket.socket) -> None:
+        self._config = config
+        sockname = listener.getsockname()
+        self.address: Any = f"unix:{sockname}" if listener.family == getattr(socket, "AF_UNIX", None) else sockname
+        """The bound address, as `Server.address` gives it."""
+        self._engine = AsyncioEngine(config)
+        self._task = asyncio.ensure_future(self._engine.run(listener))
+
+    @property
+    def stats(self) -> Stats:
+        """An immutable snapshot of the server's counters."""
+        return self._config.counters.snapshot()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop gracefully within `timeout` seconds (as `Server.stop`). Idempotent."""
+        self._engine.request_stop(time.monotonic() + timeout)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if isinstance(self.address, str):
+            _socket.unlink_unix_socket(self.address[len("unix:") :])
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
