@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
@@ -18,7 +19,17 @@ from typing import Any, Final, Protocol
 from ..framing import Framing
 from ._handler import Handler
 
-__all__ = ["Counters", "Engine", "EngineConfig", "Stats", "StopSignal", "accept_ready", "logger", "refuse_if_full"]
+__all__ = [
+    "Counters",
+    "Engine",
+    "EngineConfig",
+    "PendingAdmissions",
+    "Stats",
+    "StopSignal",
+    "accept_ready",
+    "logger",
+    "refuse_if_full",
+]
 
 logger: Final = logging.getLogger("connecteur.server")
 
@@ -146,11 +157,10 @@ class Counters:
             self.errors += error
 
     def withdrawn(self) -> None:
-        """A connection counted as opened could not be served after all: count it refused."""
+        """Take back `opened()`: the connection could not be served yet."""
         with self._lock:
             self.accepted -= 1
             self.active -= 1
-            self.rejected += 1
 
     def refused(self) -> None:
         """Count a connection closed at once because the server is full."""
@@ -268,3 +278,39 @@ class StopSignal:
         """Close both sockets."""
         self.reader.close()
         self._writer.close()
+
+
+class PendingAdmissions:
+    """Accepted connections an engine could not start serving yet.
+
+    When no thread, process or pipe can be had for a connection already
+    accepted, closing it would drop a client that did nothing wrong: it waits
+    here instead, accepting pauses, and it is admitted first when accepting
+    resumes. At a stop, those still waiting are closed and counted refused.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: deque[tuple[socket.socket, Any]] = deque()
+
+    def put(self, sock: socket.socket, address: Any, error: BaseException) -> bool:
+        """Keep a connection for later; returns True (accepting must pause)."""
+        logger.warning("cannot serve a new connection yet (%s); pausing accepts for %.1f s", error, ACCEPT_BACKOFF)
+        self._waiting.append((sock, address))
+        return True
+
+    def retry(self, admit: Callable[[socket.socket, Any], bool]) -> bool:
+        """Admit the waiting connections in order; True if one still cannot be served."""
+        waiting = self._waiting
+        for _ in range(len(waiting)):
+            sock, address = waiting.popleft()
+            if admit(sock, address):
+                waiting.rotate(1)  # admit() put it back last: it stays first in line
+                return True
+        return False
+
+    def close_all(self, counters: Counters) -> None:
+        """Close what still waits: the server is stopping."""
+        while self._waiting:
+            sock, _ = self._waiting.popleft()
+            sock.close()
+            counters.refused()

@@ -40,6 +40,7 @@ from ._engine import (
     LAST_ACCEPTS,
     Counters,
     EngineConfig,
+    PendingAdmissions,
     StopSignal,
     accept_ready,
     logger,
@@ -72,6 +73,7 @@ class ProcessesEngine:
         self._selector = selectors.DefaultSelector()
         self._stop = StopSignal()
         self._children: dict[int, _Child] = {}  # by pipe descriptor
+        self._pending = PendingAdmissions()
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -84,9 +86,11 @@ class ProcessesEngine:
         try:
             with listener:
                 self._accept_until_stopped(listener)
-                accept_ready(listener, self._admit, LAST_ACCEPTS)
+                if not self._pending.retry(self._admit):
+                    accept_ready(listener, self._admit, LAST_ACCEPTS)
             self._wait_for_children()
         finally:
+            self._pending.close_all(self._config.counters)
             self._kill_children(signal.SIGKILL)
             self._selector.close()
             self._stop.close()
@@ -107,6 +111,9 @@ class ProcessesEngine:
                 else:
                     self._on_readable(key.fileobj)
             if paused_until is not None and time.monotonic() >= paused_until:
+                if self._pending.retry(self._admit):
+                    paused_until = time.monotonic() + ACCEPT_BACKOFF
+                    continue
                 selector.register(listener, selectors.EVENT_READ)
                 paused_until = None
         if paused_until is None:
@@ -139,10 +146,7 @@ class ProcessesEngine:
         return False
 
     def _cannot_serve(self, sock: socket.socket, address: object, exc: OSError) -> bool:
-        logger.error("closing %s: %s; pausing accepts for %.1f s", format_address(address), exc, ACCEPT_BACKOFF)
-        sock.close()
-        self._config.counters.refused()
-        return True
+        return self._pending.put(sock, address, exc)
 
     # --- children --------------------------------------------------------------
 

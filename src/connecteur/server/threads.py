@@ -31,6 +31,7 @@ from ._engine import (
     ACCEPT_BATCH,
     LAST_ACCEPTS,
     EngineConfig,
+    PendingAdmissions,
     StopSignal,
     accept_ready,
     logger,
@@ -57,6 +58,7 @@ class ThreadsEngine:
         self._config = config
         self._stop = StopSignal()
         self._links: set[BlockingLink] = set()
+        self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
         self._all_closed = threading.Condition(self._links_lock)
 
@@ -92,9 +94,14 @@ class ThreadsEngine:
                     elif key.fileobj is self._stop.reader:
                         self._stop.drain()
                 if paused_until is not None and time.monotonic() >= paused_until:
+                    if self._pending.retry(self._admit):
+                        paused_until = time.monotonic() + ACCEPT_BACKOFF
+                        continue
                     selector.register(listener, selectors.EVENT_READ)
                     paused_until = None
-        accept_ready(listener, self._admit, LAST_ACCEPTS)
+        if not self._pending.retry(self._admit):
+            accept_ready(listener, self._admit, LAST_ACCEPTS)
+        self._pending.close_all(self._config.counters)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
         """Serve a new connection in a thread of its own; True if no thread could start."""
@@ -111,12 +118,10 @@ class ThreadsEngine:
         try:
             thread.start()
         except RuntimeError as exc:  # "can't start new thread": a process or memory limit
-            logger.error("closing %s: %s; pausing accepts for %.1f s", format_address(address), exc, ACCEPT_BACKOFF)
             with self._links_lock:
                 self._links.discard(link)
-            sock.close()
             counters.withdrawn()
-            return True
+            return self._pending.put(sock, address, exc)
         return False
 
     # --- stopping --------------------------------------------------------------
