@@ -449,3 +449,16 @@ def test_threads_engine_survives_a_thread_that_cannot_start(monkeypatch: pytest.
         wait_until(lambda: server.stats.active == 0, what="both connections closed")
         stats = server.stats
         assert (stats.accepted, stats.rejected, stats.errors) == (2, 0, 0)
+
+
+def test_peer_send_inside_the_handler_keeps_its_place_among_the_replies(serve: Serve) -> None:
+    class Narrator:
+        def received(self, peer: Peer, message: bytes) -> bytes:
+            if message == b"b":
+                peer.send(b"note before B")
+            return message.upper()
+
+    server = serve(Narrator())
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        conn.send_many([b"a", b"b", b"c"])  # one write: usually one read on the server
+        assert [conn.recv() for _ in range(4)] == [b"A", b"note before B", b"B", b"C"]

@@ -217,6 +217,9 @@ class _AioLink(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._error: BaseException | None = None
+        # While plain handler calls run: their replies and peer.send() messages,
+        # to leave in one write, in order.
+        self._batch: list[bytes] | None = None
         self.is_open = True
         self.peer = Peer(self, address)
 
@@ -227,7 +230,10 @@ class _AioLink(asyncio.BufferedProtocol):
         if not self.is_open or self._closing:
             raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
         data = self._config.framing.encode(message)
-        self._call_in_loop(lambda: self._write(data, 1))
+        if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
+            self._batch.append(data)  # from a plain handler: after the replies before it
+        else:
+            self._call_in_loop(lambda: self._write(data, 1))
 
     def close(self) -> None:
         """Close once the replies already due are sent; safe from any thread.
@@ -326,6 +332,7 @@ class _AioLink(asyncio.BufferedProtocol):
         """Call the handler for each message; plain replies of one read leave in one write."""
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
         replies: list[bytes] = []
+        self._batch = replies
         try:
             for message in messages:
                 if not self.is_open:
@@ -339,6 +346,8 @@ class _AioLink(asyncio.BufferedProtocol):
         except HandlerFailed as exc:
             self._fail(exc)
             return
+        finally:
+            self._batch = None
         self._flush(replies)
 
     def _encode_reply(self, reply: Buffer | None, encode: Callable[[Buffer], bytes]) -> bytes:

@@ -87,7 +87,6 @@ class SelectEngine:
         self._stop = StopSignal()
         self._loop_thread = 0
         self._listener: socket.socket | None = None
-        self._accept_paused_until: float | None = None
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -233,11 +232,11 @@ class _SelectLink:
     """One non-blocking connection, driven by the engine's loop."""
 
     __slots__ = (
+        "_batch",
         "_closing",
         "_config",
         "_deadlines",
         "_decoder",
-        "_dispatching",
         "_engine",
         "_events",
         "_outgoing",
@@ -262,7 +261,9 @@ class _SelectLink:
         self._paused = False  # reading stopped by backpressure
         self._read_ended = False  # the peer's EOF was seen
         self._closing = False  # close once the queue is flushed
-        self._dispatching = False  # inside handler calls: a close waits for their replies
+        # While handler calls run, the replies (and peer.send() messages) they
+        # produce, to leave in one write after them; a close waits for them.
+        self._batch: list[bytes] | None = None
         self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
         self._timer_due: float | None = None
         self.is_open = True
@@ -274,7 +275,10 @@ class _SelectLink:
         if not self.is_open or self._closing:
             raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
         data = self._config.framing.encode(message)
-        self._engine.call_soon(lambda: self._push(data, 1))
+        if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
+            self._batch.append(data)  # from a handler: after the replies before it, in one write
+        else:
+            self._engine.call_soon(lambda: self._push(data, 1))
 
     def close(self) -> None:
         """Close once the replies already due are sent; safe from any thread."""
@@ -283,7 +287,7 @@ class _SelectLink:
             self._engine.call_soon(self.close)
         elif self.is_open:
             self._closing = True
-            if not self._dispatching:
+            if self._batch is None:
                 self._close_when_flushed()
 
     def abort(self) -> None:
@@ -342,7 +346,7 @@ class _SelectLink:
             return True
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
         replies: list[bytes] = []
-        self._dispatching = True
+        self._batch = replies
         try:
             for message in messages:
                 reply = handler.received(peer, message)
@@ -357,7 +361,7 @@ class _SelectLink:
             self._fail(exc)
             return False
         finally:
-            self._dispatching = False
+            self._batch = None
         if replies and self.is_open:
             self._push(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
         if self._closing and self.is_open:
