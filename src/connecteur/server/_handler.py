@@ -57,17 +57,17 @@ class Handler:
         TypeError: the object is neither handler form.
     """
 
-    __slots__ = ("_closed", "_connected", "_received")
+    __slots__ = ("_closed", "_connected", "_function", "_received")
 
     def __init__(self, handler: object) -> None:
         self._connected: Callable[[Peer], object] | None = getattr(handler, "connected", None)
         self._closed: Callable[[Peer, BaseException | None], object] | None = getattr(handler, "closed", None)
-        received: Callable[[Peer, bytes], Any] | None = getattr(handler, "received", None)
+        self._received: Callable[[Peer, bytes], Any] | None = None
+        self._function: Callable[[bytes], Any] | None = None  # the plain form, called without a wrapper
         if any(hasattr(handler, name) for name in _HOOKS):
-            self._received = received
+            self._received = getattr(handler, "received", None)
         elif callable(handler):
-            function: Callable[[bytes], Any] = handler
-            self._received = lambda peer, message: function(message)
+            self._function = handler
         else:
             raise TypeError(
                 f"a handler must be a callable message -> reply, or an object with "
@@ -92,6 +92,8 @@ class Handler:
         For engines without an event loop: an async handler is refused.
         """
         reply = self.received_maybe_async(peer, message)
+        if reply is None or type(reply) is bytes:  # the common case, checked first: this runs per message
+            return reply
         if inspect.isawaitable(reply):
             if inspect.iscoroutine(reply):
                 reply.close()  # never awaited: say why below, not in a RuntimeWarning
@@ -101,12 +103,14 @@ class Handler:
 
     def received_maybe_async(self, peer: Peer, message: bytes) -> object:
         """Call the handler for one message; return its reply or an awaitable of it."""
-        if self._received is None:
-            return None
         try:
-            return self._received(peer, message)
+            if self._function is not None:
+                return self._function(message)
+            if self._received is not None:
+                return self._received(peer, message)
         except Exception as exc:
             raise HandlerFailed("received", exc) from exc
+        return None
 
     @staticmethod
     def check_reply(reply: object) -> Buffer | None:
