@@ -338,11 +338,14 @@ class _AioLink(asyncio.BufferedProtocol):
                 if not self.is_open:
                     return
                 reply = handler.received_maybe_async(peer, message)
-                if inspect.isawaitable(reply) or self._tail is not None:
+                if reply is None and self._tail is None:
+                    continue
+                # Checked per message: plain bytes first, the costly awaitable test last.
+                if self._tail is None and (type(reply) is bytes or not inspect.isawaitable(reply)):
+                    replies.append(self._encode_reply(handler.check_reply(reply), encode))
+                else:
                     self._flush(replies)
                     self._chain(reply)
-                elif reply is not None:
-                    replies.append(self._encode_reply(handler.check_reply(reply), encode))
         except HandlerFailed as exc:
             self._fail(exc)
             return
