@@ -8,11 +8,13 @@ one handler API, timeouts and graceful stops.
 from __future__ import annotations
 
 from . import aio as aio
+from . import codecs as codecs
 from . import framing as framing
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .connection import connect_nowait as connect_nowait
 from .connection import finish_connect as finish_connect
+from .connection import wait as wait
 from .errors import AddressError as AddressError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import CodecError as CodecError
@@ -41,10 +43,12 @@ __all__ = [
     "Timeout",
     "TruncatedMessage",
     "aio",
+    "codecs",
     "connect",
     "connect_nowait",
     "finish_connect",
     "framing",
+    "wait",
 ]
 
 __version__ = "0.1.0"

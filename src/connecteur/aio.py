@@ -28,8 +28,9 @@ from typing import Any, Final, Self, TypeVar, cast, final
 
 from . import _socket
 from .address import AddressLike, UnixAddress, format_address, parse_address
+from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Buffer, Framing, LengthPrefixed
+from .framing import Framing, LengthPrefixed
 from .server import Stats, engine_config
 from .server._engine import EngineConfig
 from .server.asyncio import AsyncioEngine
@@ -50,6 +51,7 @@ async def connect(
     address: AddressLike,
     *,
     framing: Framing | None = None,
+    codec: Codec | None = None,
     timeout: float | None = None,
 ) -> Connection:
     """Connect to a server and return an asyncio `Connection`.
@@ -57,6 +59,7 @@ async def connect(
     Args:
         address: ``"host:port"``, ``"[::1]:port"``, ``"unix:/path"`` or a tuple.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        codec: turns values into messages and back (`connecteur.codecs`).
         timeout: seconds allowed for connecting and then for each `send`,
             `recv` or `request`; ``None`` waits for ever.
 
@@ -76,7 +79,7 @@ async def connect(
                 await loop.create_connection(lambda: protocol, parsed.host or "localhost", parsed.port)
     except TimeoutError as exc:
         raise Timeout(f"connecting to {parsed} timed out after {timeout} s", seconds=timeout or 0.0) from exc
-    return Connection(protocol, timeout=timeout)
+    return Connection(protocol, codec=codec, timeout=timeout)
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
@@ -164,8 +167,9 @@ class Connection:
     must take turns themselves (an ``asyncio.Lock``), as must two receivers.
     """
 
-    def __init__(self, protocol: _ClientProtocol, *, timeout: float | None) -> None:
+    def __init__(self, protocol: _ClientProtocol, *, codec: Codec | None = None, timeout: float | None) -> None:
         self._protocol = protocol
+        self._codec = codec
         self._timeout = timeout
         self._write_closed = False
         self._closed = False
@@ -191,7 +195,7 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    async def send(self, message: Buffer) -> None:
+    async def send(self, message: Any) -> None:
         """Send one whole message; return once the transport can take more.
 
         Raises:
@@ -200,16 +204,19 @@ class Connection:
             ConnectionClosed: this side already closed or half-closed it.
             OSError: the connection broke.
         """
-        await self._write(self.framing.encode(message))
+        await self._write(self.framing.encode(message if self._codec is None else self._codec.encode(message)))
 
-    async def send_many(self, messages: Iterable[Buffer]) -> None:
+    async def send_many(self, messages: Iterable[Any]) -> None:
         """Send several messages in one write; none is sent if one cannot be framed.
 
         Raises:
             The same as `send`.
         """
-        encode = self.framing.encode
-        await self._write(b"".join([encode(message) for message in messages]))
+        frame, codec = self.framing.encode, self._codec
+        if codec is None:
+            await self._write(b"".join([frame(message) for message in messages]))
+        else:
+            await self._write(b"".join([frame(codec.encode(message)) for message in messages]))
 
     async def _write(self, data: bytes) -> None:
         if self._closed:
@@ -229,7 +236,7 @@ class Connection:
 
     # --- receiving -------------------------------------------------------------
 
-    async def recv(self) -> bytes:
+    async def recv(self) -> Any:
         """Return the next message, waiting for it if needed.
 
         Raises:
@@ -257,9 +264,9 @@ class Connection:
                 protocol.waiter = None
         message = protocol.ready.popleft()
         protocol.took_one()
-        return message
+        return message if self._codec is None else self._codec.decode(message)
 
-    async def request(self, message: Buffer) -> bytes:
+    async def request(self, message: Any) -> Any:
         """Send a message and return the next message received: its reply.
 
         Raises:
@@ -268,10 +275,10 @@ class Connection:
         await self.send(message)
         return await self.recv()
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._messages()
 
-    async def _messages(self) -> AsyncIterator[bytes]:
+    async def _messages(self) -> AsyncIterator[Any]:
         """Yield messages until the peer closes cleanly."""
         while True:
             try:
@@ -321,6 +328,7 @@ async def serve(
     address: AddressLike,
     *,
     framing: Framing | None = None,
+    codec: Codec | None = None,
     max_connections: int = 10_000,
     idle_timeout: float | None = None,
     message_timeout: float | None = None,
@@ -335,7 +343,7 @@ async def serve(
         OSError: the address cannot be bound.
     """
     config = engine_config(
-        handler, framing=framing, max_connections=max_connections,
+        handler, framing=framing, codec=codec, max_connections=max_connections,
         idle_timeout=idle_timeout, message_timeout=message_timeout,
     )  # fmt: skip
     listener = _socket.listen(parse_address(address), backlog=backlog)

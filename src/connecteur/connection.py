@@ -12,19 +12,21 @@ two threads receiving.
 from __future__ import annotations
 
 import errno
+import selectors
 import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Final, Self, final
+from typing import Any, Final, Self, final
 
 from . import _socket
 from .address import AddressLike, format_address, parse_address
+from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Buffer, Decoder, Framing, LengthPrefixed
+from .framing import Decoder, Framing, LengthPrefixed
 
-__all__ = ["Connection", "connect", "connect_nowait", "finish_connect"]
+__all__ = ["Connection", "connect", "connect_nowait", "finish_connect", "wait"]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: how much one ``recv_into`` may read. Large enough that bulk
@@ -39,6 +41,7 @@ def connect(
     address: AddressLike,
     *,
     framing: Framing | None = None,
+    codec: Codec | None = None,
     timeout: float | None = None,
 ) -> Connection:
     """Connect to a server and return a `Connection`.
@@ -47,6 +50,8 @@ def connect(
         address: ``"host:port"``, ``"[::1]:port"``, ``"unix:/path"`` or a
             ``(host, port)`` tuple.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        codec: turns values into messages and back (`connecteur.codecs`);
+            None sends and receives bytes.
         timeout: seconds allowed for connecting and then for each `send`,
             `recv` or `request`; ``None`` waits for ever.
 
@@ -56,7 +61,7 @@ def connect(
         OSError: the connection failed (refused, unreachable, ...).
     """
     sock = _socket.open_connection(parse_address(address), timeout)
-    return Connection(sock, framing=framing, timeout=timeout)
+    return Connection(sock, framing=framing, codec=codec, timeout=timeout)
 
 
 def connect_nowait(address: AddressLike) -> socket.socket:
@@ -99,6 +104,8 @@ class Connection:
         sock: a connected stream socket. It is put in blocking mode with
             `timeout`.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        codec: turns values into messages and back (`connecteur.codecs`);
+            None sends and receives bytes.
         timeout: seconds allowed for each `send`, `recv` or `request`;
             ``None`` waits for ever.
     """
@@ -106,6 +113,7 @@ class Connection:
     __slots__ = (
         "_buffer",
         "_closed",
+        "_codec",
         "_decoder",
         "_failure",
         "_peer_ended",
@@ -118,8 +126,16 @@ class Connection:
         "framing",
     )
 
-    def __init__(self, sock: socket.socket, *, framing: Framing | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        framing: Framing | None = None,
+        codec: Codec | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.framing: Framing = framing if framing is not None else LengthPrefixed()
+        self._codec = codec
         self._sock = sock
         self._timeout = timeout
         sock.settimeout(timeout)
@@ -145,21 +161,23 @@ class Connection:
 
     # --- sending ---------------------------------------------------------------
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Any) -> None:
         """Send one whole message; return once it has left the process.
 
-        Loops over partial sends. If the timeout runs out part-way, the
+        `message` is bytes, or with a codec a value it encodes. Loops over
+        partial sends. If the timeout runs out part-way, the
         stream is left mid-message, so the connection is closed.
 
         Raises:
+            CodecError: the codec cannot encode the value (nothing sent).
             FramingError: the framing cannot carry the message (nothing sent).
             Timeout: the message could not be sent within the timeout.
             ConnectionClosed: this side already closed or half-closed it.
             OSError: the connection broke (reset, broken pipe).
         """
-        self._send_bytes(self.framing.encode(message))
+        self._send_bytes(self.framing.encode(message if self._codec is None else self._codec.encode(message)))
 
-    def send_many(self, messages: Iterable[Buffer]) -> None:
+    def send_many(self, messages: Iterable[Any]) -> None:
         """Send several messages, coalesced into as few system calls as possible.
 
         Every message is encoded before anything is sent, so a message the
@@ -168,7 +186,8 @@ class Connection:
         Raises:
             The same as `send`.
         """
-        encode = self.framing.encode
+        frame, codec = self.framing.encode, self._codec
+        encode = frame if codec is None else (lambda value: frame(codec.encode(value)))
         chunks: list[bytes] = []
         batch: list[bytes] = []
         size = 0
@@ -201,8 +220,8 @@ class Connection:
 
     # --- receiving -------------------------------------------------------------
 
-    def recv(self) -> bytes:
-        """Return the next message, waiting for it if needed.
+    def recv(self) -> Any:
+        """Return the next message (bytes, or with a codec its value), waiting if needed.
 
         Raises:
             ConnectionClosed: the peer closed the connection cleanly between
@@ -213,8 +232,14 @@ class Connection:
                 that arrived before the bad bytes are returned first.
             Timeout: no whole message arrived within the timeout; the bytes
                 received so far are kept, so `recv()` may be called again.
+            CodecError: the message does not decode (it is consumed; the
+                connection stays usable).
             OSError: the connection broke (reset).
         """
+        message = self._recv_bytes()
+        return message if self._codec is None else self._codec.decode(message)
+
+    def _recv_bytes(self) -> bytes:
         if self._ready:
             return self._ready.popleft()
         if self._closed:
@@ -272,7 +297,7 @@ class Connection:
             self._ready.extend(exc.messages)
             self._failure = exc
 
-    def request(self, message: Buffer) -> bytes:
+    def request(self, message: Any) -> Any:
         """Send a message and return the next message received: its reply.
 
         Raises:
@@ -281,7 +306,7 @@ class Connection:
         self.send(message)
         return self.recv()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Any]:
         """Yield messages until the peer closes cleanly.
 
         Raises:
@@ -293,6 +318,27 @@ class Connection:
             except ConnectionClosed:
                 return
             yield message
+
+    # --- readiness -------------------------------------------------------------
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """True when the next `recv()` will not block.
+
+        That is: a message already decoded and waiting here, or bytes, EOF or
+        an error pending on the socket (then `recv()` returns or raises at
+        once, or waits only for the rest of a message already under way). A
+        plain ``select`` on the socket misses messages an earlier `recv()`
+        pulled into this process; `poll` never does.
+
+        Args:
+            timeout: seconds to wait; 0 checks and returns at once, None
+                waits for ever.
+        """
+        return self._is_ready_here() or bool(_readable([self], timeout))
+
+    def _is_ready_here(self) -> bool:
+        """True when `recv()` can answer without touching the socket."""
+        return bool(self._ready) or self._failure is not None or self._peer_ended or self._closed
 
     # --- closing ---------------------------------------------------------------
 
@@ -333,3 +379,40 @@ class Connection:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+Waitable = Connection | socket.socket | int | Any
+"""What `wait` watches: connections, sockets, descriptors, objects with ``fileno()``."""
+
+
+def wait(objects: Iterable[Waitable], timeout: float | None = None) -> list[Waitable]:
+    """Return those of `objects` that are ready to read, like ``multiprocessing.connection.wait``.
+
+    Connections with a message already decoded here (or at EOF, failed or
+    closed) are ready without asking the kernel, so none is missed; the rest
+    are watched with one `selectors` call, which does not wait when some are
+    ready already.
+
+    Args:
+        objects: `Connection` objects, sockets, file descriptors, or any
+            object with ``fileno()``.
+        timeout: seconds to wait; None waits for ever, 0 only polls.
+
+    Returns:
+        The ready objects, in the order given (an empty list on timeout).
+    """
+    objects = list(objects)
+    ready_here = [obj for obj in objects if isinstance(obj, Connection) and obj._is_ready_here()]
+    others = [obj for obj in objects if not (isinstance(obj, Connection) and obj._is_ready_here())]
+    ready = set(map(id, ready_here)) | set(map(id, _readable(others, 0.0 if ready_here else timeout)))
+    return [obj for obj in objects if id(obj) in ready]
+
+
+def _readable(objects: list[Any], timeout: float | None) -> list[Any]:
+    """The objects whose descriptors are readable within `timeout` (one selector call)."""
+    if not objects:
+        return []
+    with selectors.DefaultSelector() as selector:
+        for obj in objects:
+            selector.register(obj, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in selector.select(timeout)]

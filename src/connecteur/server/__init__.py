@@ -19,6 +19,7 @@ from typing import Any, Final, Self, final
 
 from .. import _socket
 from ..address import AddressLike, TcpAddress, UnixAddress, parse_address
+from ..codecs import Codec
 from ..framing import Framing, LengthPrefixed
 from ._engine import Counters, Engine, EngineConfig, Stats, logger
 from ._handler import Handler, MessageHandler, PeerHandler
@@ -63,6 +64,7 @@ def engine_config(
     handler: object,
     *,
     framing: Framing | None,
+    codec: Codec | None = None,
     max_connections: int,
     idle_timeout: float | None,
     message_timeout: float | None,
@@ -78,7 +80,7 @@ def engine_config(
     _check_positive("idle_timeout", idle_timeout)
     _check_positive("message_timeout", message_timeout)
     return EngineConfig(
-        handler=Handler(handler),
+        handler=Handler(handler, codec),
         framing=framing if framing is not None else LengthPrefixed(),
         counters=Counters(),
         max_connections=max_connections,
@@ -99,6 +101,9 @@ class Server:
             ``":port"`` (every interface), ``"unix:/path"`` or a tuple. Port 0
             picks a free port; `address` tells which once started.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
+        codec: turns each message into a value for the handler, and its
+            replies (and `peer.send` values) back into bytes; see
+            `connecteur.codecs`. None: the handler sees bytes.
         engine: ``"select"`` (one thread multiplexing every connection with
             non-blocking sockets, the default), ``"threads"`` (a thread per
             connection), ``"processes"`` (a forked process per connection;
@@ -130,6 +135,7 @@ class Server:
         address: AddressLike,
         *,
         framing: Framing | None = None,
+        codec: Codec | None = None,
         engine: str = "select",
         loop: str = "asyncio",
         workers: int = 1,
@@ -156,6 +162,7 @@ class Server:
         self._config = engine_config(
             handler,
             framing=framing,
+            codec=codec,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             message_timeout=message_timeout,

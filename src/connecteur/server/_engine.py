@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import socket
 import threading
 from collections import deque
@@ -17,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
 from ..framing import Framing
-from ._handler import Handler
+from ._handler import Handler, logger
 
 __all__ = [
     "Counters",
@@ -31,7 +30,6 @@ __all__ = [
     "refuse_if_full",
 ]
 
-logger: Final = logging.getLogger("connecteur.server")
 
 ACCEPT_BATCH: Final = 64
 """Connections accepted per readiness event before serving the others again:

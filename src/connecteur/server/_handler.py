@@ -8,15 +8,22 @@ any of ``connected(peer)``, ``received(peer, message)`` and
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
+from ..address import format_address
+from ..codecs import Codec
+from ..errors import CodecError
 from ..framing import Buffer
 
 if TYPE_CHECKING:
     from . import Peer
 
-__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler"]
+logger: Final = logging.getLogger("connecteur.server")
+"""Where servers log: a handler's bug with its traceback, network trouble in one line."""
+
+__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler", "log_closing", "logger"]
 
 MessageHandler = Callable[[bytes], "bytes | None"]
 """The simplest handler: receives a message, returns a reply or ``None``."""
@@ -34,16 +41,37 @@ _HOOKS = ("connected", "received", "closed")
 
 
 class HandlerFailed(Exception):
-    """Internal: the user's handler raised; the original is ``__cause__``.
+    """Internal: a handler call could not complete; the original is ``__cause__``.
 
-    Engines tell the handler's bugs (logged with a traceback) from the
-    network's failures (logged in one line) by this wrapper.
+    Engines tell the handler's bugs (logged with a traceback) from the peer's
+    bad payloads (`peer_fault`: a message the codec cannot decode, logged in
+    one line) and from the network's failures by this wrapper.
     """
 
-    def __init__(self, hook: str, cause: BaseException) -> None:
-        super().__init__(f"the handler's {hook}() raised {type(cause).__name__}: {cause}")
+    def __init__(self, hook: str, cause: BaseException, *, peer_fault: bool = False) -> None:
+        what = "the peer's message" if peer_fault else f"the handler's {hook}()"
+        super().__init__(f"{what} raised {type(cause).__name__}: {cause}")
         self.hook = hook
+        self.peer_fault = peer_fault
         self.__cause__ = cause
+
+
+def log_closing(address: object, error: BaseException) -> BaseException:
+    """Log why a connection closes, as its kind deserves; return the error to report.
+
+    A handler's bug is an error with its traceback; the peer's bad bytes, a
+    timeout or a reset are one line at INFO level: they are the network's
+    doing, and a busy server sees them all day.
+    """
+    if isinstance(error, HandlerFailed):
+        cause = error.__cause__ or error
+        if error.peer_fault:
+            logger.info("closing %s: %s", format_address(address), error)
+        else:
+            logger.error("closing %s: %s", format_address(address), error, exc_info=cause)
+        return cause
+    logger.info("closing %s: %s", format_address(address), error)
+    return error
 
 
 @final
@@ -57,9 +85,10 @@ class Handler:
         TypeError: the object is neither handler form.
     """
 
-    __slots__ = ("_closed", "_connected", "_function", "_received")
+    __slots__ = ("_closed", "_codec", "_connected", "_function", "_received")
 
-    def __init__(self, handler: object) -> None:
+    def __init__(self, handler: object, codec: Codec | None = None) -> None:
+        self._codec = codec
         self._connected: Callable[[Peer], object] | None = getattr(handler, "connected", None)
         self._closed: Callable[[Peer, BaseException | None], object] | None = getattr(handler, "closed", None)
         self._received: Callable[[Peer, bytes], Any] | None = None
@@ -92,7 +121,7 @@ class Handler:
         For engines without an event loop: an async handler is refused.
         """
         reply = self.received_maybe_async(peer, message)
-        if reply is None or type(reply) is bytes:  # the common case, checked first: this runs per message
+        if reply is None or (type(reply) is bytes and self._codec is None):  # checked first: runs per message
             return reply
         if inspect.isawaitable(reply):
             if inspect.iscoroutine(reply):
@@ -102,7 +131,16 @@ class Handler:
         return self.check_reply(reply)
 
     def received_maybe_async(self, peer: Peer, message: bytes) -> object:
-        """Call the handler for one message; return its reply or an awaitable of it."""
+        """Call the handler for one message; return its reply or an awaitable of it.
+
+        With a codec, the handler gets the decoded value; a message that does
+        not decode raises `HandlerFailed` with ``peer_fault=True``.
+        """
+        if self._codec is not None:
+            try:
+                message = self._codec.decode(message)
+            except CodecError as exc:
+                raise HandlerFailed("received", exc, peer_fault=True) from exc
         try:
             if self._function is not None:
                 return self._function(message)
@@ -112,14 +150,21 @@ class Handler:
             raise HandlerFailed("received", exc) from exc
         return None
 
-    @staticmethod
-    def check_reply(reply: object) -> Buffer | None:
-        """Return `reply` if it is bytes-like or None.
+    def check_reply(self, reply: object) -> Buffer | None:
+        """Return `reply` as bytes-like or None (encoded by the codec, if any).
 
         Raises:
-            HandlerFailed: the handler returned something else.
+            HandlerFailed: the handler returned something the codec cannot
+                encode, or, without a codec, something not bytes-like.
         """
-        if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
+        if reply is None:
+            return None
+        if self._codec is not None:
+            try:
+                return self._codec.encode(reply)
+            except CodecError as exc:
+                raise HandlerFailed("received", exc) from exc
+        if not isinstance(reply, bytes | bytearray | memoryview):
             error = TypeError(f"a handler must return bytes or None, not {type(reply).__name__}")
             raise HandlerFailed("received", error)
         return reply
@@ -132,3 +177,11 @@ class Handler:
             return self._closed(peer, error)
         except Exception as exc:
             raise HandlerFailed("closed", exc) from exc
+
+    def encode_value(self, value: Any) -> Buffer:
+        """What `peer.send(value)` sends: the codec's bytes, or `value` itself.
+
+        Raises:
+            CodecError: the codec cannot encode `value` (nothing is sent).
+        """
+        return value if self._codec is None else self._codec.encode(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, final
 
 from ..address import format_address
@@ -32,28 +33,32 @@ class Peer:
         data: a dict for the handler's per-connection state.
     """
 
-    __slots__ = ("_link", "address", "data")
+    __slots__ = ("_encode", "_link", "address", "data")
 
-    def __init__(self, link: Link, address: object) -> None:
+    def __init__(self, link: Link, address: object, encode: Callable[[Any], Buffer] | None = None) -> None:
         self._link = link
+        self._encode = encode
         self.address = address
         self.data: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Peer {format_address(self.address)}>"
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Any) -> None:
         """Send a message to this peer; safe from any thread.
 
         On the threads engine it is written before `send` returns; on
         event-loop engines it is queued, with backpressure.
 
+        With a codec on the server, `message` is a value the codec encodes.
+
         Raises:
+            CodecError: the codec cannot encode the value (nothing is sent).
             FramingError: the framing cannot carry the message.
             ConnectionClosed: the connection is already closed.
             OSError: the connection broke while sending.
         """
-        self._link.send(message)
+        self._link.send(message if self._encode is None else self._encode(message))
 
     def close(self) -> None:
         """Close this connection after the replies already due; safe from any thread."""

@@ -44,7 +44,7 @@ from ._engine import (
     logger,
     refuse_if_full,
 )
-from ._handler import HandlerFailed
+from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
 from .select import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
 
@@ -221,7 +221,7 @@ class _AioLink(asyncio.BufferedProtocol):
         # to leave in one write, in order.
         self._batch: list[bytes] | None = None
         self.is_open = True
-        self.peer = Peer(self, address)
+        self.peer = Peer(self, address, self._config.handler.encode_value)
 
     # --- the Link interface ---------------------------------------------------
 
@@ -453,12 +453,7 @@ class _AioLink(asyncio.BufferedProtocol):
     # --- ending -----------------------------------------------------------------
 
     def _fail(self, error: BaseException) -> None:
-        address = format_address(self.peer.address)
-        if isinstance(error, HandlerFailed):
-            logger.error("closing %s: %s", address, error, exc_info=error.__cause__)
-            error = error.__cause__ or error
-        else:
-            logger.info("closing %s: %s", address, error)
+        error = log_closing(self.peer.address, error)
         if self._error is None:
             self._error = error
         if self._transport is not None:

@@ -49,7 +49,7 @@ from ._engine import (
     logger,
     refuse_if_full,
 )
-from ._handler import HandlerFailed
+from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
 
 __all__ = ["SelectEngine"]
@@ -253,7 +253,7 @@ class _SelectLink:
         self._engine = engine
         self._config = engine._config
         self.sock = sock
-        self.peer = Peer(self, address)
+        self.peer = Peer(self, address, self._config.handler.encode_value)
         self._decoder = self._config.framing.decoder()
         self._outgoing: deque[memoryview] = deque()
         self._queued = 0  # bytes in _outgoing
@@ -465,13 +465,7 @@ class _SelectLink:
 
     def _fail(self, error: BaseException) -> None:
         """Close at once because of `error`, logging it as its kind deserves."""
-        address = format_address(self.peer.address)
-        if isinstance(error, HandlerFailed):
-            logger.error("closing %s: %s", address, error, exc_info=error.__cause__)
-            error = error.__cause__ or error
-        else:
-            logger.info("closing %s: %s", address, error)
-        self._finish(error)
+        self._finish(log_closing(self.peer.address, error))
 
     def _finish(self, error: BaseException | None) -> None:
         if not self.is_open:

@@ -37,7 +37,7 @@ from ._engine import (
     logger,
     refuse_if_full,
 )
-from ._handler import HandlerFailed
+from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
 
 __all__ = ["BlockingLink", "ThreadsEngine"]
@@ -166,7 +166,7 @@ class BlockingLink:
         self._closed = False
         self._thread_id = 0
         self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
-        self.peer = Peer(self, address)
+        self.peer = Peer(self, address, self._config.handler.encode_value)
 
     # --- the Link interface (any thread) ---------------------------------------
 
@@ -210,15 +210,14 @@ class BlockingLink:
         try:
             handler.connected(peer)
             error = self._serve()
-            if error is not None:
-                logger.info("closing %s: %s", format_address(peer.address), error)
         except HandlerFailed as exc:
-            error = exc.__cause__
-            logger.error("closing %s: %s", format_address(peer.address), exc, exc_info=exc.__cause__)
+            error = exc
         except Exception as exc:  # a bug of ours: keep the server alive, but say it
             error = exc
             logger.exception("closing %s after an internal error", format_address(peer.address))
         finally:
+            if error is not None:
+                error = log_closing(peer.address, error)
             with self._lock:
                 self._closed = True
                 self._sock.close()
