@@ -19,6 +19,7 @@ from ..framing import Framing
 from ._handler import Handler, logger
 
 __all__ = [
+    "RESOURCE_ERRNOS",
     "Counters",
     "Engine",
     "EngineConfig",
@@ -44,8 +45,8 @@ _PER_CONNECTION_ERRNOS: Final = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
      errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH}
 )  # fmt: skip
-# accept() errors that say the process is out of something: back off.
-_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Errors that say the process is out of something (descriptors, memory): back off, never spin.
+RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 LAST_ACCEPTS: Final = 4096
@@ -93,7 +94,7 @@ def accept_error_is_fatal_for_now(exc: OSError) -> bool:
     """
     if exc.errno in _PER_CONNECTION_ERRNOS:
         return False
-    if exc.errno in _RESOURCE_ERRNOS:
+    if exc.errno in RESOURCE_ERRNOS:
         logger.warning("accept() failed (%s); pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
         return True
     raise exc

@@ -1,0 +1,418 @@
+"""A fault-injection TCP proxy to put in front of any TCP program: `Proxy` and `Faults`.
+
+Tests of message framing need the network's bad days on demand: messages cut
+into one-byte segments, latency, a thin pipe, a connection cut in the middle,
+a reset, a peer that stops answering without closing. `Proxy` listens, and
+relays each client to the target while applying `Faults`, separately per
+direction: upstream (client → target) and downstream (target → client).
+
+Design: one thread runs one `selectors` loop for every connection (no thread
+per connection), like the select engine. Accepted clients are non-blocking;
+the connection to the target is made with the non-blocking connect of
+`connecteur._socket` and completes when the socket shows writable. Each
+direction is a queue of chunks stamped with the time they may leave; delays
+and bandwidth pacing are entries in the loop's timer heap, never sleeps.
+Backpressure bounds memory: a direction holding `QUEUE_LIMIT` bytes stops
+reading its source. A half-close is forwarded as a half-close, after the last
+byte, and the other direction keeps flowing (Toxiproxy closes both here,
+which breaks a client that sends, half-closes and reads the reply). The
+per-connection machinery is in `_relay.py`; this module holds the public API,
+the accept loop, the timers, and the wake-up other threads use.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self, final
+
+from .. import _socket
+from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
+from ..server._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, StopSignal, accept_ready
+from ._relay import QUEUE_LIMIT, Flow, Relay, close_socket, logger
+
+__all__ = ["QUEUE_LIMIT", "Faults", "Proxy"]
+
+BACKLOG: Final = 128
+"""Connections the kernel may queue before the proxy accepts them."""
+
+# Errors creating the target's socket that say the process is out of
+# descriptors or memory: accepting more clients would only fail again.
+
+_ACCEPT = object()  # selector data of the listening socket
+_WAKE = object()  # selector data of the wake-up socket
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """What the proxy does to the bytes of one direction; combine them freely.
+
+    The default, ``Faults()``, forwards bytes as they come.
+
+    Attributes:
+        fragment: forward in pieces of at most this many bytes, each its own
+            send (TCP_NODELAY is on both sides, so each tends to be its own
+            segment). None: as read.
+        fragment_random: piece sizes drawn from 1 to `fragment` (needs
+            `fragment`; seed with ``Proxy(seed=...)``).
+        delay: seconds each chunk is held before it leaves.
+        jitter: seconds added to or taken from `delay` at random, for each
+            chunk (never below zero; bytes never overtake earlier bytes).
+        bandwidth: bytes per second at most. None: no limit.
+        cut_after: close both sides once this many bytes were forwarded in
+            this direction (0: as soon as the target connection is made).
+            Bytes still held by the proxy are dropped; a socket with unread
+            bytes in its kernel buffer is closed with RST by the kernel.
+        reset: close with RST instead of FIN when cutting, and when the target
+            refuses the connection (the downstream faults decide that one).
+        blackhole_after: once this many bytes were forwarded, forward nothing
+            more, EOF included, while both connections stay open: a peer gone
+            silent. The source is read until `QUEUE_LIMIT` bytes wait, then
+            its sender's buffers fill.
+
+    `cut_after` and `blackhole_after` count bytes since the connection opened.
+
+    Raises:
+        ValueError: a negative or non-finite duration, a size below its
+            minimum, or `fragment_random` without `fragment`.
+    """
+
+    fragment: int | None = None
+    fragment_random: bool = False
+    delay: float = 0.0
+    jitter: float = 0.0
+    bandwidth: int | None = None
+    cut_after: int | None = None
+    reset: bool = False
+    blackhole_after: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_bytes("fragment", self.fragment, minimum=1)
+        _check_bytes("bandwidth", self.bandwidth, minimum=1)
+        _check_bytes("cut_after", self.cut_after, minimum=0)
+        _check_bytes("blackhole_after", self.blackhole_after, minimum=0)
+        _check_seconds("delay", self.delay)
+        _check_seconds("jitter", self.jitter)
+        if self.fragment_random and self.fragment is None:
+            raise ValueError("fragment_random needs fragment: the largest piece, in bytes")
+
+
+def _check_bytes(name: str, value: object, *, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be an int >= {minimum} or None, not {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+
+
+@final
+class Proxy:
+    """A TCP relay to `target` that injects faults; see the module's description.
+
+    Faults given as keywords apply to both directions; `upstream` and
+    `downstream` replace them for one direction::
+
+        with Proxy(server.address, fragment=1) as proxy:
+            conn = connecteur.connect(proxy.address)
+        Proxy(target, delay=0.05, downstream=Faults(cut_after=100))
+
+    Args:
+        target: the server to relay to (any `AddressLike`). A host name is
+            resolved once, by `start`.
+        listen: where to listen; port 0 picks a free port (see `address`).
+        upstream: the faults of client → target bytes.
+        downstream: the faults of target → client bytes.
+        fragment: see `Faults`; the same for the other fault keywords.
+        seed: seeds the random fragment sizes and jitter, for repeatable runs.
+
+    Raises:
+        AddressError: `target` or `listen` cannot be parsed.
+        ValueError: an impossible fault (see `Faults`).
+    """
+
+    def __init__(
+        self,
+        target: AddressLike,
+        *,
+        listen: AddressLike = "127.0.0.1:0",
+        upstream: Faults | None = None,
+        downstream: Faults | None = None,
+        fragment: int | None = None,
+        fragment_random: bool = False,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        bandwidth: int | None = None,
+        cut_after: int | None = None,
+        reset: bool = False,
+        blackhole_after: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._target = parse_address(target)
+        self._listen = parse_address(listen)
+        both = Faults(
+            fragment=fragment,
+            fragment_random=fragment_random,
+            delay=delay,
+            jitter=jitter,
+            bandwidth=bandwidth,
+            cut_after=cut_after,
+            reset=reset,
+            blackhole_after=blackhole_after,
+        )
+        self._faults = (upstream if upstream is not None else both, downstream if downstream is not None else both)
+        self._seed = seed
+        self._lock = threading.Lock()  # orders set_faults calls and their hand-over to the loop
+        self._bound: Any = None
+        self._loop: _Loop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        where = format_address(self._bound) if self._bound is not None else str(self._listen)
+        return f"<Proxy {where} -> {self._target}>"
+
+    @property
+    def address(self) -> Any:  # the socket module types addresses as Any too
+        """The bound address: a socket-module tuple, or ``"unix:/path"``; pass it to `connect()`.
+
+        Raises:
+            RuntimeError: the proxy has not been started.
+        """
+        if self._bound is None:
+            raise RuntimeError("the proxy is not started: use `with proxy:` or start()")
+        return self._bound
+
+    @property
+    def target(self) -> Address:
+        """The address relayed to, as given."""
+        return self._target
+
+    @property
+    def upstream(self) -> Faults:
+        """The faults in force on client → target bytes."""
+        return self._faults[0]
+
+    @property
+    def downstream(self) -> Faults:
+        """The faults in force on target → client bytes."""
+        return self._faults[1]
+
+    @property
+    def active(self) -> int:
+        """Connections relayed now (a target connection still being made included)."""
+        loop = self._loop
+        return 0 if loop is None else loop.active
+
+    def start(self) -> None:
+        """Listen, and relay in a background thread until `stop`.
+
+        Raises:
+            RuntimeError: the proxy was already started.
+            OSError: the target's host name does not resolve, or the listen
+                address cannot be bound.
+        """
+        if self._loop is not None:
+            raise RuntimeError("this proxy was already started; create a new Proxy to start again")
+        target = _resolve(self._target)
+        listener = _socket.listen(self._listen, backlog=BACKLOG)
+        try:
+            name = listener.getsockname()
+            self._bound = f"unix:{name}" if isinstance(self._listen, UnixAddress) else name
+            with self._lock:  # a concurrent set_faults lands before or after, never lost
+                self._loop = _Loop(listener, target, self._faults, random.Random(self._seed))
+        except BaseException:
+            listener.close()
+            raise
+        self._thread = threading.Thread(target=self._loop.run, name=f"connecteur proxy {self!r}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every relayed connection; wait up to `timeout` s for the thread.
+
+        Idempotent; a proxy never started does nothing. Bytes still held
+        (delayed, paced) are dropped; the sides see a plain close (FIN).
+        """
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.request_stop()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def set_faults(
+        self, faults: Faults | None = None, *, upstream: Faults | None = None, downstream: Faults | None = None
+    ) -> None:
+        """Change the faults while the proxy runs; safe from any thread.
+
+        Args:
+            faults: the new faults of both directions (None: unchanged).
+            upstream: the new faults of client → target bytes, over `faults`.
+            downstream: the new faults of target → client bytes, over `faults`.
+
+        The change applies to every connection, open or to come, for bytes
+        not yet forwarded; `delay` and `jitter`, to bytes read after it.
+        """
+        with self._lock:
+            both = (faults, faults) if faults is not None else self._faults
+            new = (upstream if upstream is not None else both[0], downstream if downstream is not None else both[1])
+            self._faults = new
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon(lambda: loop.set_faults(*new))
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _resolve(address: Address) -> Address:
+    """Resolve a host name once, so that the loop never waits on DNS for a connection."""
+    if isinstance(address, UnixAddress):
+        return address
+    infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
+    return TcpAddress(str(infos[0][4][0]), address.port)
+
+
+class _Loop:
+    """The proxy's thread: accepts, relays, runs timers; see the module's description."""
+
+    def __init__(
+        self, listener: socket.socket, target: Address, faults: tuple[Faults, Faults], rng: random.Random
+    ) -> None:
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.rng = rng
+        self._listener = listener
+        self._target = target
+        self._faults = faults
+        self._relays: set[Relay] = set()
+        self._timers: list[tuple[float, int, Flow | None]] = []  # (due, tie-breaker, flow; None: resume accepting)
+        self._sequence = itertools.count()
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._stop = StopSignal()
+        self._unix_path = listener.getsockname() if listener.family == socket.AF_UNIX else None
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+        self.selector.register(self._stop.reader, selectors.EVENT_READ, _WAKE)
+
+    @property
+    def active(self) -> int:
+        """Relays open now (read from any thread: one `len`)."""
+        return len(self._relays)
+
+    def run(self) -> None:
+        """Relay until a stop is requested, then close everything."""
+        try:
+            self._run_until_stopped()
+        finally:
+            for relay in list(self._relays):
+                relay.close()
+            self.selector.close()
+            self._listener.close()
+            if self._unix_path is not None:
+                _socket.unlink_unix_socket(self._unix_path)
+            self._stop.close()
+
+    def _run_until_stopped(self) -> None:
+        """The event loop. Invariant: each relay's sockets are registered as `Relay.update_interest` says."""
+        select, timers = self.selector.select, self._timers
+        while self._stop.deadline is None:
+            timeout = max(0.0, timers[0][0] - time.monotonic()) if timers else None
+            for key, mask in select(timeout):
+                data = key.data
+                if isinstance(data, Relay):
+                    if data.is_open:  # an earlier event of this turn may have closed it
+                        data.on_event(key.fileobj, mask)
+                elif data is _ACCEPT:
+                    self._accept_some()
+                else:
+                    self._drain_inbox()
+            if timers and timers[0][0] <= time.monotonic():
+                self._run_due_timers()
+
+    # --- other threads -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to close everything and return; safe from any thread."""
+        self._stop.request(time.monotonic())
+
+    def call_soon(self, action: Callable[[], None]) -> None:
+        """Run `action` on the loop's thread, after a wake-up."""
+        self._inbox.append(action)
+        self._stop.wake()
+
+    def _drain_inbox(self) -> None:
+        self._stop.drain()
+        while self._inbox:
+            self._inbox.popleft()()
+
+    def set_faults(self, upstream: Faults, downstream: Faults) -> None:
+        """Apply new faults to every relay and to the ones to come (on the loop's thread)."""
+        self._faults = (upstream, downstream)
+        for relay in list(self._relays):
+            relay.set_faults(upstream, downstream)
+
+    # --- accepting -------------------------------------------------------------------
+
+    def _accept_some(self) -> None:
+        if accept_ready(self._listener, self._admit, ACCEPT_BATCH):
+            # Out of descriptors: stop watching the listener, or it would
+            # show readable at once and spin.
+            self.selector.unregister(self._listener)
+            self._push_timer(time.monotonic() + ACCEPT_BACKOFF, None)
+
+    def _admit(self, client: socket.socket, address: object) -> bool:
+        """Start relaying a new client; True when accepting must pause."""
+        upstream, downstream = self._faults
+        client.setblocking(False)
+        _socket.configure_stream(client)
+        try:
+            target = _socket.start_connection(self._target)
+        except OSError as exc:
+            logger.info("cannot relay %s: %s: %s", format_address(address), exc.strerror or exc, self._target)
+            close_socket(client, reset=downstream.reset)
+            return exc.errno in RESOURCE_ERRNOS
+        name = f"{format_address(address)} -> {self._target}"
+        relay = Relay(self, client, target, upstream=upstream, downstream=downstream, name=name)
+        self._relays.add(relay)
+        relay.start()
+        return False
+
+    # --- timers and the RelayLoop interface ------------------------------------------
+
+    def add_timer(self, due: float, flow: Flow) -> None:
+        """Call ``flow.on_timer(due)`` at `due`."""
+        self._push_timer(due, flow)
+
+    def _push_timer(self, due: float, flow: Flow | None) -> None:
+        heapq.heappush(self._timers, (due, next(self._sequence), flow))
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, flow = heapq.heappop(timers)
+            if flow is not None:
+                flow.on_timer(due)
+            elif self._stop.deadline is None:
+                self.selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
+
+    def forget(self, relay: Relay) -> None:
+        """Drop a relay that closed its sockets."""
+        self._relays.discard(relay)
