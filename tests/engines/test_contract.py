@@ -462,3 +462,18 @@ def test_peer_send_inside_the_handler_keeps_its_place_among_the_replies(serve: S
     with connect(server.address, timeout=TIMEOUT) as conn:
         conn.send_many([b"a", b"b", b"c"])  # one write: usually one read on the server
         assert [conn.recv() for _ in range(4)] == [b"A", b"note before B", b"B", b"C"]
+
+
+def test_through_a_proxy_that_fragments_to_one_byte_both_ways(serve: Serve) -> None:
+    """The HOWTO's warning, reproduced: every byte its own segment, both directions."""
+    from connecteur.tools.proxy import Proxy
+
+    server = serve(upper, framing=Netstring())
+    messages = [b"", b"x", b"fragmented message", bytes(range(256))]
+    with (
+        Proxy(server.address, fragment=1) as proxy,
+        connect(proxy.address, framing=Netstring(), timeout=TIMEOUT) as conn,
+    ):
+        conn.send_many(messages)
+        conn.shutdown_write()  # the proxy forwards the half-close; replies still come back
+        assert list(conn) == [m.upper() for m in messages]
