@@ -9,7 +9,7 @@ from typing import Any
 from ..address import format_address
 from ..server import ENGINES, Server
 from ..server.asyncio import LOOPS
-from ..tools.apps import APPS
+from ..tools.apps import APPS, ONE_PROCESS_APPS
 from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
 
 __all__ = ["add_parser", "run"]
@@ -28,7 +28,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
-    parser.add_argument("--app", choices=sorted(APPS), default="echo", help="what the server does with a message")
+    parser.add_argument(
+        "--app",
+        choices=sorted(APPS),
+        default="echo",
+        help="what the server does with a message; chat (the room of `connecteur chat`) needs its "
+        "connections in one process: --engine select, threads or asyncio, one worker",
+    )
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop of the asyncio engine")
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="processes serving the port (select or asyncio engine)"
@@ -43,9 +49,12 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal; return 0 after a graceful stop."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="connecteur: %(message)s")
+    if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
+        message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
+        fail(f"--app {args.app} {message}", status=2)
     try:
         server = Server(
-            APPS[args.app],
+            APPS[args.app](),
             args.address,
             framing=args.framing,
             engine=args.engine,

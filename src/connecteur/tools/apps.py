@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+import threading
+from collections.abc import Callable, Iterable
+from typing import Final, final
 
-__all__ = ["APPS", "discard", "echo", "upper"]
+from ..errors import ConnecteurError, FramingError
+from ..server import MessageHandler, Peer, PeerHandler
+
+__all__ = ["APPS", "ONE_PROCESS_APPS", "Chat", "discard", "echo", "upper"]
 
 
 def echo(message: bytes) -> bytes:
@@ -23,5 +27,142 @@ def discard(message: bytes) -> None:
     return None
 
 
-APPS: Final[dict[str, Callable[[bytes], bytes | None]]] = {"echo": echo, "upper": upper, "discard": discard}
-"""The apps the command line knows, by name."""
+@final
+class Chat:
+    """A chat room: each member's messages go to every other member, under its name.
+
+    `connecteur serve --app chat` serves one; `connecteur chat` is its client.
+    The protocol, in messages of the server's framing (any framing of
+    variable length; with ``fixed:N`` no name fits):
+
+    - A client's first message is its name: 1 to `MAX_NAME` letters, digits,
+      ``-``, ``_`` or ``.`` in UTF-8, not taken by another member. The
+      server answers ``* welcome NAME; here: ann, bob`` (at most
+      `MAX_LISTED` names, then ``and N more``; or ``; nobody else is here``)
+      and tells the others ``* NAME joined``. A name it cannot take gets
+      ``* refused: REASON``, then the server closes the connection.
+    - Every later message is text, any bytes: the other members receive
+      ``NAME: text``; the sender receives nothing back, except
+      ``* not sent: REASON`` when the framing cannot carry the text with the
+      name prefixed (and can carry that notice).
+    - When a member's connection ends, the others receive ``* NAME left``.
+
+    Messages from the server that start with ``* `` are the room's notices;
+    any other is ``NAME: text``, cut at the first ``": "`` (a name holds
+    neither ``*`` nor ``:``). A member's welcome is always the first message
+    it receives.
+
+    Thread-safe: the threads engine calls it from one thread per connection;
+    texts are sent outside the room's lock, so on that engine a member that
+    stops reading blocks only the threads sending to it. The room lives in
+    this object, so every connection must be in the same process: use the
+    select, threads or asyncio engine with one worker. With the processes
+    engine or ``workers > 1`` each process would hold a separate room.
+    Create one `Chat` per server.
+    """
+
+    MAX_NAME: Final = 32
+    """The longest name, in characters: enough for a nickname, short enough for a prefix."""
+
+    MAX_LISTED: Final = 20
+    """How many members a welcome names at most (then ``and N more``): the
+    welcome is sent under the room's lock, so it stays small."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[Peer, str] = {}  # guarded by _lock
+
+    def __repr__(self) -> str:
+        return f"<Chat {len(self._members)} members>"
+
+    @classmethod
+    def check_name(cls, name: str) -> None:
+        """Check that `name` follows the protocol's rule (whether it is taken aside).
+
+        Raises:
+            ValueError: the name is empty, too long or holds another character.
+        """
+        if not 1 <= len(name) <= cls.MAX_NAME or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"a name is 1 to {cls.MAX_NAME} letters, digits, '-', '_' or '.', not {name!r}")
+
+    def received(self, peer: Peer, message: bytes) -> bytes | None:
+        """Take a newcomer's name, or pass a member's text on to the others."""
+        with self._lock:
+            name = self._members.get(peer)
+            others = [other for other in self._members if other is not peer]
+        if name is not None:
+            error = self._broadcast(name.encode() + b": " + message, others)
+            if error is not None:
+                self._broadcast(f"* not sent: {error}".encode(), [peer])  # if even this fits the framing
+            return None
+        if peer.data.get("chat_refused"):
+            return None  # more bytes that arrived with a refused name, before the close
+        return self._join(peer, message)
+
+    def closed(self, peer: Peer, error: BaseException | None) -> None:
+        """Tell the others that a member left."""
+        with self._lock:
+            name = self._members.pop(peer, None)
+            others = list(self._members)
+        if name is not None:
+            self._broadcast(f"* {name} left".encode(), others)
+
+    def _join(self, peer: Peer, message: bytes) -> bytes | None:
+        with self._lock:
+            try:
+                name = message.decode()
+                self.check_name(name)
+                if name in self._members.values():
+                    raise ValueError(f"the name {name!r} is taken")
+            except ValueError as exc:  # UnicodeDecodeError included
+                peer.data["chat_refused"] = True
+                peer.close()  # after this reply
+                return f"* refused: {exc}".encode()
+            others = list(self._members)
+            # Sent under the lock, so no member's text can reach the newcomer
+            # before it. It cannot block: a fresh connection has nothing queued.
+            try:
+                peer.send(self._welcome(name, others))
+            except (ConnecteurError, OSError):
+                return None  # gone already: its closed() finds no member to announce
+            self._members[peer] = name
+        self._broadcast(f"* {name} joined".encode(), others)
+        return None
+
+    def _welcome(self, name: str, others: list[Peer]) -> bytes:
+        names = [self._members[other] for other in others]
+        if not names:
+            return f"* welcome {name}; nobody else is here".encode()
+        listed = ", ".join(names[: self.MAX_LISTED])
+        more = f" and {len(names) - self.MAX_LISTED} more" if len(names) > self.MAX_LISTED else ""
+        return f"* welcome {name}; here: {listed}{more}".encode()
+
+    @staticmethod
+    def _broadcast(message: bytes, peers: Iterable[Peer]) -> FramingError | None:
+        """Send `message` to each peer; return the error if the framing cannot carry it.
+
+        Called without the lock: on the threads engine a send waits while its
+        peer does not read, and must not stall the whole room meanwhile.
+        """
+        for peer in peers:
+            try:
+                peer.send(message)
+            except FramingError as exc:
+                return exc  # the same for every peer
+            except (ConnecteurError, OSError):
+                continue  # that peer is leaving; its closed() tells the others
+        return None
+
+
+APPS: Final[dict[str, Callable[[], MessageHandler | PeerHandler]]] = {
+    "echo": lambda: echo,
+    "upper": lambda: upper,
+    "discard": lambda: discard,
+    "chat": Chat,
+}
+"""The apps the command line knows: name -> a function that returns a new
+handler (a fresh room for ``chat``; the stateless apps return themselves)."""
+
+ONE_PROCESS_APPS: Final = frozenset({"chat"})
+"""Apps whose state spans connections: every connection must be served by
+one process (the select, threads or asyncio engine, one worker)."""

@@ -1,0 +1,148 @@
+"""``connecteur chat ADDRESS --name NAME``: a client for ``serve --app chat``.
+
+It sends the name, then each line of standard input as one message, while a
+reader thread prints every message that arrives on its own line (the room's
+protocol is in `connecteur.tools.apps.Chat`). At the end of input it
+half-closes and exits 0 once the server has closed; if the server closes
+first (a refused name, a server stopping), it says so and exits 1.
+
+Standard input is watched with ``select`` beside a wake-up socket, so the
+main thread sees the server's close even while no line is typed (POSIX:
+``select`` on a terminal, pipe or file). Reading it in a thread instead would
+leave a thread blocked in ``read`` at exit, which the interpreter cannot
+always shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import socket
+import sys
+import threading
+from typing import Any, Final
+
+from .. import _socket
+from ..address import Address
+from ..connection import Connection
+from ..errors import ConnecteurError
+from ..tools.apps import Chat
+from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION = """\
+Join the room of `connecteur serve --app chat` as NAME: send each line of
+standard input as one message, and print every message from the room on its
+own line ("NAME: text", or a "* ..." notice). At the end of input, leave and
+exit 0."""
+
+READ_SIZE: Final = 64 * 2**10
+"""Bytes read from standard input at once: many typed or piped lines."""
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``chat`` to the subcommands."""
+    parser = commands.add_parser("chat", help="join a chat room (serve --app chat)", description=_DESCRIPTION)
+    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
+    parser.add_argument("--name", required=True, type=_name_argument, help="your name in the room")
+    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument(
+        "--timeout", type=seconds_argument, default=10.0, metavar="S",
+        help="seconds to connect, and to wait for the server to close after the input ends (default 10)",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Chat until standard input ends; return 0 once the server has closed too."""
+    address: Address = args.address
+    try:
+        sock = _socket.open_connection(address, args.timeout)
+    except ConnecteurError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot connect to {address}: {exc.strerror or exc}")
+    wake, wake_up = socket.socketpair()
+    with wake, wake_up, Connection(sock, framing=args.framing) as conn:
+        printer = _Printer(conn, wake_up)
+        printer.start()
+        try:
+            conn.send(args.name.encode())
+            input_ended = _send_lines(conn, wake)
+        except (ConnecteurError, OSError) as exc:
+            _hang_up(sock, printer)
+            fail(f"sending to {address}: {exc}")
+        printer.join(args.timeout)
+        if printer.is_alive():
+            _hang_up(sock, printer)
+            fail(f"{address} did not close the chat within {args.timeout} s after the end of input")
+    if printer.error is not None:
+        fail(f"receiving from {address}: {printer.error}")
+    if not input_ended:
+        fail(f"{address} closed the chat")
+    return 0
+
+
+def _name_argument(name: str) -> str:
+    """An argparse ``type=`` for names: the room's rule, checked before connecting."""
+    try:
+        Chat.check_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def _send_lines(conn: Connection, wake: socket.socket) -> bool:
+    """Send each line of standard input as a message, then half-close.
+
+    Returns True at the end of input, False as soon as `wake` shows that the
+    reader stopped (the server closed). A last line without a newline is sent too.
+    """
+    stdin = sys.stdin.buffer.fileno()
+    pending = b""
+    # select(), unlike epoll, also accepts a regular file (always ready).
+    with selectors.SelectSelector() as selector:
+        selector.register(stdin, selectors.EVENT_READ)
+        selector.register(wake, selectors.EVENT_READ)
+        while True:
+            ready = {key.fileobj for key, _ in selector.select()}
+            if wake in ready:
+                return False
+            data = os.read(stdin, READ_SIZE)
+            if not data:
+                if pending:
+                    conn.send(pending.rstrip(b"\r"))
+                conn.shutdown_write()
+                return True
+            *lines, pending = (pending + data).split(b"\n")
+            conn.send_many(line.rstrip(b"\r") for line in lines)
+
+
+def _hang_up(sock: socket.socket, printer: _Printer) -> None:
+    """Wake the reader (a close alone does not wake a blocked ``recv``) and let it finish."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    printer.join(1.0)
+
+
+class _Printer(threading.Thread):
+    """Prints each message on its own line until the server closes, then wakes the main thread."""
+
+    def __init__(self, conn: Connection, wake_up: socket.socket) -> None:
+        super().__init__(name="connecteur chat: messages", daemon=True)
+        self._conn = conn
+        self._wake_up = wake_up
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            for message in self._conn:
+                print(message.decode("utf-8", "backslashreplace"), flush=True)
+        except (ConnecteurError, OSError) as exc:
+            self.error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._wake_up.send(b"\0")
