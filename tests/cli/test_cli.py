@@ -182,3 +182,14 @@ def test_demo_runs_and_checks_itself() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Every step gave the expected result." in result.stdout
     assert "FAIL" not in result.stdout
+
+
+def test_codecs_on_the_command_line(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--codec", "json")
+    result = run("send", served.address, "--codec", "json", '{"a": [1, "é"]}', "3")
+    assert (result.returncode, result.stdout) == (0, '{"a": [1, "é"]}\n3\n')
+    bad = run("send", served.address, "--codec", "json", "{not json")
+    assert_one_line_error(bad, 2, "not JSON")
+    text = serve_cli("--codec", "text", "--app", "upper")
+    assert run("send", text.address, "--codec", "text", "héllo").stdout == "HÉLLO\n"
+    assert_one_line_error(run("send", text.address, "--codec", "yaml"), 2, "'yaml'", "json, text, msgpack")

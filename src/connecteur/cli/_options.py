@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..address import Address, parse_address
+from ..codecs import Codec, Json, MsgPack, Text
 from ..errors import AddressError
 from ..framing import (
     CloseDelimited,
@@ -20,9 +21,11 @@ from ..framing import (
 )
 
 __all__ = [
+    "CODEC_NAMES",
     "FRAMING_NAMES",
     "ArgumentParser",
     "address_argument",
+    "codec_argument",
     "fail",
     "framing_argument",
     "framing_by_name",
@@ -53,6 +56,23 @@ def framing_by_name(name: str) -> Framing:
     if kind in ("fixed", "digits") and arg.isascii() and arg.isdigit():
         return FixedLength(int(arg)) if kind == "fixed" else DecimalPrefixed(int(arg))
     raise ValueError(f"unknown framing {name!r}; choose one of: {FRAMING_NAMES}")
+
+
+CODEC_NAMES = "json, text, msgpack"
+
+
+def codec_argument(name: str) -> Codec:
+    """An argparse ``type=`` for codec names."""
+    try:
+        if name == "json":
+            return Json()
+        if name == "text":
+            return Text()
+        if name == "msgpack":
+            return MsgPack()
+    except ImportError as exc:  # msgpack missing: say how to install it
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    raise argparse.ArgumentTypeError(f"unknown codec {name!r}; choose one of: {CODEC_NAMES}")
 
 
 def framing_argument(name: str) -> Framing:

@@ -11,6 +11,7 @@ wait for the server to finish after the last message.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,9 +19,18 @@ from typing import Any
 
 from .. import _socket
 from ..address import Address
+from ..codecs import Codec, Text
 from ..connection import Connection
 from ..errors import ConnecteurError
-from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+from ._options import (
+    CODEC_NAMES,
+    FRAMING_NAMES,
+    address_argument,
+    codec_argument,
+    fail,
+    framing_argument,
+    seconds_argument,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -33,6 +43,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="messages to send (default: stdin lines)")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument(
+        "--codec", type=codec_argument, help=f"{CODEC_NAMES}: messages are JSON texts (text: strings), replies shown so"
+    )
     parser.add_argument("--timeout", type=seconds_argument, default=10.0, metavar="S", help="seconds (default 10)")
     parser.set_defaults(run=run)
 
@@ -40,16 +53,21 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Send, print the replies, return 0 when the server closed cleanly."""
     address: Address = args.address
+    codec: Codec | None = args.codec
+    messages: Iterable[Any] = []
+    if args.messages:
+        messages = [_value(codec, m.encode()) for m in args.messages]  # bad JSON: usage error, before connecting
     try:
         sock = _socket.open_connection(address, args.timeout)
     except ConnecteurError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot connect to {address}: {exc.strerror or exc}")
-    with Connection(sock, framing=args.framing) as conn:
-        printer = _Printer(conn)
+    with Connection(sock, framing=args.framing, codec=codec) as conn:
+        printer = _Printer(conn, codec)
         printer.start()
-        messages = [m.encode() for m in args.messages] if args.messages else _stdin_lines()
+        if not args.messages:
+            messages = (_value(codec, line, status=1) for line in _stdin_lines())
         try:
             _send_all(conn, messages)
         except (ConnecteurError, OSError) as exc:
@@ -62,7 +80,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_all(conn: Connection, messages: Iterable[bytes]) -> None:
+def _value(codec: Codec | None, text: bytes, *, status: int = 2) -> Any:
+    """What one message given as text stands for: bytes, a string, or a JSON value."""
+    if codec is None:
+        return text
+    if isinstance(codec, Text):
+        return text.decode(errors="surrogateescape")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        fail(f"message {text[:40]!r} is not JSON: {exc}", status=status)
+
+
+def _show(codec: Codec | None, reply: Any) -> str:
+    if codec is None:
+        return bytes(reply).decode("utf-8", "backslashreplace")
+    if isinstance(reply, str) and isinstance(codec, Text):
+        return reply
+    return json.dumps(reply, ensure_ascii=False, default=repr)
+
+
+def _send_all(conn: Connection, messages: Iterable[Any]) -> None:
     for message in messages:
         conn.send(message)
     conn.shutdown_write()
@@ -76,14 +114,15 @@ def _stdin_lines() -> Iterator[bytes]:
 class _Printer(threading.Thread):
     """Prints each reply on its own line until the server closes."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, codec: Codec | None) -> None:
         super().__init__(name="connecteur send: replies", daemon=True)
         self._conn = conn
+        self._codec = codec
         self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             for reply in self._conn:
-                print(reply.decode("utf-8", "backslashreplace"), flush=True)
+                print(_show(self._codec, reply), flush=True)
         except (ConnecteurError, OSError) as exc:
             self.error = exc

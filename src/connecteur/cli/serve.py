@@ -10,7 +10,15 @@ from ..address import format_address
 from ..server import ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..tools.apps import APPS, ONE_PROCESS_APPS
-from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+from ._options import (
+    CODEC_NAMES,
+    FRAMING_NAMES,
+    address_argument,
+    codec_argument,
+    fail,
+    framing_argument,
+    seconds_argument,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -28,6 +36,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument("--codec", type=codec_argument, help=f"{CODEC_NAMES}: the app sees values, not bytes")
     parser.add_argument(
         "--app",
         choices=sorted(APPS),
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             APPS[args.app](),
             args.address,
             framing=args.framing,
+            codec=args.codec,
             engine=args.engine,
             loop=args.loop,
             workers=args.workers,
