@@ -163,11 +163,13 @@ class Json:
             CodecError: the value holds something JSON cannot carry (a NaN,
                 an arbitrary object, a cycle) or nests too deep.
         """
-        _check_depth(value, self.max_depth)
         try:
-            return self._encoder.encode(value).encode()
+            data = self._encoder.encode(value).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode as JSON: {exc}") from None
+        if data.count(b"[") + data.count(b"{") > self.max_depth:  # else it cannot nest that deep
+            _check_depth(value, self.max_depth)
+        return data
 
     def decode(self, data: bytes) -> Any:
         """Decode one JSON document.
