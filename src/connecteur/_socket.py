@@ -44,7 +44,7 @@ def timeouts_as(what: str, seconds: float | None) -> Iterator[None]:
     try:
         yield
     except TimeoutError as exc:
-        if isinstance(exc, Timeout):
+        if isinstance(exc, Timeout) or exc.errno is not None:  # ours, or ETIMEDOUT: a dead link, not a wait
             raise
         raise Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0) from exc
 

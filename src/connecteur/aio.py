@@ -199,6 +199,7 @@ class Connection:
         """Send one whole message; return once the transport can take more.
 
         Raises:
+            CodecError: the codec cannot encode the value (nothing sent).
             FramingError: the framing cannot carry the message (nothing sent).
             Timeout: the peer did not read enough within the timeout.
             ConnectionClosed: this side already closed or half-closed it.
@@ -210,7 +211,11 @@ class Connection:
         """Send several messages in one write; none is sent if one cannot be framed.
 
         Raises:
-            The same as `send`.
+            CodecError: the codec cannot encode a value (nothing sent).
+            FramingError: the framing cannot carry a message (nothing sent).
+            Timeout: the peer did not read enough within the timeout.
+            ConnectionClosed: this side already closed or half-closed it.
+            OSError: the connection broke.
         """
         frame, codec = self.framing.encode, self._codec
         if codec is None:
@@ -247,6 +252,7 @@ class Connection:
                 that came before the bad bytes are returned first.
             Timeout: no whole message within the timeout (bytes received so
                 far are kept; `recv()` may be called again).
+            CodecError: the message does not decode (it is consumed).
             OSError: the connection broke.
         """
         protocol = self._protocol
@@ -270,7 +276,12 @@ class Connection:
         """Send a message and return the next message received: its reply.
 
         Raises:
-            The errors of `send` and `recv`.
+            CodecError: the codec cannot encode the request or decode the reply.
+            FramingError: the framing cannot carry the request, or the peer's
+                bytes do not follow it.
+            Timeout: sending or receiving took longer than the timeout.
+            ConnectionClosed: the peer closed before replying.
+            OSError: the connection broke.
         """
         await self.send(message)
         return await self.recv()

@@ -135,6 +135,7 @@ class Connection:
         timeout: float | None = None,
     ) -> None:
         self.framing: Framing = framing if framing is not None else LengthPrefixed()
+        """The framing of this connection."""
         self._codec = codec
         self._sock = sock
         self._timeout = timeout
@@ -184,7 +185,11 @@ class Connection:
         framing refuses sends none of them.
 
         Raises:
-            The same as `send`.
+            CodecError: the codec cannot encode a value (nothing sent).
+            FramingError: the framing cannot carry a message (nothing sent).
+            Timeout: the messages could not be sent within the timeout.
+            ConnectionClosed: this side already closed or half-closed it.
+            OSError: the connection broke.
         """
         frame, codec = self.framing.encode, self._codec
         encode = frame if codec is None else (lambda value: frame(codec.encode(value)))
@@ -281,6 +286,9 @@ class Connection:
         try:
             count = self._sock.recv_into(self._buffer)
         except TimeoutError as exc:
+            if exc.errno is not None:  # ETIMEDOUT: keepalive or retransmissions gave up; the link is dead
+                self._failure = exc
+                raise
             raise self._recv_timeout() from exc
         except OSError as exc:
             # After a reset the kernel reports a plain EOF: remember the reset,
@@ -301,7 +309,13 @@ class Connection:
         """Send a message and return the next message received: its reply.
 
         Raises:
-            The errors of `send` and `recv`.
+            CodecError: the codec cannot encode the request or decode the reply.
+            FramingError: the framing cannot carry the request, or the peer's
+                bytes do not follow it (`MessageTooLarge`, `TruncatedMessage`).
+            Timeout: sending or receiving took longer than the timeout.
+            ConnectionClosed: the peer closed before replying, or this side
+                had closed the connection.
+            OSError: the connection broke.
         """
         self.send(message)
         return self.recv()
@@ -310,7 +324,11 @@ class Connection:
         """Yield messages until the peer closes cleanly.
 
         Raises:
-            The errors of `recv`, except `ConnectionClosed`, which ends the loop.
+            FramingError: the peer's bytes do not follow the framing (a
+                `TruncatedMessage` if it closed inside a message).
+            CodecError: a message does not decode.
+            Timeout: no whole message within the timeout.
+            OSError: the connection broke. (A clean close ends the loop.)
         """
         while True:
             try:

@@ -477,3 +477,12 @@ def test_through_a_proxy_that_fragments_to_one_byte_both_ways(serve: Serve) -> N
         conn.send_many(messages)
         conn.shutdown_write()  # the proxy forwards the half-close; replies still come back
         assert list(conn) == [m.upper() for m in messages]
+
+
+def test_replies_before_a_failing_message_are_sent_before_the_close(serve: Serve) -> None:
+    server = serve(fragile)
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        conn.send_many([b"before", b"boom", b"after"])  # one write: usually one read on the server
+        assert conn.recv() == b"before"
+        with pytest.raises(ConnectionClosed):
+            conn.recv()

@@ -112,7 +112,7 @@ class Server:
         loop: the asyncio engine's event loop: ``"asyncio"`` or ``"uvloop"``
             (``pip install 'connecteur[uvloop]'``).
         workers: processes serving the port, each with its own engine, to use
-            every core (the select engine only). Handler state is then per
+            every core (the select and asyncio engines). Handler state is then per
             worker; `stats` adds up every worker's counters.
         max_connections: connections served at once (per worker); beyond it, a new
             connection is closed as soon as it is accepted.

@@ -47,8 +47,8 @@ class Peer:
     def send(self, message: Any) -> None:
         """Send a message to this peer; safe from any thread.
 
-        On the threads engine it is written before `send` returns; on
-        event-loop engines it is queued, with backpressure.
+        On the threads and processes engines it is written before `send`
+        returns; on the event-loop engines it is queued, with backpressure.
 
         With a codec on the server, `message` is a value the codec encodes.
 

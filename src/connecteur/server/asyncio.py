@@ -347,6 +347,7 @@ class _AioLink(asyncio.BufferedProtocol):
                     self._flush(replies)
                     self._chain(reply)
         except HandlerFailed as exc:
+            self._flush(replies)  # answer the messages before the one that failed, then close
             self._fail(exc)
             return
         finally:

@@ -358,6 +358,8 @@ class _SelectLink:
                 if self._closing or not self.is_open:
                     break
         except HandlerFailed as exc:
+            if replies:  # answer the messages before the one that failed, then close
+                self._push(b"".join(replies), len(replies))
             self._fail(exc)
             return False
         finally:

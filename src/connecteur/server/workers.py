@@ -2,7 +2,7 @@
 
 Python runs one thread of bytecode at a time per process, so an event loop
 uses one core. ``Server(..., workers=N)`` forks N workers; each serves with
-its own engine (the select engine), and the kernel spreads new connections
+its own engine (select or asyncio), and the kernel spreads new connections
 over them: with ``SO_REUSEPORT`` (Linux, the BSDs) every worker listens on a
 socket of its own bound to the same port (all bound before any worker starts);
 elsewhere they share the inherited listening socket.
