@@ -22,13 +22,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"connecteur {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            continue  # WIP: subcommands being written in parallel this session
-        module.add_parser(commands)
+        importlib.import_module(f".{name}", __name__).add_parser(commands)
     return parser
 
 

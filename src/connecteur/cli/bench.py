@@ -1,0 +1,133 @@
+"""``connecteur bench``: connecteur's engines against standard-library peers, in one run.
+
+Each server runs in its own process, the client in another, over 127.0.0.1.
+Workloads: rr (64 B request/response), pipeline (64 B messages in flight),
+bulk (1 MiB messages), many (1,000 connections), idle (server memory per
+connection). The table gives each figure as a ratio to a reference target,
+with the server's CPU per message; ``--json`` keeps every raw figure,
+``--plot`` draws them (matplotlib). ``--quick`` runs every target once, for
+shorter and with fewer connections, in under 30 s. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from ..tools import _bench_report as report
+from ..tools import bench
+from ..tools.bench import FULL, QUICK, TARGETS, WORKLOADS, BenchError, Progress, available_targets
+from ._options import fail
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_REFERENCE = "select"
+
+
+def _names(kind: str, known: list[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type=`` for a comma-separated list of names among `known`, each once."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",")]
+        for name in names:
+            if name not in known:
+                raise argparse.ArgumentTypeError(f"unknown {kind} {name!r}; choose from {','.join(known)}")
+            if names.count(name) > 1:
+                raise argparse.ArgumentTypeError(f"{kind} {name!r} is listed twice")
+        return names
+
+    return parse
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``bench`` to the subcommands."""
+    targets = available_targets()
+    parser = commands.add_parser(
+        "bench",
+        help="measure the engines against standard-library peers",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--targets",
+        type=_names("target", list(TARGETS)),
+        default=targets,
+        metavar="LIST",
+        help=f"comma-separated servers to measure (default: {','.join(targets)})",
+    )
+    parser.add_argument(
+        "--workload",
+        type=_names("workload", list(WORKLOADS)),
+        default=list(WORKLOADS),
+        metavar="LIST",
+        help=f"comma-separated workloads (default: {','.join(WORKLOADS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"every target, 1 round of {QUICK.seconds} s per figure (instead of {FULL.rounds} of {FULL.seconds} s), "
+        f"{QUICK.many_connections} connections for many and idle (instead of {FULL.many_connections:,} and "
+        f"{FULL.idle_connections:,}): under 30 s",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw figure and the machine to FILE")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw a panel per workload (needs matplotlib)")
+    parser.add_argument(
+        "--reference",
+        metavar="TARGET",
+        help=f"the target the others are compared with (default: {DEFAULT_REFERENCE}, else the first target)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the files; 0 when every measurement succeeded."""
+    targets: list[str] = args.targets
+    reference = args.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in targets else targets[0])
+    if reference not in targets:
+        fail(f"bench: --reference {reference!r} is not among the targets: {','.join(targets)}", status=2)
+    if args.plot is not None and find_spec("matplotlib") is None:
+        fail("bench: --plot needs matplotlib: pip install 'connecteur[plot]'", status=2)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and not path.parent.is_dir():
+            fail(f"bench: {option} {path}: no directory {path.parent}", status=2)
+    try:
+        results = bench.prepare(targets, args.workload, QUICK if args.quick else FULL, reference=reference)
+    except BenchError as exc:
+        fail(f"bench: {exc}")
+    _print_plan(results)
+    fancy = report.has_rich() and sys.stderr.isatty()
+    progress: Progress = report.RichProgress(sys.stderr) if fancy else report.PlainProgress(sys.stderr)
+    try:
+        with progress:
+            bench.run(results, progress=progress)
+    except BenchError as exc:
+        fail(f"bench: {exc}")
+    print()
+    report.print_table(results, sys.stdout, fancy=report.has_rich() and sys.stdout.isatty())
+    try:
+        if args.json is not None:
+            report.write_json(results, args.json)
+            print(f"figures written to {args.json}")
+        if args.plot is not None:
+            report.plot(results, args.plot)
+            print(f"plot written to {args.plot}")
+    except OSError as exc:
+        fail(f"bench: cannot write {exc.filename}: {exc.strerror or exc}")
+    print(f"total time {results.seconds:.1f} s")
+    return 1 if results.failures else 0
+
+
+def _print_plan(results: bench.Results) -> None:
+    settings, machine = results.settings, results.machine
+    print(f"connecteur bench, {settings.name} run: {', '.join(results.targets)}")
+    print(f"workloads: {', '.join(results.workloads)}; reference: {results.reference}")
+    print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['os']}")
+    print(f"load average (1 min) before the run: {machine['load_average']:.2f}: other work skews every figure")
+    print(f"{results.pinning}; each server and the client in a process of its own, over 127.0.0.1")
+    for target, reasons in results.skipped.items():
+        for workload, reason in reasons.items():
+            print(f"skipping {workload} on {target}: {reason}")
+    sys.stdout.flush()  # before the progress on stderr

@@ -1,0 +1,345 @@
+"""What `connecteur bench` shows: progress, the table of ratios, the JSON file, the plot.
+
+rich and matplotlib are optional: without rich, progress is a plain line per
+measurement and the table plain text; matplotlib is needed for the plot only.
+They are imported by name (`importlib`), so this module type-checks whether
+they are installed or not; their objects are then `Any`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Final, Self, TextIO
+
+from ._bench_client import CLIENT_BOUND_SHARE
+from .bench import TARGETS, WORKLOADS, Figures, Progress, Results
+
+__all__ = [
+    "COLUMNS",
+    "PlainProgress",
+    "RichProgress",
+    "has_rich",
+    "plot",
+    "print_table",
+    "table",
+    "write_json",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A figure of the table."""
+
+    workload: str
+    key: str
+    header: str
+    format: str
+    higher_is_better: bool
+
+    @property
+    def is_headline(self) -> bool:
+        return self.key == WORKLOADS[self.workload].headline
+
+
+COLUMNS: Final = (
+    Column("rr", "per_second", "rt/s", ",.0f", True),
+    Column("rr", "p50_us", "p50 µs", ",.1f", False),
+    Column("rr", "p99_us", "p99 µs", ",.1f", False),
+    Column("rr", "server_cpu_us_per_message", "cpu µs", ",.1f", False),
+    Column("pipeline", "per_second", "msg/s", ",.0f", True),
+    Column("pipeline", "server_cpu_us_per_message", "cpu µs", ",.2f", False),
+    Column("bulk", "mb_per_second", "MB/s", ",.0f", True),
+    Column("bulk", "server_cpu_us_per_message", "cpu µs", ",.0f", False),
+    Column("many", "per_second", "rt/s", ",.0f", True),
+    Column("many", "server_cpu_us_per_message", "cpu µs", ",.1f", False),
+    Column("idle", "kib_per_connection", "KiB/conn", ",.1f", False),  # KiB per connection
+)
+"""Every column of the table, by workload; "cpu µs" is the server's CPU per message."""
+
+
+TIMES: Final = "\N{MULTIPLICATION SIGN}"
+"""The sign after a ratio (named: ruff's RUF001 takes it for a look-alike of x in literals)."""
+
+
+def has_rich() -> bool:
+    """Whether rich is importable."""
+    return find_spec("rich") is not None
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def _cell(results: Results, target: str, column: Column) -> str:
+    if column.workload in results.skipped.get(target, {}):
+        return "skipped"
+    if column.workload in results.failures.get(target, {}):
+        return "failed"
+    figures = results.figure(target, column.workload)
+    if figures is None:
+        return "-"
+    value = float(figures[column.key])
+    mark = "*" if column.is_headline and figures.get("client_bound") else ""
+    if target == results.reference:
+        return format(value, column.format) + mark
+    reference = results.figure(results.reference, column.workload)
+    if reference is None or not float(reference[column.key]):
+        return "-" + mark
+    ratio = value / float(reference[column.key])
+    return (f"{ratio:.2f}{TIMES}" if ratio >= 0.0995 else f"{ratio:.2g}{TIMES}") + mark
+
+
+def _columns(results: Results) -> list[Column]:
+    return [column for column in COLUMNS if column.workload in results.workloads]
+
+
+def table(results: Results) -> tuple[list[str], list[str], list[list[str]]]:
+    """The table: the workload of each column, its header, and a row of cells per target.
+
+    The reference target's row holds its figures; every other row, each
+    figure divided by the reference's.
+    """
+    columns = _columns(results)
+    groups = ["", *(column.workload if column.is_headline else "" for column in columns)]
+    headers = ["target", *(column.header for column in columns)]
+    rows = [[target, *(_cell(results, target, column) for column in columns)] for target in results.targets]
+    return groups, headers, rows
+
+
+def legend(results: Results) -> list[str]:
+    """What the table's figures mean, what it skipped and what failed."""
+    settings, reference = results.settings, results.reference
+    columns = _columns(results)
+    higher = dict.fromkeys(column.header for column in columns if column.higher_is_better)
+    lower = dict.fromkeys(column.header for column in columns if not column.higher_is_better)
+    counts = {"many": f": {settings.many_connections:,}", "idle": f": {settings.idle_connections:,}"}
+    lines = [
+        f"Reference: {reference}. Its row holds its figures; every other row, each figure divided by "
+        f"{reference}'s (2.00{TIMES} is twice {reference}'s figure).",
+        f"Higher is better: {', '.join(higher)}. Lower is better: {', '.join(lower)}.",
+        *_units(results.workloads),
+        *(f"{name}: {WORKLOADS[name].description}{counts.get(name, '')}" for name in results.workloads),
+    ]
+    if any(figures.get("client_bound") for figures in _all_figures(results)):
+        lines.append(
+            f"*: the client process was busy {CLIENT_BOUND_SHARE:.0%} of the time or more (of one core): "
+            "the server may be faster than shown; its CPU per message compares fairly anyway."
+        )
+    if settings.rounds > 1:
+        lines.append(f"Each figure is its median over {settings.rounds} rounds, the targets taking turns.")
+    for kind, problems in (("skipped", results.skipped), ("failed", results.failures)):
+        for target, reasons in problems.items():
+            lines += [f"{kind}: {workload} on {target}: {reason}" for workload, reason in reasons.items()]
+    lines += [f"note: {note}" for note in results.notes]
+    return lines
+
+
+def _units(workloads: list[str]) -> list[str]:
+    units = {
+        "rt/s: round trips per second": {"rr", "many"},
+        "MB: 10**6 bytes of messages echoed": {"bulk"},
+        "cpu µs: the server's CPU time per message (user + system, its whole process tree)": {
+            "rr",
+            "pipeline",
+            "bulk",
+            "many",
+        },
+    }
+    explained = [unit for unit, where in units.items() if where & set(workloads)]
+    return ["; ".join(explained) + "."] if explained else []
+
+
+def _all_figures(results: Results) -> list[Figures]:
+    return [
+        figures
+        for target in results.targets
+        for workload in results.workloads
+        if (figures := results.figure(target, workload)) is not None
+    ]
+
+
+def print_table(results: Results, out: TextIO, *, fancy: bool) -> None:
+    """Print the table and its legend: with rich when `fancy`, plain text otherwise."""
+    groups, headers, rows = table(results)
+    if fancy:
+        _print_rich_table(groups, headers, rows, out)
+    else:
+        for text in _plain_table([groups, headers, *rows]):
+            print(text, file=out)
+    print(file=out)
+    for text in legend(results):
+        print(text, file=out)
+
+
+def _plain_table(lines: list[list[str]]) -> list[str]:
+    """Columns two spaces apart: the first left-aligned, the others right-aligned."""
+    widths = [max(len(cells[i]) for cells in lines) for i in range(len(lines[0]))]
+    return ["  ".join([cells[0].ljust(widths[0]), *map(str.rjust, cells[1:], widths[1:])]).rstrip() for cells in lines]
+
+
+def _print_rich_table(groups: list[str], headers: list[str], rows: list[list[str]], out: TextIO) -> None:
+    rich_table: Any = importlib.import_module("rich.table")
+    console: Any = importlib.import_module("rich.console").Console(file=out)
+    grid = rich_table.Table(show_edge=False)
+    for i, (group, header) in enumerate(zip(groups, headers, strict=True)):
+        grid.add_column(f"{group}\n{header}" if i else f"\n{header}", justify="left" if i == 0 else "right")
+    for row in rows:
+        grid.add_row(*row)
+    console.print(grid)
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+def _summary(workload: str, figures: Figures) -> str:
+    spec = WORKLOADS[workload]
+    text = f"{float(figures[spec.headline]):,.1f} {spec.unit}"
+    if "server_cpu_us_per_message" in figures:
+        text += f", server CPU {float(figures['server_cpu_us_per_message']):,.2f} µs/message"
+        text += f", client busy {float(figures['client_cpu_share']):.0%}"
+    return text
+
+
+class PlainProgress(Progress):
+    """A line per measurement, with its headline figure and CPU times."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._steps = 0
+        self._done = 0
+
+    def begin(self, steps: int, rounds: int) -> None:
+        self._steps = steps
+
+    def done(self, target: str, workload: str, figures: Figures | None, error: str) -> None:
+        self._done += 1
+        width = len(str(self._steps))
+        outcome = _summary(workload, figures) if figures is not None else f"failed: {error}"
+        print(f"[{self._done:{width}}/{self._steps}] {workload} on {target}: {outcome}", file=self._out, flush=True)
+
+
+class RichProgress(Progress):
+    """rich's progress bar while in its context; failures printed above it."""
+
+    def __init__(self, out: TextIO) -> None:
+        progress: Any = importlib.import_module("rich.progress")
+        console = importlib.import_module("rich.console").Console(file=out)
+        self._bar: Any = progress.Progress(
+            progress.TextColumn("{task.description:<36}"),
+            progress.BarColumn(),
+            progress.MofNCompleteColumn(),
+            progress.TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: Any = None
+        self._rounds = 1
+
+    def __enter__(self) -> Self:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.stop()
+
+    def begin(self, steps: int, rounds: int) -> None:
+        self._task = self._bar.add_task("starting the servers", total=steps)
+        self._rounds = rounds
+
+    def step(self, target: str, workload: str, round_number: int) -> None:
+        where = f", round {round_number}/{self._rounds}" if self._rounds > 1 and workload != "idle" else ""
+        self._bar.update(self._task, description=f"{workload} on {target}{where}")
+
+    def done(self, target: str, workload: str, figures: Figures | None, error: str) -> None:
+        if figures is None:
+            self._bar.console.print(f"{workload} on {target} failed: {error}", markup=False, highlight=False)
+        self._bar.advance(self._task)
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def write_json(results: Results, path: Path) -> None:
+    """Write every raw figure and the machine's description to `path`."""
+    path.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+
+
+_COLORS: Final = {"reference": "tab:orange", "engine": "tab:blue", "peer": "tab:gray"}
+
+
+def plot(results: Results, path: Path) -> None:
+    """Draw a panel per workload, a bar per target, into a PNG file (needs matplotlib).
+
+    Panels go two by two; the last free cell holds the legend and the machine.
+
+    Raises:
+        ModuleNotFoundError: matplotlib is not installed.
+        OSError: the file cannot be written.
+    """
+    matplotlib: Any = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")  # files only: no display needed
+    pyplot: Any = importlib.import_module("matplotlib.pyplot")
+    columns = 2 if len(results.workloads) > 1 else 1
+    rows = -(-(len(results.workloads) + 1) // columns)  # rounded up: a cell per workload, and the legend
+    height = 0.32 * len(results.targets) + 1.2
+    figure, axes = pyplot.subplots(rows, columns, figsize=(7.5 * columns, height * rows), squeeze=False)
+    cells = list(axes.flat)
+    for ax, workload in zip(cells, results.workloads, strict=False):
+        _plot_panel(ax, results, workload)
+    _plot_legend(cells[len(results.workloads)], results)
+    for ax in cells[len(results.workloads) + 1 :]:
+        ax.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def _plot_panel(ax: Any, results: Results, workload: str) -> None:
+    spec = WORKLOADS[workload]
+    reference = results.figure(results.reference, workload)
+    base = float(reference[spec.headline]) if reference is not None else 0.0
+    targets = results.targets[::-1]  # barh draws upward: the first target on top
+    values: list[float] = []
+    for y, target in enumerate(targets):
+        figures = results.figure(target, workload)
+        if figures is None:
+            ax.text(0, y, " skipped" if workload in results.skipped.get(target, {}) else " failed", va="center")
+            continue
+        value = float(figures[spec.headline])
+        values.append(value)
+        kind = "reference" if target == results.reference else TARGETS[target].kind
+        ax.barh(y, value, color=_COLORS[kind], hatch="//" if figures.get("client_bound") else None)
+        label = f" {value:,.1f}" if value < 100 else f" {value:,.0f}"
+        if base and target != results.reference:
+            label += f" ({value / base:.2f}{TIMES})"
+        ax.text(value, y, label, va="center", fontsize=8)
+    ax.set_yticks(range(len(targets)), targets, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    scale = ""
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_xscale("log")  # a process per connection costs a thousand times an event loop's
+        scale = ", log scale"
+    better = "higher" if spec.higher_is_better else "lower"
+    ax.set_title(f"{workload}: {spec.unit} ({better} is better{scale})\n{spec.description}", fontsize=9, loc="left")
+    ax.margins(x=0.3)
+
+
+def _plot_legend(ax: Any, results: Results) -> None:
+    patches: Any = importlib.import_module("matplotlib.patches")
+    handles = [
+        patches.Patch(color=_COLORS["reference"], label=f"reference: {results.reference}"),
+        patches.Patch(color=_COLORS["engine"], label="connecteur engines"),
+        patches.Patch(color=_COLORS["peer"], label="standard-library peers (and uvloop)"),
+        patches.Patch(facecolor="white", edgecolor="black", hatch="//", label="client-bound: may understate"),
+    ]
+    ax.set_axis_off()
+    ax.legend(handles=handles, loc="upper left", fontsize=9, frameon=False)
+    machine = results.machine
+    text = (
+        f"connecteur bench, {results.settings.name} run\n"
+        f"{machine['cpu']}, {machine['cpus']} CPUs\n{machine['python']}\n{machine['os']}\n{results.pinning}"
+    )
+    ax.text(0.0, 0.0, text, fontsize=8, va="bottom", transform=ax.transAxes)
