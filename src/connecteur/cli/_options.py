@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from ..address import Address, parse_address
 from ..codecs import Codec, Json, MsgPack, Text
-from ..errors import AddressError
+from ..connection import Connection
+from ..errors import AddressError, ConnecteurError
 from ..framing import (
     CloseDelimited,
     DecimalPrefixed,
@@ -24,12 +26,14 @@ __all__ = [
     "CODEC_NAMES",
     "FRAMING_NAMES",
     "ArgumentParser",
+    "Printer",
     "address_argument",
     "codec_argument",
     "fail",
     "framing_argument",
     "framing_by_name",
     "seconds_argument",
+    "show_bytes",
 ]
 
 FRAMING_NAMES = "length, length:1|2|4|8, line, crlf, netstring, fixed:N, digits:N, close"
@@ -132,3 +136,36 @@ def fail(message: str, *, status: int = 1) -> NoReturn:
     """Print ``connecteur: message`` on stderr and exit with `status`."""
     print(f"connecteur: {message}", file=sys.stderr, flush=True)
     raise SystemExit(status)
+
+
+class Printer(threading.Thread):
+    """Prints each message arriving on a connection on its own line, until the peer closes.
+
+    `error` holds what ended it otherwise. `on_end` runs last, whatever
+    happened (to wake a thread waiting on something else).
+    """
+
+    def __init__(
+        self, conn: Connection, show: Callable[[Any], str], *, name: str, on_end: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._conn = conn
+        self._show = show
+        self._on_end = on_end
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        """Print until the peer closes or the connection fails."""
+        try:
+            for message in self._conn:
+                print(self._show(message), flush=True)
+        except (ConnecteurError, OSError) as exc:
+            self.error = exc
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+
+
+def show_bytes(message: bytes) -> str:
+    """A message for a terminal: UTF-8, undecodable bytes escaped."""
+    return bytes(message).decode("utf-8", "backslashreplace")

@@ -21,7 +21,6 @@ import os
 import selectors
 import socket
 import sys
-import threading
 from typing import Any, Final
 
 from .. import _socket
@@ -29,7 +28,15 @@ from ..address import Address
 from ..connection import Connection
 from ..errors import ConnecteurError
 from ..tools.apps import Chat
-from ._options import FRAMING_NAMES, address_argument, fail, framing_argument, seconds_argument
+from ._options import (
+    FRAMING_NAMES,
+    Printer,
+    address_argument,
+    fail,
+    framing_argument,
+    seconds_argument,
+    show_bytes,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         fail(f"cannot connect to {address}: {exc.strerror or exc}")
     wake, wake_up = socket.socketpair()
     with wake, wake_up, Connection(sock, framing=args.framing) as conn:
-        printer = _Printer(conn, wake_up)
+        printer = Printer(conn, show_bytes, name="connecteur chat: messages", on_end=lambda: _wake(wake_up))
         printer.start()
         try:
             conn.send(args.name.encode())
@@ -121,28 +128,13 @@ def _send_lines(conn: Connection, wake: socket.socket) -> bool:
             conn.send_many(line.rstrip(b"\r") for line in lines)
 
 
-def _hang_up(sock: socket.socket, printer: _Printer) -> None:
+def _wake(wake_up: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        wake_up.send(b"\0")
+
+
+def _hang_up(sock: socket.socket, printer: Printer) -> None:
     """Wake the reader (a close alone does not wake a blocked ``recv``) and let it finish."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     printer.join(1.0)
-
-
-class _Printer(threading.Thread):
-    """Prints each message on its own line until the server closes, then wakes the main thread."""
-
-    def __init__(self, conn: Connection, wake_up: socket.socket) -> None:
-        super().__init__(name="connecteur chat: messages", daemon=True)
-        self._conn = conn
-        self._wake_up = wake_up
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        try:
-            for message in self._conn:
-                print(message.decode("utf-8", "backslashreplace"), flush=True)
-        except (ConnecteurError, OSError) as exc:
-            self.error = exc
-        finally:
-            with contextlib.suppress(OSError):
-                self._wake_up.send(b"\0")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -25,11 +24,13 @@ from ..errors import ConnecteurError
 from ._options import (
     CODEC_NAMES,
     FRAMING_NAMES,
+    Printer,
     address_argument,
     codec_argument,
     fail,
     framing_argument,
     seconds_argument,
+    show_bytes,
 )
 
 __all__ = ["add_parser", "run"]
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         fail(f"cannot connect to {address}: {exc.strerror or exc}")
     with Connection(sock, framing=args.framing, codec=codec) as conn:
-        printer = _Printer(conn, codec)
+        printer = Printer(conn, lambda reply: _show(codec, reply), name="connecteur send: replies")
         printer.start()
         if not args.messages:
             messages = (_value(codec, line, status=1) for line in _stdin_lines())
@@ -94,7 +95,7 @@ def _value(codec: Codec | None, text: bytes, *, status: int = 2) -> Any:
 
 def _show(codec: Codec | None, reply: Any) -> str:
     if codec is None:
-        return bytes(reply).decode("utf-8", "backslashreplace")
+        return show_bytes(reply)
     if isinstance(reply, str) and isinstance(codec, Text):
         return reply
     return json.dumps(reply, ensure_ascii=False, default=repr)
@@ -109,20 +110,3 @@ def _send_all(conn: Connection, messages: Iterable[Any]) -> None:
 def _stdin_lines() -> Iterator[bytes]:
     for line in sys.stdin.buffer:
         yield line.rstrip(b"\r\n")
-
-
-class _Printer(threading.Thread):
-    """Prints each reply on its own line until the server closes."""
-
-    def __init__(self, conn: Connection, codec: Codec | None) -> None:
-        super().__init__(name="connecteur send: replies", daemon=True)
-        self._conn = conn
-        self._codec = codec
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        try:
-            for reply in self._conn:
-                print(_show(self._codec, reply), flush=True)
-        except (ConnecteurError, OSError) as exc:
-            self.error = exc
