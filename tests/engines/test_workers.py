@@ -18,8 +18,9 @@ def whoami(message: bytes) -> bytes:
     return b"%d" % os.getpid()
 
 
-def test_connections_spread_over_the_workers_and_stats_add_up() -> None:
-    with Server(whoami, "127.0.0.1:0", workers=2) as server:
+@pytest.mark.parametrize("engine", ["select", "asyncio"])
+def test_connections_spread_over_the_workers_and_stats_add_up(engine: str) -> None:
+    with Server(whoami, "127.0.0.1:0", engine=engine, workers=2) as server:
         conns = [connect(server.address, timeout=TIMEOUT) for _ in range(40)]
         try:
             pids = {int(conn.request(b"who")) for conn in conns}
