@@ -1,1 +1,2 @@
-"""Ready-made pieces built on the library: handlers (`apps`) and the demo."""
+"""Tools built on the library: ready-made handlers (`apps`), the fault-injection
+`proxy`, the `bench`mark, and the `demo`. The command line drives them."""
