@@ -11,11 +11,13 @@ import os
 import socket
 import stat
 from collections.abc import Iterator
+from typing import Any
 
 from .address import Address, TcpAddress, UnixAddress
 from .errors import Timeout
 
 __all__ = [
+    "bound_address",
     "check_connected",
     "configure_stream",
     "listen",
@@ -115,6 +117,13 @@ def check_connected(sock: socket.socket) -> None:
         raise OSError(code, os.strerror(code))
     sock.getpeername()  # raises ENOTCONN if the socket was not writable yet
     configure_stream(sock)
+
+
+def bound_address(listener: socket.socket) -> Any:
+    """What a listener tells users it is bound to: the socket-module tuple for
+    TCP, ``"unix:/path"`` for a Unix socket; either can be passed to `connect()`."""
+    name = listener.getsockname()
+    return f"unix:{name}" if listener.family == getattr(socket, "AF_UNIX", None) else name
 
 
 def listen(address: Address, *, backlog: int, reuse_port: bool = False) -> socket.socket:

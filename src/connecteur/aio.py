@@ -367,8 +367,7 @@ class AioServer:
 
     def __init__(self, config: EngineConfig, listener: socket.socket) -> None:
         self._config = config
-        sockname = listener.getsockname()
-        self.address: Any = f"unix:{sockname}" if listener.family == getattr(socket, "AF_UNIX", None) else sockname
+        self.address: Any = _socket.bound_address(listener)
         """The bound address, as `Server.address` gives it."""
         self._engine = AsyncioEngine(config)
         self._task = asyncio.ensure_future(self._engine.run(listener))

@@ -273,10 +273,7 @@ class Server:
         if self._engine is not None:
             raise RuntimeError("this server was already started; create a new Server to serve again")
         listener = _socket.listen(self._address, backlog=self._backlog, reuse_port=self._workers_reuse_port)
-        if isinstance(self._address, UnixAddress):
-            self._bound = f"unix:{listener.getsockname()}"
-        else:
-            self._bound = listener.getsockname()
+        self._bound = _socket.bound_address(listener)
         if self.workers > 1:
             from .workers import WorkersEngine
 

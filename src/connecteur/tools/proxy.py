@@ -228,8 +228,7 @@ class Proxy:
         target = _resolve(self._target)
         listener = _socket.listen(self._listen, backlog=BACKLOG)
         try:
-            name = listener.getsockname()
-            self._bound = f"unix:{name}" if isinstance(self._listen, UnixAddress) else name
+            self._bound = _socket.bound_address(listener)
             with self._lock:  # a concurrent set_faults lands before or after, never lost
                 self._loop = _Loop(listener, target, self._faults, random.Random(self._seed))
         except BaseException:
