@@ -22,6 +22,7 @@ from .errors import ConnecteurError as ConnecteurError
 from .errors import ConnectionClosed as ConnectionClosed
 from .errors import FramingError as FramingError
 from .errors import MessageTooLarge as MessageTooLarge
+from .errors import ProxyProtocolError as ProxyProtocolError
 from .errors import Timeout as Timeout
 from .errors import TruncatedMessage as TruncatedMessage
 from .server import Peer as Peer
@@ -38,6 +39,7 @@ __all__ = [
     "FramingError",
     "MessageTooLarge",
     "Peer",
+    "ProxyProtocolError",
     "Server",
     "Stats",
     "Timeout",

@@ -10,16 +10,20 @@ import errno
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
+from ._channel import HANDSHAKE_ERRORS, Channel
 from .address import Address, TcpAddress, UnixAddress
-from .errors import Timeout
+from .errors import ConnectionClosed, Timeout
+from .framing import Buffer
 
 __all__ = [
     "bound_address",
     "check_connected",
     "configure_stream",
+    "handshake",
     "listen",
     "open_connection",
     "start_connection",
@@ -72,6 +76,54 @@ def open_connection(address: Address, timeout: float | None) -> socket.socket:
             sock = socket.create_connection((address.host or "localhost", address.port), timeout)
     configure_stream(sock)
     return sock
+
+
+HANDSHAKE_READ_SIZE: Final = 16 * 2**10
+"""Handshake messages are small: a TLS flight or an HMAC exchange fits."""
+
+
+def handshake(sock: socket.socket, channel: Channel, timeout: float | None) -> Buffer:
+    """Open `channel` on a blocking socket within `timeout` seconds.
+
+    Returns:
+        The application bytes that arrived with the last handshake message,
+        for the framing decoder.
+
+    Raises:
+        AuthenticationError: the peer does not hold the key, or never
+            answered (see `Channel.timed_out`).
+        ProxyProtocolError: a bad PROXY header, or none in time.
+        ssl.SSLError: the TLS handshake failed.
+        Timeout: the TLS handshake stalled.
+        ConnectionClosed: the peer closed during the handshake.
+        OSError: the connection broke.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buffer = bytearray(HANDSHAKE_READ_SIZE)
+    previous = sock.gettimeout()
+    received: Buffer = b""
+    try:
+        while True:
+            if deadline is not None:
+                sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+            sock.sendall(channel.data_to_send())
+            if channel.is_open:
+                return received
+            count = sock.recv_into(buffer)
+            if not count:
+                channel.receive_eof()
+                raise ConnectionClosed("the peer closed the connection during the handshake")
+            received = channel.receive(memoryview(buffer)[:count])
+    except TimeoutError as exc:
+        if exc.errno is not None:
+            raise
+        raise channel.timed_out(timeout or 0.0) from None
+    except HANDSHAKE_ERRORS:
+        with contextlib.suppress(OSError):  # an alert or #FAILURE# for the peer, if it still reads
+            sock.sendall(channel.data_to_send())
+        raise
+    finally:
+        sock.settimeout(previous)
 
 
 _IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY})

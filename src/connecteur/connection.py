@@ -11,9 +11,12 @@ two threads receiving.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
+import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -21,10 +24,11 @@ from types import TracebackType
 from typing import Any, Final, Self, final
 
 from . import _socket
-from .address import AddressLike, format_address, parse_address
+from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
+from .address import AddressLike, TcpAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Decoder, Framing, LengthPrefixed
+from .framing import Buffer, Decoder, Framing, LengthPrefixed
 
 __all__ = ["Connection", "connect", "connect_nowait", "finish_connect", "wait"]
 
@@ -43,6 +47,11 @@ def connect(
     framing: Framing | None = None,
     codec: Codec | None = None,
     timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> Connection:
     """Connect to a server and return a `Connection`.
 
@@ -54,14 +63,49 @@ def connect(
             None sends and receives bytes.
         timeout: seconds allowed for connecting and then for each `send`,
             `recv` or `request`; ``None`` waits for ever.
+        tls: an `ssl.SSLContext` for the client side (such as
+            ``ssl.create_default_context()``): the connection is TLS, and the
+            server's certificate is checked as the context says.
+        server_hostname: the name the server's certificate must carry;
+            defaults to the host of `address` (required for ``unix:`` with TLS).
+        auth_key: a shared secret the server must hold too (the challenge
+            of ``multiprocessing.connection``, in both directions).
+        allow_legacy_auth: also accept a server answering with the HMAC-MD5
+            of ``multiprocessing.connection`` before Python 3.12.
+        handshake_timeout: seconds allowed for the TLS and authentication
+            handshakes once connected (None: no limit).
 
     Raises:
         AddressError: the address cannot be parsed.
-        Timeout: the connection was not established within `timeout`.
+        Timeout: the connection was not established within `timeout`, or
+            the TLS handshake within `handshake_timeout`.
+        AuthenticationError: the server does not hold `auth_key`, or sent no
+            challenge within `handshake_timeout` (it uses no key).
+        ssl.SSLError: the TLS handshake failed (``ssl.SSLCertVerificationError``
+            for a certificate that does not verify).
+        ConnectionClosed: the server closed the connection during the handshake.
         OSError: the connection failed (refused, unreachable, ...).
     """
-    sock = _socket.open_connection(parse_address(address), timeout)
-    return Connection(sock, framing=framing, codec=codec, timeout=timeout)
+    where = parse_address(address)
+    if tls is not None and server_hostname is None and isinstance(where, TcpAddress):
+        server_hostname = where.host or "localhost"
+    spec = ChannelSpec.build(
+        server_side=False,
+        tls=tls,
+        server_hostname=server_hostname,
+        auth_key=auth_key,
+        allow_legacy_auth=allow_legacy_auth,
+    )
+    sock = _socket.open_connection(where, timeout)
+    try:
+        channel = spec.open(sock.getpeername())
+        received = b"" if channel is None else _socket.handshake(sock, channel, handshake_timeout)
+    except BaseException:
+        sock.close()
+        raise
+    connection = Connection(sock, framing=framing, codec=codec, timeout=timeout)
+    connection._use_channel(channel, received)
+    return connection
 
 
 def connect_nowait(address: AddressLike) -> socket.socket:
@@ -112,8 +156,10 @@ class Connection:
 
     __slots__ = (
         "_buffer",
+        "_channel",
         "_closed",
         "_codec",
+        "_crypto_lock",
         "_decoder",
         "_failure",
         "_peer_ended",
@@ -155,6 +201,15 @@ class Connection:
         self._peer_ended = False
         self._write_closed = False
         self._closed = False
+        self._channel: Channel | None = None
+        self._crypto_lock = threading.Lock()
+
+    def _use_channel(self, channel: Channel | None, received: Buffer) -> None:
+        """Take over an opened channel (TLS) and the bytes that came with its handshake."""
+        if channel is not None and channel.encrypts:
+            self._channel = channel
+        if received:
+            self._take(received)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -210,6 +265,11 @@ class Connection:
 
     def _send_bytes(self, data: bytes) -> None:
         self._check_can_send()
+        if self._channel is not None:
+            # With TLS, a recv() in another thread may be decrypting: OpenSSL
+            # must not do both at once. The lock is never held across I/O.
+            with self._crypto_lock:
+                data = self._channel.send(data)
         try:
             with _socket.timeouts_as(f"sending to {format_address(self.address)}", self._timeout):
                 self._sock.sendall(data)
@@ -295,11 +355,24 @@ class Connection:
             # or the next recv() would call it a clean close.
             self._failure = exc
             raise
+        if not count:
+            self._peer_ended = True
+        data: Buffer = self._view[:count]
+        if self._channel is not None and count:
+            try:
+                with self._crypto_lock:
+                    data = self._channel.receive(data)
+            except ssl.SSLError as exc:
+                self._failure = exc
+                raise
+        self._take(data)
+
+    def _take(self, data: Buffer) -> None:
+        """Decode received bytes (none: the end of the stream) into ready messages."""
         try:
-            if count:
-                self._ready.extend(self._decoder.feed(self._view[:count]))
-            else:
-                self._peer_ended = True
+            if data:
+                self._ready.extend(self._decoder.feed(data))
+            elif self._peer_ended:
                 self._ready.extend(self._decoder.eof())
         except FramingError as exc:
             self._ready.extend(exc.messages)
@@ -369,6 +442,11 @@ class Connection:
             return
         self._write_closed = True
         try:
+            if self._channel is not None:
+                with self._crypto_lock:
+                    goodbye = self._channel.close_write()
+                with _socket.timeouts_as(f"sending to {format_address(self.address)}", self._timeout):
+                    self._sock.sendall(goodbye)
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             # The peer may already have gone; its close will show in recv().
@@ -379,6 +457,13 @@ class Connection:
         """Close the connection. Idempotent; messages already received stay readable."""
         if not self._closed:
             self._closed = True
+            if self._channel is not None and not self._write_closed:
+                # TLS close_notify, if the socket takes it at once: a clean end, not a truncation.
+                with self._crypto_lock:
+                    goodbye = self._channel.close_write()
+                with contextlib.suppress(OSError):
+                    self._sock.setblocking(False)
+                    self._sock.send(goodbye)
             self._sock.close()
 
     @property

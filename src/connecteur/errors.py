@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionClosed",
     "FramingError",
     "MessageTooLarge",
+    "ProxyProtocolError",
     "Timeout",
     "TruncatedMessage",
 ]
@@ -116,6 +117,14 @@ class Timeout(ConnecteurError, TimeoutError):
     def __init__(self, message: str, *, seconds: float) -> None:
         super().__init__(message)
         self.seconds = seconds
+
+
+class ProxyProtocolError(ConnecteurError, ValueError):
+    """The peer's PROXY protocol header is malformed, oversize or not allowed.
+
+    Raised by `connecteur.proxy_protocol.ProxyHeaderReader` for the bytes a
+    load balancer (or whoever connected) sent before the application data.
+    """
 
 
 class AddressError(ConnecteurError, ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self, final
 
 from .. import _socket
+from .._channel import DEFAULT_HANDSHAKE_TIMEOUT, ChannelSpec
 from ..address import AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..framing import Framing, LengthPrefixed
@@ -68,6 +70,8 @@ def engine_config(
     max_connections: int,
     idle_timeout: float | None,
     message_timeout: float | None,
+    channel: ChannelSpec | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
@@ -75,6 +79,7 @@ def engine_config(
         TypeError: the handler is neither form.
         ValueError: an impossible limit.
     """
+    _check_positive("handshake_timeout", handshake_timeout)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
     _check_positive("idle_timeout", idle_timeout)
@@ -86,6 +91,8 @@ def engine_config(
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         message_timeout=message_timeout,
+        channel=channel if channel is not None else ChannelSpec(server_side=True),
+        handshake_timeout=handshake_timeout,
     )
 
 
@@ -122,10 +129,25 @@ class Server:
             this from its first byte to its last (None: no limit).
         backlog: connections the kernel may queue before they are accepted.
         stop_timeout: seconds a graceful stop may take when none is given.
+        tls: an `ssl.SSLContext` made for the server side (its certificate
+            loaded): every connection is TLS. None: plain TCP.
+        auth_key: a shared secret: each client must prove it holds the same
+            key (an HMAC challenge in both directions, compatible with
+            ``multiprocessing.connection``) before the handler sees it.
+        allow_legacy_auth: also accept the HMAC-MD5 answers of
+            ``multiprocessing.connection`` before Python 3.12.
+        handshake_timeout: seconds from accept to the end of the PROXY
+            header, TLS and authentication handshakes (None: no limit).
+        proxy_protocol: ``"v1"``, ``"v2"`` or ``"auto"``: every connection
+            starts with HAProxy's PROXY header, and `peer.address` is the
+            client it names; ``"off"`` (the default): no header.
+        proxy_trusted: the networks (``"10.0.0.0/8"``, ``"::1"``, and
+            ``"unix"`` for Unix socket peers) PROXY headers are accepted from;
+            any other connection is closed. Required with `proxy_protocol`.
 
     Raises:
         AddressError: the address cannot be parsed.
-        TypeError: the handler is neither form.
+        TypeError: the handler is neither form; `tls` or `auth_key` of the wrong type.
         ValueError: an unknown engine or an impossible limit.
     """
 
@@ -144,6 +166,12 @@ class Server:
         message_timeout: float | None = None,
         backlog: int = DEFAULT_BACKLOG,
         stop_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        auth_key: bytes | None = None,
+        allow_legacy_auth: bool = False,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        proxy_protocol: str = "off",
+        proxy_trusted: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -166,6 +194,15 @@ class Server:
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             message_timeout=message_timeout,
+            channel=ChannelSpec.build(
+                server_side=True,
+                tls=tls,
+                auth_key=auth_key,
+                allow_legacy_auth=allow_legacy_auth,
+                proxy_protocol=proxy_protocol,
+                proxy_trusted=proxy_trusted,
+            ),
+            handshake_timeout=handshake_timeout,
         )
         self._counters = self._config.counters
         self.engine: str = engine

@@ -1,4 +1,4 @@
-"""The idle and per-message deadlines of one connection, for every engine.
+"""The handshake, idle and per-message deadlines of one connection, for every engine.
 
 Engines differ in how they wait (a socket timeout, a timer heap, asyncio's
 call_at); what is due and when is decided here, once.
@@ -16,25 +16,42 @@ __all__ = ["Deadlines"]
 
 @final
 class Deadlines:
-    """When a connection must be closed for idleness or for a slow message.
+    """When a connection must be closed for a stalled handshake, idleness or a slow message.
 
-    Idle: no whole message moved in either direction for `idle_timeout`
-    (stray bytes do not count). Slow: a message not complete `message_timeout`
-    after its first byte.
+    Handshake: the connection's channel (PROXY header, TLS, authentication)
+    not open `handshake_timeout` after accept. Idle: no whole message moved in
+    either direction for `idle_timeout` (stray bytes do not count). Slow: a
+    message not complete `message_timeout` after its first byte.
     """
 
-    __slots__ = ("_idle_timeout", "_last_activity", "_message_started", "_message_timeout")
+    __slots__ = (
+        "_handshake_due",
+        "_handshake_timeout",
+        "_idle_timeout",
+        "_last_activity",
+        "_message_started",
+        "_message_timeout",
+    )
 
-    def __init__(self, idle_timeout: float | None, message_timeout: float | None) -> None:
+    def __init__(
+        self, idle_timeout: float | None, message_timeout: float | None, handshake_timeout: float | None = None
+    ) -> None:
         self._idle_timeout = idle_timeout
         self._message_timeout = message_timeout
-        self._last_activity = time.monotonic()
+        self._last_activity = now = time.monotonic()
         self._message_started: float | None = None
+        self._handshake_timeout = handshake_timeout
+        self._handshake_due = None if handshake_timeout is None else now + handshake_timeout
 
     @property
     def is_active(self) -> bool:
         """True when any deadline is configured at all."""
-        return self._idle_timeout is not None or self._message_timeout is not None
+        return self._idle_timeout is not None or self._message_timeout is not None or self._handshake_due is not None
+
+    def handshake_done(self) -> None:
+        """The channel is open: idle time counts from now."""
+        self._handshake_due = None
+        self._last_activity = time.monotonic()
 
     def moved(self) -> None:
         """A whole message was received or sent."""
@@ -59,6 +76,8 @@ class Deadlines:
 
     def next_due(self) -> float | None:
         """The `time.monotonic()` when the earliest deadline falls, or None."""
+        if self._handshake_due is not None:
+            return self._handshake_due
         dues = []
         if self._idle_timeout is not None:
             dues.append(self._last_activity + self._idle_timeout)
@@ -67,8 +86,17 @@ class Deadlines:
         return min(dues) if dues else None
 
     def expired(self) -> Timeout | None:
-        """The `Timeout` to close the connection with, if a deadline has passed."""
+        """The `Timeout` to close the connection with, if a deadline has passed.
+
+        A handshake that ran out gives a `Timeout` whose message the engine
+        replaces with its channel's account (`Channel.timed_out`).
+        """
         now = time.monotonic()
+        if self._handshake_due is not None:
+            if now < self._handshake_due:
+                return None
+            seconds = self._handshake_timeout or 0.0
+            return Timeout(f"handshake not complete within {seconds} s", seconds=seconds)
         idle, per_message = self._idle_timeout, self._message_timeout
         if idle is not None and now >= self._last_activity + idle:
             return Timeout(f"no message moved for {idle} s", seconds=idle)

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
+from .._channel import ChannelSpec
+from ..address import format_address
 from ..framing import Framing
+from ._deadlines import Deadlines
 from ._handler import Handler, logger
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "accept_ready",
     "logger",
     "refuse_if_full",
+    "refuse_untrusted",
 ]
 
 
@@ -113,7 +117,11 @@ class Stats:
         bytes_in: bytes received, framing included.
         bytes_out: bytes sent, framing included.
         errors: connections closed by an error: a handler that raised, the
-            peer's bad bytes, a timeout, a reset.
+            peer's bad bytes, a timeout, a reset, a failed handshake.
+        handshake_errors: connections closed before the handler saw them: a
+            TLS handshake or authentication that failed or stalled, a missing,
+            malformed or untrusted PROXY header (also counted in `errors`,
+            except untrusted sources, which were never admitted).
     """
 
     accepted: int = 0
@@ -124,6 +132,7 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     errors: int = 0
+    handshake_errors: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         """Add two snapshots field by field (to sum several processes)."""
@@ -142,6 +151,7 @@ class Counters:
         self._elsewhere: dict[int, Stats] = {}  # other processes' latest reports
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
+        self.handshake_errors = 0
 
     def opened(self) -> None:
         """Count a connection admitted."""
@@ -154,6 +164,11 @@ class Counters:
         with self._lock:
             self.active -= 1
             self.errors += error
+
+    def handshake_failed(self, count: int = 1) -> None:
+        """Count connections whose handshake failed (closed without reaching the handler)."""
+        with self._lock:
+            self.handshake_errors += count
 
     def withdrawn(self) -> None:
         """Take back `opened()`: the connection could not be served yet."""
@@ -188,9 +203,12 @@ class Counters:
         with self._lock:
             own = Stats(
                 self.accepted, self.rejected, self.active, self.messages_in,
-                self.messages_out, self.bytes_in, self.bytes_out, self.errors,
+                self.messages_out, self.bytes_in, self.bytes_out, self.errors, self.handshake_errors,
             )  # fmt: skip
             return sum(self._elsewhere.values(), own)
+
+
+_PLAIN: Final = ChannelSpec(server_side=True)  # no PROXY header, no TLS, no authentication
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +221,13 @@ class EngineConfig:
     max_connections: int
     idle_timeout: float | None
     message_timeout: float | None
+    channel: ChannelSpec = _PLAIN
+    handshake_timeout: float | None = None
+
+    def deadlines(self) -> Deadlines:
+        """The deadlines of a new connection (a handshake deadline when it needs one)."""
+        handshake = None if self.channel.is_plain else self.handshake_timeout
+        return Deadlines(self.idle_timeout, self.message_timeout, handshake)
 
 
 class Engine(Protocol):
@@ -231,6 +256,17 @@ def refuse_if_full(config: EngineConfig, sock: socket.socket) -> bool:
     if config.counters.active < config.max_connections:
         return False
     config.counters.refused()
+    sock.close()
+    return True
+
+
+def refuse_untrusted(config: EngineConfig, sock: socket.socket, address: object) -> bool:
+    """Close `sock` at once, and count it, if it must send a PROXY header and may not."""
+    spec = config.channel
+    if spec.proxy_protocol == "off" or spec.is_trusted(address):
+        return False
+    logger.info("closing %s: not in proxy_trusted, so it may not send a PROXY header", format_address(address))
+    config.counters.handshake_failed()
     sock.close()
     return True
 

@@ -29,16 +29,20 @@ class Peer:
 
     Attributes:
         address: the client's address as the socket module gives it (a
-            ``(host, port)`` tuple for TCP).
+            ``(host, port)`` tuple for TCP). Behind a balancer that sends
+            PROXY headers, the original client's address.
+        proxy_address: the balancer's address when the connection came with a
+            PROXY header naming another client; None otherwise.
         data: a dict for the handler's per-connection state.
     """
 
-    __slots__ = ("_encode", "_link", "address", "data")
+    __slots__ = ("_encode", "_link", "address", "data", "proxy_address")
 
     def __init__(self, link: Link, address: object, encode: Callable[[Any], Buffer] | None = None) -> None:
         self._link = link
         self._encode = encode
         self.address = address
+        self.proxy_address: object = None
         self.data: dict[str, Any] = {}
 
     def __repr__(self) -> str:

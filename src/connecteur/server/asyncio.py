@@ -30,10 +30,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
+from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
-from ._deadlines import Deadlines
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -43,6 +43,7 @@ from ._engine import (
     accept_ready,
     logger,
     refuse_if_full,
+    refuse_untrusted,
 )
 from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
@@ -148,7 +149,7 @@ class AsyncioEngine:
             self._loop.add_reader(self._listener, self._accept_some)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        if refuse_if_full(self._config, sock):
+        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
             return False
         loop = self._loop
         assert loop is not None
@@ -207,7 +208,10 @@ class _AioLink(asyncio.BufferedProtocol):
         self._engine = engine
         self._config = engine._config
         self._decoder = self._config.framing.decoder()
-        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
+        self._deadlines = self._config.deadlines()
+        # PROXY header, TLS, authentication; None once open if it has nothing left to do.
+        self._channel = self._config.channel.open(address)
+        self._announced = False  # the handler's connected() was called
         self._transport: asyncio.Transport | None = None
         self._tail: asyncio.Future[None] | None = None  # the last async reply in the chain
         self._pending = 0  # async replies in flight
@@ -265,6 +269,14 @@ class _AioLink(asyncio.BufferedProtocol):
         # uvloop's transports quack like asyncio.Transport without inheriting it.
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        if self._channel is not None:
+            self._write_raw(self._channel.data_to_send())
+            self._arm_timer()
+            return
+        self._announce()
+
+    def _announce(self) -> None:
+        self._announced = True
         try:
             started = self._config.handler.connected(self.peer)
         except HandlerFailed as exc:
@@ -278,18 +290,50 @@ class _AioLink(asyncio.BufferedProtocol):
         return self._engine._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        data: Buffer = self._engine._view[:nbytes]
+        if self._channel is not None:
+            received = self._through_channel(data)
+            if received is None or not self._announced:
+                return  # closed, or still in the handshake
+            data = received
         try:
-            messages = self._decoder.feed(self._engine._view[:nbytes])
+            messages = self._decoder.feed(data)
         except FramingError as exc:
             self._dispatch(exc.messages)
             self._fail(exc)
             return
-        self._config.counters.received(len(messages), nbytes)
+        self._config.counters.received(len(messages), len(data))
         if self._deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
         self._dispatch(messages)
 
+    def _through_channel(self, data: Buffer) -> Buffer | None:
+        """Pass what was read through the channel; None if the connection ended."""
+        channel = self._channel
+        assert channel is not None
+        was_open = channel.is_open
+        try:
+            data = channel.receive(data)
+        except HANDSHAKE_ERRORS as exc:
+            self._write_raw(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
+            self._fail(exc)
+            return None
+        self._write_raw(channel.data_to_send())
+        if not was_open and channel.is_open:
+            self._deadlines.handshake_done()
+            self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
+            if not channel.encrypts:
+                self._channel = None
+            self._announce()
+        return data if self.is_open else None
+
     def eof_received(self) -> bool:
+        if self._channel is not None and not self._channel.is_open:
+            try:
+                self._channel.receive_eof()
+            except HANDSHAKE_ERRORS as exc:
+                self._fail(exc)
+                return False
         try:
             messages = self._decoder.eof()
         except FramingError as exc:
@@ -310,6 +354,10 @@ class _AioLink(asyncio.BufferedProtocol):
         error = self._error if self._error is not None else exc
         self._config.counters.closed(error=error is not None)
         self._engine.forget(self)
+        if not self._announced:  # the handshake failed: the handler never saw this peer
+            if error is not None:
+                self._config.counters.handshake_failed()
+            return
         try:
             ended = self._config.handler.closed(self.peer, error)
         except HandlerFailed as failure:
@@ -405,12 +453,18 @@ class _AioLink(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or not self.is_open or transport.is_closing():
             return
-        transport.write(data)
+        transport.write(data if self._channel is None else self._channel.send(data))
         self._deadlines.moved()
         self._config.counters.sent(messages, len(data))
         queued = transport.get_write_buffer_size()
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
+
+    def _write_raw(self, data: bytes) -> None:
+        """Write handshake bytes, which are no messages."""
+        transport = self._transport
+        if data and transport is not None and self.is_open and not transport.is_closing():
+            transport.write(data)
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -427,6 +481,9 @@ class _AioLink(asyncio.BufferedProtocol):
     def _close_when_flushed(self) -> None:
         """Close once no async reply is in flight; the transport flushes its buffer itself."""
         if self._transport is not None and self.is_open and self._pending == 0:
+            if self._channel is not None and self._channel.is_open:
+                self._write_raw(self._channel.close_write())  # TLS close_notify: a clean end, not a truncation
+                self._channel = None
             self._transport.close()
 
     # --- deadlines --------------------------------------------------------------
@@ -447,6 +504,9 @@ class _AioLink(asyncio.BufferedProtocol):
         if not self.is_open:
             return
         if (expired := self._deadlines.expired()) is not None:
+            if self._channel is not None and not self._channel.is_open:
+                self._fail(self._channel.timed_out(expired.seconds))
+                return
             self._fail(expired)
         else:
             self._arm_timer()

@@ -45,6 +45,7 @@ from ._engine import (
     accept_ready,
     logger,
     refuse_if_full,
+    refuse_untrusted,
 )
 from ._fork import Reports, become_child, fork, write_report
 from .threads import BlockingLink
@@ -122,7 +123,7 @@ class ProcessesEngine:
             selector.unregister(listener)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        if refuse_if_full(self._config, sock):
+        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
             return False
         counters = self._config.counters
         try:
@@ -177,6 +178,7 @@ class ProcessesEngine:
         counters.received(report.messages_in, report.bytes_in)
         counters.sent(report.messages_out, report.bytes_out)
         counters.closed(error=report.errors > 0)
+        counters.handshake_failed(report.handshake_errors)
 
     def _wait_for_children(self) -> None:
         """Reap children as they end, until none is left or the stop deadline passes."""

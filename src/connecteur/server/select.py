@@ -35,10 +35,10 @@ from collections.abc import Callable
 from typing import Final
 
 from .. import _socket
+from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer
-from ._deadlines import Deadlines
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -48,6 +48,7 @@ from ._engine import (
     accept_ready,
     logger,
     refuse_if_full,
+    refuse_untrusted,
 )
 from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
@@ -166,7 +167,7 @@ class SelectEngine:
             self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        if refuse_if_full(self._config, sock):
+        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
             return False
         counters = self._config.counters
         sock.setblocking(False)
@@ -232,7 +233,9 @@ class _SelectLink:
     """One non-blocking connection, driven by the engine's loop."""
 
     __slots__ = (
+        "_announced",
         "_batch",
+        "_channel",
         "_closing",
         "_config",
         "_deadlines",
@@ -264,8 +267,11 @@ class _SelectLink:
         # While handler calls run, the replies (and peer.send() messages) they
         # produce, to leave in one write after them; a close waits for them.
         self._batch: list[bytes] | None = None
-        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
+        self._deadlines = self._config.deadlines()
         self._timer_due: float | None = None
+        # PROXY header, TLS, authentication; None once open if it has nothing left to do.
+        self._channel = self._config.channel.open(address)
+        self._announced = False  # the handler's connected() was called
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -295,6 +301,9 @@ class _SelectLink:
         self._finish(None)
 
     def _close_when_flushed(self) -> None:
+        if self._channel is not None and self._channel.is_open:
+            self._write(self._channel.close_write())  # TLS close_notify: a clean end, not a truncation
+            self._channel = None
         if self._queued:
             self._set_events(_WRITE)
         else:
@@ -303,13 +312,44 @@ class _SelectLink:
     # --- the loop's side --------------------------------------------------------
 
     def start(self) -> None:
-        """Tell the handler, and arm the timers."""
+        """Tell the handler (or begin the handshake), and arm the timers."""
+        if self._channel is not None:
+            self._write(self._channel.data_to_send())
+            self._arm_timer()
+            return
+        self._announce()
+
+    def _announce(self) -> None:
+        self._announced = True
         try:
             self._config.handler.connected(self.peer)
         except HandlerFailed as exc:
             self._fail(exc)
             return
         self._arm_timer()
+
+    def _through_channel(self, data: Buffer) -> Buffer | None:
+        """Pass what was read through the channel; None if the connection ended."""
+        channel = self._channel
+        assert channel is not None
+        was_open = channel.is_open
+        try:
+            if data:
+                data = channel.receive(data)
+            else:
+                channel.receive_eof()
+        except HANDSHAKE_ERRORS as exc:
+            self._write(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
+            self._fail(exc)
+            return None
+        self._write(channel.data_to_send())
+        if not was_open and channel.is_open:
+            self._deadlines.handshake_done()
+            self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
+            if not channel.encrypts:
+                self._channel = None
+            self._announce()
+        return data if self.is_open else None
 
     def on_readable(self) -> None:
         """Read once, hand every complete message to the handler, queue the replies."""
@@ -321,13 +361,21 @@ class _SelectLink:
         except OSError as exc:
             self._fail(exc)
             return
+        data: Buffer = engine._view[:count]
+        if self._channel is not None:
+            received = self._through_channel(data)
+            if received is None:
+                return
+            if not self._announced:
+                return  # still in the handshake
+            data = received
         try:
-            messages = self._decoder.feed(engine._view[:count]) if count else self._decoder.eof()
+            messages = self._decoder.feed(data) if count else self._decoder.eof()
         except FramingError as exc:
             self._dispatch(exc.messages)
             self._fail(exc)
             return
-        self._config.counters.received(len(messages), count)
+        self._config.counters.received(len(messages), len(data))
         if self._deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
         if not self._dispatch(messages):
@@ -371,11 +419,17 @@ class _SelectLink:
         return self.is_open
 
     def _push(self, data: bytes, messages: int) -> None:
-        """Write `data` now as far as the socket takes it; queue the rest."""
+        """Send `messages` messages: count them, and write them (encrypted with TLS)."""
         if not self.is_open:
             return
         self._deadlines.moved()
         self._config.counters.sent(messages, len(data))
+        self._write(data if self._channel is None else self._channel.send(data))
+
+    def _write(self, data: bytes) -> None:
+        """Write `data` now as far as the socket takes it; queue the rest."""
+        if not self.is_open or not data:
+            return
         if self._queued:
             self._outgoing.append(memoryview(data))
             self._queued += len(data)
@@ -459,6 +513,9 @@ class _SelectLink:
         """Its heap entry came due: close on an expired deadline, else re-arm."""
         self._timer_due = None
         if (expired := self._deadlines.expired()) is not None:
+            if self._channel is not None and not self._channel.is_open:
+                self._fail(self._channel.timed_out(expired.seconds))
+                return
             self._fail(expired)
         else:
             self._arm_timer()
@@ -478,6 +535,10 @@ class _SelectLink:
         self._outgoing.clear()
         self._queued = 0
         self._config.counters.closed(error=error is not None)
+        if not self._announced:  # the handshake failed: the handler never saw this peer
+            if error is not None:
+                self._config.counters.handshake_failed()
+            return
         try:
             self._config.handler.closed(self.peer, error)
         except HandlerFailed as exc:

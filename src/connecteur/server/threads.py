@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Final
 
 from .. import _socket
+from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer
-from ._deadlines import Deadlines
+from ..framing import Buffer, Decoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -36,6 +36,7 @@ from ._engine import (
     accept_ready,
     logger,
     refuse_if_full,
+    refuse_untrusted,
 )
 from ._handler import HandlerFailed, log_closing
 from ._peer import Peer
@@ -105,7 +106,7 @@ class ThreadsEngine:
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
         """Serve a new connection in a thread of its own; True if no thread could start."""
-        if refuse_if_full(self._config, sock):
+        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
             return False
         counters = self._config.counters
         sock.setblocking(True)
@@ -165,7 +166,11 @@ class BlockingLink:
         self._aborted = False  # the stop deadline passed
         self._closed = False
         self._thread_id = 0
-        self._deadlines = Deadlines(self._config.idle_timeout, self._config.message_timeout)
+        self._deadlines = self._config.deadlines()
+        self._channel = self._config.channel.open(address)
+        # With TLS, decrypting (the own thread) and encrypting (any sender) must
+        # not run at once in OpenSSL; held only around the crypto, never across I/O.
+        self._crypto_lock = threading.Lock()
         self.peer = Peer(self, address, self._config.handler.encode_value)
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -180,7 +185,13 @@ class BlockingLink:
         with self._lock:
             if self._closed:
                 raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
-            self._sock.sendall(data)
+            channel = self._channel
+            if channel is None:
+                self._sock.sendall(data)
+            else:
+                with self._crypto_lock:
+                    wire = channel.send(data)
+                self._sock.sendall(wire)
         self._deadlines.moved()
         self._config.counters.sent(1, len(data))
 
@@ -208,8 +219,13 @@ class BlockingLink:
         handler, peer = self._config.handler, self.peer
         error: BaseException | None = None
         try:
+            received = self._open_channel()
+        except (*HANDSHAKE_ERRORS, OSError) as exc:
+            self._end_handshake(exc)
+            return
+        try:
             handler.connected(peer)
-            error = self._serve()
+            error = self._serve(received)
         except HandlerFailed as exc:
             error = exc
         except Exception as exc:  # a bug of ours: keep the server alive, but say it
@@ -220,10 +236,46 @@ class BlockingLink:
                 error = log_closing(peer.address, error)
             with self._lock:
                 self._closed = True
+                if error is None and not self._aborted:
+                    self._say_goodbye()
                 self._sock.close()
             self._config.counters.closed(error=error is not None)
             self._report_closed(error)
             self._on_end(self)
+
+    def _say_goodbye(self) -> None:
+        """Send TLS's close_notify, if the socket takes it now: a clean end, not a truncation."""
+        if self._channel is not None:
+            with self._crypto_lock:
+                data = self._channel.close_write()
+            with contextlib.suppress(OSError):
+                self._sock.setblocking(False)
+                self._sock.send(data)
+
+    def _open_channel(self) -> Buffer:
+        """Run the PROXY, TLS and authentication handshakes; return the bytes after them."""
+        channel = self._channel
+        if channel is None:
+            return b""
+        received = _socket.handshake(self._sock, channel, self._config.handshake_timeout)
+        self._deadlines.handshake_done()
+        self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
+        if not channel.encrypts:
+            self._channel = None
+        return received
+
+    def _end_handshake(self, error: BaseException) -> None:
+        """The handshake failed: close without the handler ever seeing this peer."""
+        if not self._aborted:
+            log_closing(self.peer.address, error)
+        with self._lock:
+            self._closed = True
+            self._sock.close()
+        counters = self._config.counters
+        counters.closed(error=not self._aborted)
+        if not self._aborted:
+            counters.handshake_failed()
+        self._on_end(self)
 
     def _report_closed(self, error: BaseException | None) -> None:
         try:
@@ -231,9 +283,11 @@ class BlockingLink:
         except HandlerFailed as exc:
             logger.error("%s", exc, exc_info=exc.__cause__)
 
-    def _serve(self) -> BaseException | None:
+    def _serve(self, received: Buffer) -> BaseException | None:
         """The receive loop. Returns the error that ended it, or None after a clean end."""
         sock, decoder = self._sock, self._config.framing.decoder()
+        if received and (error := self._deliver(decoder, received, at_eof=False)):
+            return error
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
         deadlines = self._deadlines
@@ -251,18 +305,29 @@ class BlockingLink:
                 return None if self._aborted or self._closing else exc
             if self._aborted or self._closing:
                 return None
-            try:
-                messages = decoder.feed(view[:count]) if count else decoder.eof()
-            except FramingError as exc:
-                self._dispatch(exc.messages)
-                return exc
-            self._config.counters.received(len(messages), count)
-            deadlines.received(bool(messages), decoder.buffered)
-            if error := self._dispatch(messages):
+            data: Buffer = view[:count]
+            if self._channel is not None and count:
+                try:
+                    with self._crypto_lock:
+                        data = self._channel.receive(data)
+                except HANDSHAKE_ERRORS as exc:
+                    return exc
+            if error := self._deliver(decoder, data, at_eof=not count):
                 return error
             if not count:
                 return None
         return None
+
+    def _deliver(self, decoder: Decoder, data: Buffer, *, at_eof: bool) -> BaseException | None:
+        """Decode what was read (or the end of stream) and answer every message."""
+        try:
+            messages = decoder.eof() if at_eof else decoder.feed(data)
+        except FramingError as exc:
+            self._dispatch(exc.messages)
+            return exc
+        self._config.counters.received(len(messages), len(data))
+        self._deadlines.received(bool(messages), decoder.buffered)
+        return self._dispatch(messages)
 
     def _dispatch(self, messages: list[bytes]) -> OSError | None:
         """Hand each message to the handler and send its reply, in order."""
