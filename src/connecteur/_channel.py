@@ -30,7 +30,7 @@ from typing import Final, Literal, cast, final
 
 from ._auth import Authenticator
 from ._tls import TlsSession
-from .address import format_address
+from .address import Address, TcpAddress, format_address
 from .errors import AuthenticationError, ConnecteurError, ConnectionClosed, ProxyProtocolError, Timeout
 from .framing import Buffer
 from .proxy_protocol import ProxyHeader, ProxyHeaderReader
@@ -115,6 +115,27 @@ class ChannelSpec:
             raise ValueError(f"proxy_trusted: {exc}") from None
         mode = cast(ProxyMode, proxy_protocol)
         return cls(server_side, tls, server_hostname, auth_key, allow_legacy_auth, mode, trusted, "unix" in names)
+
+    @classmethod
+    def for_client(
+        cls,
+        address: Address,
+        *,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+        auth_key: bytes | None,
+        allow_legacy_auth: bool,
+    ) -> ChannelSpec:
+        """A client's spec: the certificate must name `server_hostname`, by default the host of `address`."""
+        if tls is not None and server_hostname is None and isinstance(address, TcpAddress):
+            server_hostname = address.host or "localhost"
+        return cls.build(
+            server_side=False,
+            tls=tls,
+            server_hostname=server_hostname,
+            auth_key=auth_key,
+            allow_legacy_auth=allow_legacy_auth,
+        )
 
     @property
     def is_plain(self) -> bool:

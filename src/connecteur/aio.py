@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -27,10 +28,11 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast, final
 
 from . import _socket
+from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
 from .address import AddressLike, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Framing, LengthPrefixed
+from .framing import Buffer, Framing, LengthPrefixed
 from .server import Stats, engine_config
 from .server._engine import EngineConfig
 from .server.asyncio import AsyncioEngine
@@ -53,6 +55,11 @@ async def connect(
     framing: Framing | None = None,
     codec: Codec | None = None,
     timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> Connection:
     """Connect to a server and return an asyncio `Connection`.
 
@@ -62,15 +69,25 @@ async def connect(
         codec: turns values into messages and back (`connecteur.codecs`).
         timeout: seconds allowed for connecting and then for each `send`,
             `recv` or `request`; ``None`` waits for ever.
+        tls, server_hostname, auth_key, allow_legacy_auth, handshake_timeout:
+            as for the blocking `connecteur.connect`.
 
     Raises:
         AddressError: the address cannot be parsed.
-        Timeout: the connection was not established within `timeout`.
+        Timeout: the connection was not established within `timeout`, or
+            the TLS handshake within `handshake_timeout`.
+        AuthenticationError: the server does not hold `auth_key`, or sent no
+            challenge within `handshake_timeout`.
+        ssl.SSLError: the TLS handshake failed.
+        ConnectionClosed: the server closed the connection during the handshake.
         OSError: the connection failed (refused, unreachable, ...).
     """
     parsed = parse_address(address)
+    spec = ChannelSpec.for_client(
+        parsed, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
+    )
     loop = asyncio.get_running_loop()
-    protocol = _ClientProtocol(framing if framing is not None else LengthPrefixed())
+    protocol = _ClientProtocol(framing if framing is not None else LengthPrefixed(), spec)
     try:
         async with asyncio.timeout(timeout):
             if isinstance(parsed, UnixAddress):
@@ -79,14 +96,23 @@ async def connect(
                 await loop.create_connection(lambda: protocol, parsed.host or "localhost", parsed.port)
     except TimeoutError as exc:
         raise Timeout(f"connecting to {parsed} timed out after {timeout} s", seconds=timeout or 0.0) from exc
+    try:
+        await protocol.wait_open(handshake_timeout)
+    except BaseException:
+        if protocol.transport is not None:
+            protocol.transport.abort()
+        raise
     return Connection(protocol, codec=codec, timeout=timeout)
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
     """Receives into one buffer, decodes, and wakes whoever waits for a message."""
 
-    def __init__(self, framing: Framing) -> None:
+    def __init__(self, framing: Framing, spec: ChannelSpec | None = None) -> None:
         self.framing = framing
+        self._spec = spec
+        self.channel: Channel | None = None  # TLS and authentication; None once open unless it encrypts
+        self.opened: asyncio.Future[None] | None = None  # done when the channel is open
         self.decoder = framing.decoder()
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
@@ -107,13 +133,66 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             _socket.configure_stream(sock)
+        self.opened = self.closed.get_loop().create_future()
+        if self._spec is not None:
+            self.channel = self._spec.open(transport.get_extra_info("peername"))
+        if self.channel is None:
+            self.opened.set_result(None)
+        else:
+            self.transport.write(self.channel.data_to_send())
+
+    async def wait_open(self, timeout: float | None) -> None:
+        """Wait for the handshakes to finish.
+
+        Raises:
+            the handshake's error, or `Channel.timed_out`'s after `timeout`.
+        """
+        assert self.opened is not None
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.opened)
+        except TimeoutError:
+            if self.channel is not None and not self.opened.done():
+                raise self.channel.timed_out(timeout or 0.0) from None
+            raise
+
+    def _through_channel(self, data: Buffer) -> Buffer:
+        channel, opened = self.channel, self.opened
+        assert channel is not None and opened is not None and self.transport is not None
+        try:
+            data = channel.receive(data)
+        except HANDSHAKE_ERRORS as exc:
+            self.transport.write(channel.data_to_send())  # an alert or #FAILURE# for the server
+            self._fail_handshake(exc)
+            raise
+        if out := channel.data_to_send():
+            self.transport.write(out)
+        if channel.is_open and not opened.done():
+            opened.set_result(None)
+            if not channel.encrypts:
+                self.channel = None
+        return data
+
+    def _fail_handshake(self, error: BaseException) -> None:
+        self.failure = error
+        if self.opened is not None and not self.opened.done():
+            self.opened.set_exception(error)
+            self.opened.exception()  # retrieved here too: connect() may already have given up
+        if self.transport is not None:
+            self.transport.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        data: Buffer = self.view[:nbytes]
+        if self.channel is not None:
+            try:
+                data = self._through_channel(data)
+            except HANDSHAKE_ERRORS:
+                return
         try:
-            self.ready.extend(self.decoder.feed(self.view[:nbytes]))
+            self.ready.extend(self.decoder.feed(data))
         except FramingError as exc:
             self.ready.extend(exc.messages)
             self.failure = exc
@@ -124,6 +203,12 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.peer_ended = True
+        if self.channel is not None and not self.channel.is_open:
+            try:
+                self.channel.receive_eof()
+            except HANDSHAKE_ERRORS as exc:
+                self._fail_handshake(exc)
+                return False
         try:
             self.ready.extend(self.decoder.eof())
         except FramingError as exc:
@@ -135,6 +220,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.lost = True
         if exc is not None and self.failure is None:
             self.failure = exc
+        if self.opened is not None and not self.opened.done():
+            self._fail_handshake(self.failure or ConnectionClosed("the connection closed during the handshake"))
         self._wake()
         for future in (self.writable, self.closed):
             if future is not None and not future.done():
@@ -235,7 +322,7 @@ class Connection:
                 if isinstance(protocol.failure, OSError)
                 else ConnectionResetError(f"the connection to {format_address(self.address)} is lost")
             )
-        self._transport.write(data)
+        self._transport.write(data if protocol.channel is None else protocol.channel.send(data))
         if protocol.writable is not None:
             await self._within_timeout(asyncio.shield(protocol.writable), "sending to")
 
@@ -305,13 +392,22 @@ class Connection:
         if self._write_closed or self._closed or self._protocol.lost:
             return
         self._write_closed = True
+        self._say_goodbye()
         if self._transport.can_write_eof():
             self._transport.write_eof()
+
+    def _say_goodbye(self) -> None:
+        """Queue TLS's close_notify: a clean end of this side's stream, not a truncation."""
+        channel = self._protocol.channel
+        if channel is not None:
+            self._transport.write(channel.close_write())
 
     async def close(self) -> None:
         """Close the connection and wait until the transport is gone. Idempotent."""
         if not self._closed:
             self._closed = True
+            if not self._write_closed and not self._protocol.lost:
+                self._say_goodbye()
             self._transport.close()
         closed = self._protocol.closed
         if closed is not None:

@@ -25,7 +25,7 @@ from typing import Any, Final, Self, final
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
-from .address import AddressLike, TcpAddress, format_address, parse_address
+from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Decoder, Framing, LengthPrefixed
@@ -87,14 +87,8 @@ def connect(
         OSError: the connection failed (refused, unreachable, ...).
     """
     where = parse_address(address)
-    if tls is not None and server_hostname is None and isinstance(where, TcpAddress):
-        server_hostname = where.host or "localhost"
-    spec = ChannelSpec.build(
-        server_side=False,
-        tls=tls,
-        server_hostname=server_hostname,
-        auth_key=auth_key,
-        allow_legacy_auth=allow_legacy_auth,
+    spec = ChannelSpec.for_client(
+        where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
     sock = _socket.open_connection(where, timeout)
     try:
