@@ -209,6 +209,16 @@ class Connection:
         state = "closed" if self._closed else "open"
         return f"<Connection {state} to {format_address(self.address)} framing={self.framing!r}>"
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds allowed for each `send`, `recv` or `request` (None: for ever); settable."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._sock.settimeout(seconds)
+        self._timeout = seconds
+
     # --- sending ---------------------------------------------------------------
 
     def send(self, message: Any) -> None:

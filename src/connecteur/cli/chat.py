@@ -23,7 +23,6 @@ import socket
 import sys
 from typing import Any, Final
 
-from .. import _socket
 from ..address import Address
 from ..connection import Connection
 from ..errors import ConnecteurError
@@ -37,6 +36,7 @@ from ._options import (
     seconds_argument,
     show_bytes,
 )
+from ._security import add_security_options, connect_or_fail
 
 __all__ = ["add_parser", "run"]
 
@@ -60,31 +60,28 @@ def add_parser(commands: Any) -> None:
         "--timeout", type=seconds_argument, default=10.0, metavar="S",
         help="seconds to connect, and to wait for the server to close after the input ends (default 10)",
     )  # fmt: skip
+    add_security_options(parser, "client")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Chat until standard input ends; return 0 once the server has closed too."""
     address: Address = args.address
-    try:
-        sock = _socket.open_connection(address, args.timeout)
-    except ConnecteurError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot connect to {address}: {exc.strerror or exc}")
+    conn = connect_or_fail(address, args, framing=args.framing)
+    conn.timeout = None  # a room may stay silent for long
     wake, wake_up = socket.socketpair()
-    with wake, wake_up, Connection(sock, framing=args.framing) as conn:
+    with wake, wake_up, conn:
         printer = Printer(conn, show_bytes, name="connecteur chat: messages", on_end=lambda: _wake(wake_up))
         printer.start()
         try:
             conn.send(args.name.encode())
             input_ended = _send_lines(conn, wake)
         except (ConnecteurError, OSError) as exc:
-            _hang_up(sock, printer)
+            _hang_up(conn, printer)
             fail(f"sending to {address}: {exc}")
         printer.join(args.timeout)
         if printer.is_alive():
-            _hang_up(sock, printer)
+            _hang_up(conn, printer)
             fail(f"{address} did not close the chat within {args.timeout} s after the end of input")
     if printer.error is not None:
         fail(f"receiving from {address}: {printer.error}")
@@ -133,8 +130,8 @@ def _wake(wake_up: socket.socket) -> None:
         wake_up.send(b"\0")
 
 
-def _hang_up(sock: socket.socket, printer: Printer) -> None:
+def _hang_up(conn: Connection, printer: Printer) -> None:
     """Wake the reader (a close alone does not wake a blocked ``recv``) and let it finish."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.shutdown(socket.SHUT_RDWR)  # a shutdown acts on the connection, whichever descriptor names it
     printer.join(1.0)

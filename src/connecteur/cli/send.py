@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .. import _socket
 from ..address import Address
 from ..codecs import Codec, Text
 from ..connection import Connection
@@ -32,6 +31,7 @@ from ._options import (
     seconds_argument,
     show_bytes,
 )
+from ._security import add_security_options, connect_or_fail
 
 __all__ = ["add_parser", "run"]
 
@@ -48,6 +48,7 @@ def add_parser(commands: Any) -> None:
         "--codec", type=codec_argument, help=f"{CODEC_NAMES}: messages are JSON texts (text: strings), replies shown so"
     )
     parser.add_argument("--timeout", type=seconds_argument, default=10.0, metavar="S", help="seconds (default 10)")
+    add_security_options(parser, "client")
     parser.set_defaults(run=run)
 
 
@@ -58,13 +59,8 @@ def run(args: argparse.Namespace) -> int:
     messages: Iterable[Any] = []
     if args.messages:
         messages = [_value(codec, m.encode()) for m in args.messages]  # bad JSON: usage error, before connecting
-    try:
-        sock = _socket.open_connection(address, args.timeout)
-    except ConnecteurError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot connect to {address}: {exc.strerror or exc}")
-    with Connection(sock, framing=args.framing, codec=codec) as conn:
+    with connect_or_fail(address, args, framing=args.framing, codec=codec) as conn:
+        conn.timeout = None  # --timeout bounds the wait for the last replies instead
         printer = Printer(conn, lambda reply: _show(codec, reply), name="connecteur send: replies")
         printer.start()
         if not args.messages:

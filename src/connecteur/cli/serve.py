@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
 from ..address import format_address
 from ..server import ENGINES, Server
 from ..server.asyncio import LOOPS
@@ -19,6 +20,7 @@ from ._options import (
     framing_argument,
     seconds_argument,
 )
+from ._security import add_security_options, security_options
 
 __all__ = ["add_parser", "run"]
 
@@ -51,7 +53,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
     parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
     parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
+    parser.add_argument("--handshake-timeout", type=seconds_argument, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection's end")
+    add_security_options(parser, "server")
     parser.set_defaults(run=run)
 
 
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
             message_timeout=args.message_timeout,
+            handshake_timeout=args.handshake_timeout,
+            **security_options(args, "server"),
         )
     except ValueError as exc:
         fail(str(exc), status=2)
