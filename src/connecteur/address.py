@@ -111,7 +111,13 @@ def _parse_tuple(value: tuple[object, ...]) -> TcpAddress:
     port = value[1]
     if isinstance(port, bool) or not 0 <= port <= 65535:
         raise AddressError(f"bad address {value!r}: port must be 0..65535")
-    return TcpAddress(value[0], port)
+    host = value[0]
+    scope = value[3] if len(value) == 4 else 0
+    if isinstance(scope, int) and scope and "%" not in host:
+        # A link-local address means nothing without its interface: keep it
+        # the way getaddrinfo() reads it back ("fe80::1%2").
+        host = f"{host}%{scope}"
+    return TcpAddress(host, port)
 
 
 def _parse_port(text: str, whole: str) -> int:

@@ -92,7 +92,7 @@ def connect(
     )
     sock = _socket.open_connection(where, timeout)
     try:
-        channel = spec.open(sock.getpeername())
+        channel = spec.open(where)
         received = b"" if channel is None else _socket.handshake(sock, channel, handshake_timeout)
     except BaseException:
         sock.close()

@@ -174,3 +174,9 @@ def test_any_port_out_of_range_is_refused(port: int) -> None:
         parse_address(f"host:{port}")
     with pytest.raises(AddressError):
         parse_address(("host", port))
+
+
+def test_ipv6_scope_is_kept_from_a_string_and_from_a_tuple() -> None:
+    assert parse_address("[fe80::1%eth0]:80") == TcpAddress("fe80::1%eth0", 80)
+    assert parse_address(("fe80::1", 80, 0, 3)) == TcpAddress("fe80::1%3", 80)
+    assert parse_address(("::1", 80, 0, 0)) == TcpAddress("::1", 80)

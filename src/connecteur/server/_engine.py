@@ -113,7 +113,9 @@ class Stats:
         rejected: connections closed at once because `max_connections` was reached.
         active: connections open now.
         messages_in: whole messages received.
-        messages_out: messages sent (replies and `peer.send`).
+        messages_out: messages sent (replies and `peer.send`); on the event-loop
+            engines, counted when queued, so a reply queued to a peer that then
+            vanishes still counts.
         bytes_in: bytes received, framing included.
         bytes_out: bytes sent, framing included.
         errors: connections closed by an error: a handler that raised, the
