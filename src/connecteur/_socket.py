@@ -22,10 +22,12 @@ from .framing import Buffer
 __all__ = [
     "bound_address",
     "check_connected",
+    "check_listening",
     "configure_stream",
     "handshake",
     "listen",
     "open_connection",
+    "socket_address",
     "start_connection",
     "timeouts_as",
     "unlink_unix_socket",
@@ -195,6 +197,34 @@ def listen(address: Address, *, backlog: int, reuse_port: bool = False) -> socke
     if address.host and family == socket.AF_INET:
         family = _resolve_family(address)
     return socket.create_server((address.host, address.port), family=family, backlog=backlog, reuse_port=reuse_port)
+
+
+def check_listening(sock: object) -> None:
+    """Check that `sock` is a stream socket already listening (one to adopt).
+
+    Raises:
+        TypeError: `sock` is not a socket.
+        ValueError: it is not a stream socket, or not listening.
+    """
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    try:
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        raise ValueError(f"descriptor {sock.fileno()} is not a usable socket: {exc.strerror or exc}") from None
+    if kind != socket.SOCK_STREAM:
+        raise ValueError(f"descriptor {sock.fileno()} is not a stream socket")
+    if not listening:
+        raise ValueError(f"socket {sock.fileno()} is not listening: call listen() before handing it over")
+
+
+def socket_address(sock: socket.socket) -> Address:
+    """The address a listening socket is bound to, parsed."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return UnixAddress(name if isinstance(name, str) else name.decode(errors="surrogateescape"))
+    return TcpAddress(name[0], name[1])
 
 
 def _resolve_family(address: TcpAddress) -> socket.AddressFamily:

@@ -10,6 +10,7 @@ from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
 from ..address import format_address
 from ..server import ENGINES, Server
 from ..server.asyncio import LOOPS
+from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
 from ._options import (
     CODEC_NAMES,
@@ -35,7 +36,13 @@ MESSAGE_TIMEOUT = 60.0
 def add_parser(commands: Any) -> None:
     """Add ``serve`` to the subcommands."""
     parser = commands.add_parser("serve", help="run a server", description="Run a server until SIGINT or SIGTERM.")
-    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
+    parser.add_argument("address", nargs="?", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
+    parser.add_argument(
+        "--systemd", action="store_true", help="serve the socket passed by systemd socket activation, not ADDRESS"
+    )
+    parser.add_argument(
+        "--reuse-port", action="store_true", help="bind with SO_REUSEPORT: a new server may take over the port"
+    )
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
     parser.add_argument("--codec", type=codec_argument, help=f"{CODEC_NAMES}: the app sees values, not bytes")
@@ -59,16 +66,34 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _listening_place(args: argparse.Namespace) -> dict[str, Any]:
+    """``address=`` and ``reuse_port=``, or ``sock=`` from systemd: Server's keywords."""
+    if args.systemd:
+        if args.address is not None:
+            fail("give ADDRESS or --systemd, not both", status=2)
+        try:
+            sockets = sockets_from_systemd()
+        except ValueError as exc:
+            fail(f"--systemd: {exc}", status=2)
+        if len(sockets) != 1:
+            fail(f"--systemd: expected one socket, got {len(sockets)} ({', '.join(sockets)})", status=2)
+        return {"sock": next(iter(sockets.values()))}
+    if args.address is None:
+        fail("the address to listen on is required (or --systemd)", status=2)
+    return {"address": args.address, "reuse_port": args.reuse_port}
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal; return 0 after a graceful stop."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="connecteur: %(message)s")
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
         fail(f"--app {args.app} {message}", status=2)
+    where = _listening_place(args)
     try:
         server = Server(
             APPS[args.app](),
-            args.address,
+            **where,
             framing=args.framing,
             codec=args.codec,
             engine=args.engine,
@@ -81,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             **security_options(args, "server"),
         )
     except ValueError as exc:
+        if "sock" in where:
+            where["sock"].close()
         fail(str(exc), status=2)
     try:
         server.serve_forever(ready=lambda: print(f"serving {args.app} on {format_address(server.address)}", flush=True))

@@ -20,7 +20,7 @@ from typing import Any, Final, Self, final
 
 from .. import _socket
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT, ChannelSpec
-from ..address import AddressLike, TcpAddress, UnixAddress, parse_address
+from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..framing import Framing, LengthPrefixed
 from ._engine import Counters, Engine, EngineConfig, Stats, logger
@@ -107,6 +107,12 @@ class Server:
         address: where to listen: ``"host:port"``, ``"[::1]:port"``,
             ``":port"`` (every interface), ``"unix:/path"`` or a tuple. Port 0
             picks a free port; `address` tells which once started.
+        sock: instead of `address`, a socket already bound and listening
+            (from systemd socket activation, or a parent process); the server
+            adopts it and closes it when it stops.
+        reuse_port: bind with ``SO_REUSEPORT``, so that a new server can bind
+            the same port while this one still serves: the zero-downtime
+            restart (start the new one, then stop this one gracefully).
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         codec: turns each message into a value for the handler, and its
             replies (and `peer.send` values) back into bytes; see
@@ -154,8 +160,10 @@ class Server:
     def __init__(
         self,
         handler: MessageHandler | object,
-        address: AddressLike,
+        address: AddressLike | None = None,
         *,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
         framing: Framing | None = None,
         codec: Codec | None = None,
         engine: str = "select",
@@ -186,7 +194,18 @@ class Server:
 
             loop_factory(loop)  # fails now, with one line, if uvloop is missing
         _check_positive("stop_timeout", stop_timeout)
-        self._address = parse_address(address)
+        if (address is None) == (sock is None):
+            raise ValueError("give an address to listen on, or a listening sock, not both")
+        if sock is not None:
+            _socket.check_listening(sock)
+            self._address = _socket.socket_address(sock)
+        else:
+            if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+                raise ValueError("reuse_port needs SO_REUSEPORT, which this platform lacks")
+            self._address = parse_address(address)
+        self._sock = sock
+        self._adopted_socket = sock is not None
+        self._reuse_port = reuse_port
         self._config = engine_config(
             handler,
             framing=framing,
@@ -309,13 +328,21 @@ class Server:
     def _prepare(self) -> tuple[Engine, socket.socket]:
         if self._engine is not None:
             raise RuntimeError("this server was already started; create a new Server to serve again")
-        listener = _socket.listen(self._address, backlog=self._backlog, reuse_port=self._workers_reuse_port)
+        if self._sock is not None:
+            listener, self._sock = self._sock, None
+        else:
+            reuse_port = self._reuse_port or self._workers_reuse_port
+            listener = _socket.listen(self._address, backlog=self._backlog, reuse_port=reuse_port)
         self._bound = _socket.bound_address(listener)
         if self.workers > 1:
             from .workers import WorkersEngine
 
             port = 0 if isinstance(self._address, UnixAddress) else listener.getsockname()[1]
-            bound = self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, port)
+            bound: Address | None = (
+                self._address if isinstance(self._address, UnixAddress) else TcpAddress(self._address.host, port)
+            )
+            if self._adopted_socket:
+                bound = None  # the workers share the adopted socket
             self._engine = WorkersEngine(
                 self._config,
                 lambda config: _make_engine(self.engine, config, self.loop),
@@ -338,7 +365,8 @@ class Server:
         except Exception:
             logger.exception("the %s engine failed", self.engine)
         finally:
-            if isinstance(self._address, UnixAddress):
+            if isinstance(self._address, UnixAddress) and not self._adopted_socket:
+                # An adopted socket's file belongs to whoever made it (systemd).
                 _socket.unlink_unix_socket(self._address.path)
 
     @contextlib.contextmanager

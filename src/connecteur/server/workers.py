@@ -63,7 +63,13 @@ class WorkersEngine:
     """N forked workers, each with its own engine; see the module's description."""
 
     def __init__(
-        self, config: EngineConfig, make_engine: EngineFactory, *, workers: int, address: Address, backlog: int
+        self,
+        config: EngineConfig,
+        make_engine: EngineFactory,
+        *,
+        workers: int,
+        address: Address | None,
+        backlog: int,
     ) -> None:
         if not hasattr(os, "fork"):
             raise RuntimeError("workers need os.fork(), which this platform lacks")
@@ -73,6 +79,7 @@ class WorkersEngine:
         # Every worker's socket joins the port's SO_REUSEPORT group now, before
         # any worker runs, so that the kernel spreads connections from the start.
         self._own_listeners: list[socket.socket] = []
+        # address None: an adopted socket (systemd), which the workers share.
         if isinstance(address, TcpAddress) and hasattr(socket, "SO_REUSEPORT"):
             self._own_listeners = [
                 _socket.listen(address, backlog=backlog, reuse_port=True) for _ in range(workers - 1)
