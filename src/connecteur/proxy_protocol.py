@@ -1,21 +1,17 @@
-"""Sans-I/O PROXY protocol (HAProxy, versions 1 and 2): the header a load balancer sends first.
+"""Sans-I/O PROXY protocol v1 and v2 (HAProxy's ``doc/proxy-protocol.txt``): who the client really is.
 
-A balancer that relays a TCP connection can prepend one header telling the
-server who the client really is. Version 1 is one ASCII line
-(``PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\\r\\n``); version 2 is binary:
-a 12-byte signature, four fixed bytes, an address block and optional TLVs.
-The specification is HAProxy's ``doc/proxy-protocol.txt``.
+A load balancer relaying a connection prepends one header: v1 is an ASCII line
+(``PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\\r\\n``), v2 a binary block
+(signature, four fixed bytes, addresses, optional TLVs). Part of the core, like
+`connecteur.framing`: no socket, clock or log. `ProxyHeaderReader.feed` turns a
+connection's first bytes into one `ProxyHeader`; the bytes after it belong to
+the framing decoder. `encode_v1` and `encode_v2` write headers.
 
-This module is part of the core, like `connecteur.framing`: no socket, no
-clock, no log. `ProxyHeaderReader.feed` takes the connection's first bytes
-and returns one `ProxyHeader`; the bytes after it are the application's and
-go to the framing decoder. `encode_v1` and `encode_v2` build headers.
-
-Strategy: received bytes go into one ``bytearray``. Every field is checked the
-moment its bytes are present (the first byte decides the version, the v2
-length is checked against `max_size` as soon as the 16-byte fixed part is
-complete), so a peer that is not a balancer fails at once and memory stays
-bounded. The v1 search for LF resumes where the last one stopped.
+Strategy: bytes go into one ``bytearray`` and each field is checked as soon as
+its bytes are present (the first byte decides the version; the v2 length meets
+`max_size` once the 16-byte fixed part is complete), so a peer that is not a
+balancer fails at once and memory stays bounded. The v1 LF search resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -68,6 +64,8 @@ _V2_FAMILIES: Final[dict[int, tuple[int, Transport | None]]] = {
 }
 _MIN_MAX_SIZE: Final = _V2_FIXED_SIZE + max(size for size, _ in _V2_FAMILIES.values())  # 232
 _TRANSPORTS: Final[dict[str, int]] = {"stream": 0x1, "dgram": 0x2}
+_SIGNATURES: Final = {"v1": V1_SIGNATURE, "v2": V2_SIGNATURE}
+_FIRST_BYTES: Final[dict[int, Literal["v1", "v2"]]] = {V1_SIGNATURE[0]: "v1", V2_SIGNATURE[0]: "v2"}
 
 
 @final
@@ -182,17 +180,9 @@ class ProxyHeaderReader:
         if not buf:
             return None
         if self._version is None:
-            self._version = _detect(buf[0])
-            if self.version not in ("auto", self._version):
-                raise ProxyProtocolError(
-                    f"first byte {bytes(buf[:1])!r} starts a PROXY {self._version} header; "
-                    f"this reader accepts only {self.version}"
-                )
-        if self._version == "v1":
-            _check_prefix(buf, V1_SIGNATURE, "v1")
-            return self._try_v1()
-        _check_prefix(buf, V2_SIGNATURE, "v2")
-        return self._try_v2()
+            self._version = _detect(buf[0], self.version)
+        _check_signature(buf, self._version)
+        return self._try_v1() if self._version == "v1" else self._try_v2()
 
     def _try_v1(self) -> ProxyHeader | None:
         buf = self._buf
@@ -233,18 +223,21 @@ class ProxyHeaderReader:
 # --- reading ----------------------------------------------------------------------
 
 
-def _detect(first: int) -> Literal["v1", "v2"]:
-    if first == V1_SIGNATURE[0]:
-        return "v1"
-    if first == V2_SIGNATURE[0]:
-        return "v2"
-    raise ProxyProtocolError(
-        f"first byte {bytes([first])!r} starts neither a PROXY v1 header (b'P') nor a v2 one (b'\\r')"
-    )
+def _detect(first: int, allowed: str) -> Literal["v1", "v2"]:
+    """The version the first byte starts, if `allowed` (``"v1"``, ``"v2"`` or ``"auto"``) accepts it."""
+    version = _FIRST_BYTES.get(first)
+    if version is None:
+        raise ProxyProtocolError(f"first byte {bytes([first])!r} starts neither PROXY v1 (b'P') nor v2 (b'\\r')")
+    if allowed not in ("auto", version):
+        raise ProxyProtocolError(
+            f"first byte {bytes([first])!r} starts PROXY {version}; this reader takes only {allowed}"
+        )
+    return version
 
 
-def _check_prefix(buf: bytearray, signature: bytes, version: str) -> None:
+def _check_signature(buf: bytearray, version: str) -> None:
     """Fail as soon as the bytes received differ from the signature."""
+    signature = _SIGNATURES[version]
     head = bytes(buf[: len(signature)])
     if not signature.startswith(head):
         raise ProxyProtocolError(f"{head!r} does not start a PROXY {version} header: expected {signature!r}")
@@ -294,9 +287,7 @@ def _parse_v1_host(field: bytes, family: int) -> str:
 
 def _parse_v1_port(field: bytes) -> int:
     if not field.isdigit() or len(field) > 5 or (field[0] == 0x30 and len(field) > 1) or int(field) > 0xFFFF:
-        raise ProxyProtocolError(
-            f"PROXY v1 port {field!r} is not a decimal number from 0 to 65535 without leading zeros"
-        )
+        raise ProxyProtocolError(f"PROXY v1 port {field!r} is not a decimal 0..65535 without leading zeros")
     return int(field)
 
 
@@ -431,8 +422,8 @@ def _ip_pair(source: object, destination: object) -> tuple[tuple[_IP, int], tupl
 
 def _ip_endpoint(value: object, role: str) -> tuple[_IP, int]:
     match value:
-        case (str(host), int(port)) if not isinstance(port, bool) and 0 <= port <= 0xFFFF:
-            try:
+        case (str(host), int(port)) if not isinstance(port, bool) and 0 <= port <= 0xFFFF and "%" not in host:
+            try:  # no IPv6 scope (fe80::1%eth0): neither version can carry one
                 return ipaddress.ip_address(host), port
             except ValueError:
                 pass

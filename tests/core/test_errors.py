@@ -14,6 +14,7 @@ from connecteur.errors import (
     ConnectionClosed,
     FramingError,
     MessageTooLarge,
+    ProxyProtocolError,
     Timeout,
     TruncatedMessage,
 )
@@ -28,6 +29,7 @@ BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     AuthenticationError: (ConnecteurError,),
     Timeout: (ConnecteurError, TimeoutError),
     AddressError: (ConnecteurError, ValueError),
+    ProxyProtocolError: (ConnecteurError, ValueError),
 }
 
 ERROR_NAMES = sorted(cls.__name__ for cls in BASES)
