@@ -1,4 +1,4 @@
-"""The command line's TLS and authentication options, for servers and clients.
+"""The command line's TLS, authentication and PROXY protocol options.
 
 TLS is on for a server when ``--tls-cert`` is given, and for a client when any
 ``--tls*`` option is. Certificates and host names are checked unless the
@@ -14,6 +14,7 @@ import os
 import ssl
 from typing import Any, Literal
 
+from .._channel import PROXY_PROTOCOLS
 from ..address import Address
 from ..connection import Connection, connect
 from ..errors import ConnecteurError
@@ -54,6 +55,19 @@ def add_security_options(parser: argparse.ArgumentParser, side: Side) -> None:
     group.add_argument(
         "--allow-legacy-auth", action="store_true", help="accept the HMAC-MD5 of multiprocessing before Python 3.12"
     )
+    if side == "server":
+        group.add_argument(
+            "--proxy-protocol",
+            choices=PROXY_PROTOCOLS,
+            default="off",
+            help="connections start with HAProxy's PROXY header (send-proxy / send-proxy-v2)",
+        )
+        group.add_argument(
+            "--proxy-trusted",
+            metavar="NETWORK",
+            action="append",
+            help="a balancer's network (10.0.0.0/8, ::1, unix); repeat for several; required with --proxy-protocol",
+        )
 
 
 def security_options(args: argparse.Namespace, side: Side) -> dict[str, Any]:
@@ -61,11 +75,15 @@ def security_options(args: argparse.Namespace, side: Side) -> dict[str, Any]:
 
     Exits with status 2 and one line when a file cannot be read.
     """
-    return {
+    options: dict[str, Any] = {
         "tls": _tls_context(args, side),
         "auth_key": _auth_key(args),
         "allow_legacy_auth": args.allow_legacy_auth,
     }
+    if side == "server":
+        options["proxy_protocol"] = args.proxy_protocol
+        options["proxy_trusted"] = args.proxy_trusted
+    return options
 
 
 def _tls_context(args: argparse.Namespace, side: Side) -> ssl.SSLContext | None:
