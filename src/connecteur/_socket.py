@@ -6,10 +6,13 @@ Internal: the public API takes addresses, never these helpers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import socket
 import stat
+import struct
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -24,6 +27,7 @@ __all__ = [
     "check_connected",
     "check_listening",
     "configure_stream",
+    "hand_over",
     "handshake",
     "listen",
     "open_connection",
@@ -225,6 +229,40 @@ def socket_address(sock: socket.socket) -> Address:
     if sock.family == socket.AF_UNIX:
         return UnixAddress(name if isinstance(name, str) else name.decode(errors="surrogateescape"))
     return TcpAddress(name[0], name[1])
+
+
+_SO_ATTACH_REUSEPORT_CBPF: Final = 51  # Linux 4.5+, <asm-generic/socket.h>; absent from the socket module
+_BPF_RET_K: Final = 0x06  # BPF_RET | BPF_K: return a constant
+
+
+def hand_over(listener: socket.socket) -> None:
+    """Send the port's new connections to the newer server sharing it, before a stop.
+
+    A zero-downtime restart binds a new server to the same port with
+    ``SO_REUSEPORT``, then stops the old one. Linux spreads new connections
+    over both sockets by a hash, and closing a listener resets the connections
+    still queued on it (unless ``net.ipv4.tcp_migrate_req`` is 1): a
+    connection arriving between the old server's last ``accept()`` and its
+    ``close()`` would be lost. So the old server first attaches a one-line
+    classic BPF program to the port's group, "choose socket 1": the newer
+    server's (the group lists sockets in the order they joined, and a closed
+    one's slot goes to the last). Then only what is already queued comes to
+    the old server, which serves it. With a single socket left, index 1 does
+    not exist and the kernel hashes again; when yet another server joins, it
+    gets the new connections: the next restart. Does nothing elsewhere, or
+    without ``SO_REUSEPORT``.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return
+    with contextlib.suppress(OSError):
+        if not listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            return
+        instruction = struct.pack("HBBI", _BPF_RET_K, 0, 0, 1)
+        program = ctypes.create_string_buffer(instruction, len(instruction))
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }, native alignment.
+        listener.setsockopt(
+            socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, struct.pack("HP", 1, ctypes.addressof(program))
+        )
 
 
 def _resolve_family(address: TcpAddress) -> socket.AddressFamily:

@@ -112,7 +112,10 @@ class Server:
             adopts it and closes it when it stops.
         reuse_port: bind with ``SO_REUSEPORT``, so that a new server can bind
             the same port while this one still serves: the zero-downtime
-            restart (start the new one, then stop this one gracefully).
+            restart (start the new one, then stop this one gracefully; on
+            Linux the stop first steers new connections to the newer server,
+            see the deployment guide). For a hand-over, not for balancing
+            servers (use `workers`).
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         codec: turns each message into a value for the handler, and its
             replies (and `peer.send` values) back into bytes; see
@@ -206,6 +209,7 @@ class Server:
         self._sock = sock
         self._adopted_socket = sock is not None
         self._reuse_port = reuse_port
+        self._listener: socket.socket | None = None
         self._config = engine_config(
             handler,
             framing=framing,
@@ -309,6 +313,7 @@ class Server:
         """
         if self._engine is None:
             return
+        self._hand_over()
         seconds = self._stop_timeout if timeout is None else timeout
         self._engine.request_stop(time.monotonic() + seconds)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -334,6 +339,7 @@ class Server:
             reuse_port = self._reuse_port or self._workers_reuse_port
             listener = _socket.listen(self._address, backlog=self._backlog, reuse_port=reuse_port)
         self._bound = _socket.bound_address(listener)
+        self._listener = listener
         if self.workers > 1:
             from .workers import WorkersEngine
 
@@ -353,6 +359,12 @@ class Server:
         else:
             self._engine = _make_engine(self.engine, self._config, self.loop)
         return self._engine, listener
+
+    def _hand_over(self) -> None:
+        """With reuse_port, let a newer server on the port take the new connections now."""
+        listener = self._listener
+        if self._reuse_port and self.workers == 1 and listener is not None:
+            _socket.hand_over(listener)  # a listener the engine closed already is skipped
 
     @property
     def _workers_reuse_port(self) -> bool:
@@ -380,6 +392,8 @@ class Server:
             nonlocal signals
             signals += 1
             grace = self._stop_timeout if signals == 1 else 0.0
+            if signals == 1:
+                self._hand_over()
             engine.request_stop(time.monotonic() + grace)
 
         handler: Callable[[int, FrameType | None], None] = on_signal

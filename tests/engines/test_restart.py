@@ -1,0 +1,174 @@
+"""Adopted sockets, socket activation and the zero-downtime restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+import connecteur
+from connecteur.server.systemd import sockets_from_systemd
+from tests.engines.conftest import VARIANTS, engine_options
+from tests.support import TIMEOUT, wait_until
+
+COMMAND = [sys.executable, "-m", "connecteur"]
+
+
+def upper(message: bytes) -> bytes:
+    return message.upper()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_adopted_listening_socket_is_served_and_closed_at_stop(variant: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = connecteur.Server(upper, sock=listener, **engine_options(variant))
+    with server:
+        assert server.address[1] == port
+        with connecteur.connect(server.address, timeout=TIMEOUT) as conn:
+            assert conn.request(b"adopted") == b"ADOPTED"
+    assert listener.fileno() == -1
+
+
+def test_an_adopted_unix_socket_keeps_its_file(tmp_path: object) -> None:
+    path = f"{tmp_path}/s.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    with connecteur.Server(upper, sock=listener) as server:
+        assert server.address == f"unix:{path}"
+        with connecteur.connect(server.address, timeout=TIMEOUT) as conn:
+            assert conn.request(b"x") == b"X"
+    assert os.path.exists(path)  # it belongs to whoever made the socket (systemd)
+
+
+def test_sockets_that_cannot_be_adopted_are_refused_clearly() -> None:
+    with socket.socket() as unbound, socket.socket(type=socket.SOCK_DGRAM) as datagram:
+        with pytest.raises(ValueError, match="not listening"):
+            connecteur.Server(upper, sock=unbound)
+        with pytest.raises(ValueError, match="not a stream socket"):
+            connecteur.Server(upper, sock=datagram)
+        with pytest.raises(ValueError, match="not both"):
+            connecteur.Server(upper, "127.0.0.1:0", sock=unbound)
+    with pytest.raises(ValueError, match="not both"):
+        connecteur.Server(upper)
+
+
+def test_sockets_from_systemd_checks_the_variables() -> None:
+    with pytest.raises(ValueError, match="LISTEN_PID and LISTEN_FDS are not set"):
+        sockets_from_systemd({})
+    with pytest.raises(ValueError, match="is not this process"):
+        sockets_from_systemd({"LISTEN_PID": "1", "LISTEN_FDS": "1"})
+    environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "x"}
+    with pytest.raises(ValueError, match="positive number"):
+        sockets_from_systemd(environ)
+    assert environ == {}  # taken, as sd_listen_fds(1) does
+
+
+def _serve_activated(listener: socket.socket, *, launcher: list[str]) -> Iterator[subprocess.Popen[str]]:
+    with subprocess.Popen(
+        [*launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(listener.fileno(),)
+    ) as process:
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_serve_systemd_takes_descriptor_3_as_systemd_passes_it() -> None:
+    """The protocol by hand: the socket as descriptor 3, LISTEN_PID naming the service's own process."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    script = f'exec 3<&{listener.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=app exec "$@"'
+    launcher = ["sh", "-c", script, "sh", *COMMAND, "serve", "--systemd", "--app", "upper"]
+    with listener:
+        for process in _serve_activated(listener, launcher=launcher):
+            assert process.stdout is not None
+            assert process.stdout.readline() == f"serving upper on 127.0.0.1:{port}\n"
+            with connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+                assert conn.request(b"activated") == b"ACTIVATED"
+            process.send_signal(2)
+            assert process.wait(TIMEOUT) == 0
+
+
+def test_serve_systemd_refuses_a_descriptor_that_is_not_listening() -> None:
+    with socket.socket() as unbound:
+        script = f'exec 3<&{unbound.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+        launcher = ["sh", "-c", script, "sh", *COMMAND, "serve", "--systemd"]
+        result = subprocess.run(launcher, capture_output=True, text=True, timeout=TIMEOUT, pass_fds=(unbound.fileno(),))
+    assert result.returncode == 2
+    assert result.stderr.startswith("connecteur: --systemd:") and "not listening" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate is not installed")
+def test_serve_under_systemd_socket_activate() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *COMMAND, "serve", "--systemd", "--app", "upper"]
+    with subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            # It listens before starting the service, which starts on the first connection.
+            assert re.search(r"Listening on", process.stderr.readline())
+            with connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+                assert conn.request(b"on demand") == b"ON DEMAND"
+        finally:
+            process.terminate()
+            process.wait(TIMEOUT)
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+@pytest.mark.parametrize("engine", ["select", "threads", "asyncio"])
+def test_zero_downtime_restart_refuses_nothing_and_loses_no_reply(engine: str) -> None:
+    """Clients connect in a loop while a new server takes the port and the old one stops gracefully."""
+    old = connecteur.Server(lambda m: b"old:" + m, "127.0.0.1:0", engine=engine, reuse_port=True)
+    old.start()
+    port = old.address[1]
+    new = connecteur.Server(lambda m: b"new:" + m, ("127.0.0.1", port), engine=engine, reuse_port=True)
+    outcomes: Counter[str] = Counter()
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+                    reply = conn.request(b"ping")
+                outcomes[reply.split(b":")[0].decode()] += 1
+            except (OSError, connecteur.ConnecteurError) as exc:
+                failures.append(exc)
+                outcomes["failed"] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_until(lambda: outcomes["old"] >= 200, what="traffic to the old server")
+        new.start()
+        old.stop(timeout=TIMEOUT)
+        served_by_old = outcomes["old"]
+        wait_until(lambda: outcomes["new"] >= 200, what="traffic to the new server")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(TIMEOUT)
+        old.stop()
+        new.stop()
+    print(f"restart on {engine}: {sum(outcomes.values())} connections, {dict(outcomes)}")
+    assert failures == [], failures[:3]
+    assert outcomes["old"] == served_by_old  # none after its stop
+    assert old.stats.accepted == outcomes["old"]
