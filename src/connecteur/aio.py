@@ -69,8 +69,13 @@ async def connect(
         codec: turns values into messages and back (`connecteur.codecs`).
         timeout: seconds allowed for connecting and then for each `send`,
             `recv` or `request`; ``None`` waits for ever.
-        tls, server_hostname, auth_key, allow_legacy_auth, handshake_timeout:
-            as for the blocking `connecteur.connect`.
+        tls: an `ssl.SSLContext` for the client side: the connection is TLS.
+        server_hostname: the name the server's certificate must carry;
+            defaults to the host of `address`.
+        auth_key: a shared secret the server must hold too.
+        allow_legacy_auth: also accept the HMAC-MD5 of Pythons before 3.12.
+        handshake_timeout: seconds allowed for the TLS and authentication
+            handshakes once connected (None: no limit).
 
     Raises:
         AddressError: the address cannot be parsed.
@@ -440,6 +445,12 @@ async def serve(
     idle_timeout: float | None = None,
     message_timeout: float | None = None,
     backlog: int = 128,
+    tls: ssl.SSLContext | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    proxy_protocol: str = "off",
+    proxy_trusted: list[str] | tuple[str, ...] | None = None,
 ) -> AioServer:
     """Start serving on the running loop; return the `AioServer`.
 
@@ -451,7 +462,11 @@ async def serve(
     """
     config = engine_config(
         handler, framing=framing, codec=codec, max_connections=max_connections,
-        idle_timeout=idle_timeout, message_timeout=message_timeout,
+        idle_timeout=idle_timeout, message_timeout=message_timeout, handshake_timeout=handshake_timeout,
+        channel=ChannelSpec.build(
+            server_side=True, tls=tls, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth,
+            proxy_protocol=proxy_protocol, proxy_trusted=proxy_trusted,
+        ),
     )  # fmt: skip
     listener = _socket.listen(parse_address(address), backlog=backlog)
     return AioServer(config, listener)
