@@ -24,9 +24,9 @@ def test_a_stale_socket_file_from_a_crashed_server_is_replaced(variant: str, tmp
     crashed.bind(str(path))
     crashed.close()  # the file stays, nobody listens: what a killed server leaves
     assert path.exists()
-    with connecteur.Server(echo, f"unix:{path}", **engine_options(variant)) as server:
-        with connecteur.connect(server.address, timeout=TIMEOUT) as conn:
-            assert conn.request(b"fresh") == b"fresh"
+    server = connecteur.Server(echo, f"unix:{path}", **engine_options(variant))
+    with server, connecteur.connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"fresh") == b"fresh"
     assert not path.exists()
 
 
