@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import struct
 from typing import Any, Final, Protocol, final
 
@@ -130,12 +131,20 @@ class Text:
         """
         try:
             return data.decode(self.encoding)
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:  # UnicodeDecodeError, or a plain UnicodeError from codecs such as punycode
             raise CodecError(f"message is not valid {self.encoding}: {exc}") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise CodecError(f"JSON message contains {name}, which is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        # 1e999 would decode to infinity, a value Json refuses to send.
+        raise CodecError(f"JSON number {text[:40]} is out of the range of a float")
+    return value
 
 
 @final
@@ -151,7 +160,7 @@ class Json:
     def __init__(self, max_depth: int = MAX_DEPTH) -> None:
         self.max_depth = max_depth
         self._encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
     def __repr__(self) -> str:
         return f"Json(max_depth={self.max_depth})"
@@ -184,7 +193,9 @@ class Json:
             value = self._decoder.decode(data.decode())
         except UnicodeDecodeError as exc:
             raise CodecError(f"JSON message is not UTF-8: {exc}") from None
-        except json.JSONDecodeError as exc:
+        except CodecError:
+            raise
+        except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
             raise CodecError(f"message is not JSON: {exc}") from None
         except RecursionError:
             raise CodecError("JSON message nests too deep") from None

@@ -253,10 +253,11 @@ class Engine(Protocol):
         ...
 
 
-def refuse_if_full(config: EngineConfig, sock: socket.socket) -> bool:
-    """Close `sock` at once, and count it, if the server is at `max_connections`."""
+def refuse_if_full(config: EngineConfig, sock: socket.socket, address: object) -> bool:
+    """Close `sock` at once, count it and log it, if the server is at `max_connections`."""
     if config.counters.active < config.max_connections:
         return False
+    logger.info("refusing %s: max_connections (%d) reached", format_address(address), config.max_connections)
     config.counters.refused()
     sock.close()
     return True

@@ -141,6 +141,8 @@ class Handler:
                 message = self._codec.decode(message)
             except CodecError as exc:
                 raise HandlerFailed("received", exc, peer_fault=True) from exc
+            except Exception as exc:  # a codec's bug: the handler's side, not the peer's
+                raise HandlerFailed("received", exc) from exc
         try:
             if self._function is not None:
                 return self._function(message)
@@ -162,7 +164,7 @@ class Handler:
         if self._codec is not None:
             try:
                 return self._codec.encode(reply)
-            except CodecError as exc:
+            except Exception as exc:  # CodecError, or a codec's bug
                 raise HandlerFailed("received", exc) from exc
         if not isinstance(reply, bytes | bytearray | memoryview):
             error = TypeError(f"a handler must return bytes or None, not {type(reply).__name__}")

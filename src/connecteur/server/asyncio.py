@@ -149,7 +149,7 @@ class AsyncioEngine:
             self._loop.add_reader(self._listener, self._accept_some)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
+        if refuse_if_full(self._config, sock, address) or refuse_untrusted(self._config, sock, address):
             return False
         loop = self._loop
         assert loop is not None

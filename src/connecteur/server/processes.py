@@ -123,7 +123,7 @@ class ProcessesEngine:
             selector.unregister(listener)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
-        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
+        if refuse_if_full(self._config, sock, address) or refuse_untrusted(self._config, sock, address):
             return False
         counters = self._config.counters
         try:

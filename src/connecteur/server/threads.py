@@ -106,7 +106,7 @@ class ThreadsEngine:
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
         """Serve a new connection in a thread of its own; True if no thread could start."""
-        if refuse_if_full(self._config, sock) or refuse_untrusted(self._config, sock, address):
+        if refuse_if_full(self._config, sock, address) or refuse_untrusted(self._config, sock, address):
             return False
         counters = self._config.counters
         sock.setblocking(True)
@@ -294,7 +294,8 @@ class BlockingLink:
         while not self._closing:
             if deadlines.is_active:
                 due = deadlines.next_due()
-                sock.settimeout(None if due is None else max(0.0, due - time.monotonic()))
+                # Never 0.0: that would make the socket non-blocking, not a timeout.
+                sock.settimeout(None if due is None else max(1e-3, due - time.monotonic()))
             try:
                 count = sock.recv_into(buffer)
             except TimeoutError:

@@ -1,0 +1,79 @@
+"""Fuzz every decoder with atheris (libFuzzer): hostile bytes give messages or `FramingError`, nothing else.
+
+    pip install atheris
+    python fuzz/fuzz_decoders.py -max_total_time=60
+
+Each input picks a framing (all seven, with small limits so that the limits are
+reached), cuts the rest of the input into pieces of 1 to 16 bytes, feeds them
+and ends the stream. A crash is any other exception, a decoder holding more
+than its limit plus a header, messages that are not exactly the bytes they
+were cut from, or a failed decoder that accepts more bytes. See README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]  # no stubs; maybe not installed
+
+with atheris.instrument_imports():  # coverage feedback from connecteur's own code
+    from connecteur.errors import FramingError
+    from connecteur.framing import (
+        CloseDelimited,
+        DecimalPrefixed,
+        Delimited,
+        FixedLength,
+        Framing,
+        LengthPrefixed,
+        Netstring,
+        TypeTagged,
+    )
+
+FRAMINGS: tuple[tuple[Framing, int], ...] = (
+    # (framing, bytes beyond max_size its decoder may hold: header, delimiter)
+    (FixedLength(3), 0),
+    (Delimited(b"\r\n", max_size=32), 2),
+    (LengthPrefixed("!H", max_size=64), 2),
+    (LengthPrefixed("<Q", max_size=64), 8),
+    (DecimalPrefixed(3, max_size=64), 3),
+    (Netstring(max_size=64), len("64") + 2),
+    (TypeTagged({b"P": 0, b"M": 4}), 0),
+    (CloseDelimited(max_size=64), 0),
+)
+
+
+def TestOneInput(data: bytes) -> None:  # the name libFuzzer's Python binding looks for
+    """Feed one input to one decoder; raise on anything a decoder must never do."""
+    provider = atheris.FuzzedDataProvider(data)
+    framing, overhead = FRAMINGS[provider.ConsumeIntInRange(0, len(FRAMINGS) - 1)]
+    decoder = framing.decoder()
+    stream = b""  # every byte fed
+    decoded = b""  # the messages returned, encoded again: always a prefix of the stream
+    try:
+        while provider.remaining_bytes():
+            piece = provider.ConsumeBytes(provider.ConsumeIntInRange(1, 16))
+            stream += piece
+            messages = decoder.feed(piece)
+            decoded += b"".join(framing.encode(m) for m in messages)
+            if decoded != stream[: len(stream) - decoder.buffered]:
+                raise AssertionError(f"{framing!r}: messages {messages!r} are not the bytes fed")
+            if decoder.buffered > framing.max_size + overhead:
+                raise AssertionError(f"{framing!r} holds {decoder.buffered} bytes")
+        messages = decoder.eof()
+        if isinstance(framing, CloseDelimited) and messages != [stream]:
+            raise AssertionError(f"{framing!r}: eof() gave {messages!r}, not the stream")
+    except FramingError:
+        try:
+            decoder.feed(b"\0")
+        except FramingError:
+            return
+        raise AssertionError(f"{framing!r}: a failed or ended decoder accepted more bytes") from None
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
