@@ -281,6 +281,9 @@ class Server:
             target=self._run, args=(engine, listener), name="connecteur server", daemon=True
         )
         self._thread.start()
+        forked = getattr(engine, "forked", None)
+        if isinstance(forked, threading.Event):
+            forked.wait()  # workers: see WorkersEngine.forked
 
     def serve_forever(self, *, ready: Callable[[], object] | None = None) -> None:
         """Bind and serve in this thread until SIGINT or SIGTERM, then stop gracefully.

@@ -24,11 +24,14 @@ Needs ``os.fork`` (Linux, macOS, the BSDs); not available on Windows.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -213,7 +216,15 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
         counters = Counters()
         sock.setblocking(True)
         _socket.configure_stream(sock)
-        link = BlockingLink(replace(config, counters=counters), sock, address, lambda link: None)
+        on_open: Callable[[], object] | None = None
+        if not config.channel.is_plain and config.handshake_timeout is not None:
+            # A watchdog for the handshake: forked while another thread of the
+            # parent was inside OpenSSL, this child may wait for ever on a lock
+            # that thread held, in C, where no timeout of ours runs. SIGALRM's
+            # default action ends it; the parent reports a child that died.
+            signal.alarm(math.ceil(config.handshake_timeout) + 1)
+            on_open = functools.partial(signal.alarm, 0)
+        link = BlockingLink(replace(config, counters=counters), sock, address, lambda link: None, on_open)
         signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
         counters.opened()
         link.run()

@@ -151,13 +151,20 @@ class BlockingLink:
 
     Args:
         on_end: called with the link once it is closed and reported.
+        on_open: called once the handshakes are done, before the handler hears of the peer.
     """
 
     def __init__(
-        self, config: EngineConfig, sock: socket.socket, address: object, on_end: Callable[[BlockingLink], None]
+        self,
+        config: EngineConfig,
+        sock: socket.socket,
+        address: object,
+        on_end: Callable[[BlockingLink], None],
+        on_open: Callable[[], object] | None = None,
     ) -> None:
         self._config = config
         self._on_end = on_end
+        self._on_open = on_open
         self._sock = sock
         # Serializes sends, shutdown and close. Re-entrant so that abort()
         # may run in a signal handler that interrupted a send (processes engine).
@@ -223,6 +230,8 @@ class BlockingLink:
         except (*HANDSHAKE_ERRORS, OSError) as exc:
             self._end_handshake(exc)
             return
+        if self._on_open is not None:
+            self._on_open()
         try:
             handler.connected(peer)
             error = self._serve(received)

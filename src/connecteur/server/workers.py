@@ -87,6 +87,10 @@ class WorkersEngine:
         self._selector = selectors.DefaultSelector()
         self._stop = StopSignal()
         self._workers: dict[int, _Worker] = {}  # by reports pipe
+        # Set once every worker is forked: `Server.start()` waits for it, so that
+        # no thread of the caller is inside OpenSSL (or holds any lock) while
+        # this thread forks, which could leave a child stuck on that lock.
+        self.forked = threading.Event()
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -97,8 +101,11 @@ class WorkersEngine:
         self._selector.register(self._stop.reader, selectors.EVENT_READ)
         try:
             listeners = [listener, *self._own_listeners]
-            for index in range(self._count):
-                self._start_worker(index, listeners[index] if index < len(listeners) else listener)
+            try:
+                for index in range(self._count):
+                    self._start_worker(index, listeners[index] if index < len(listeners) else listener)
+            finally:
+                self.forked.set()
             for each in listeners:
                 each.close()
             while self._stop.deadline is None and self._workers:
