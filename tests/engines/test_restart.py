@@ -21,6 +21,18 @@ from tests.support import TIMEOUT, wait_until
 
 COMMAND = [sys.executable, "-m", "connecteur"]
 
+# What systemd does before exec: the socket becomes descriptor 3, LISTEN_PID names
+# the process itself (exec keeps the pid). Python, since dash cannot name fd >= 10.
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='app'); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def activate(fd: int, *command: str) -> list[str]:
+    return [sys.executable, "-c", ACTIVATE, str(fd), *command]
+
 
 def upper(message: bytes) -> bytes:
     return message.upper()
@@ -91,8 +103,7 @@ def test_serve_systemd_takes_descriptor_3_as_systemd_passes_it() -> None:
     """The protocol by hand: the socket as descriptor 3, LISTEN_PID naming the service's own process."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    script = f'exec 3<&{listener.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=app exec "$@"'
-    launcher = ["sh", "-c", script, "sh", *COMMAND, "serve", "--systemd", "--app", "upper"]
+    launcher = activate(listener.fileno(), *COMMAND, "serve", "--systemd", "--app", "upper")
     with listener:
         for process in _serve_activated(listener, launcher=launcher):
             assert process.stdout is not None
@@ -105,8 +116,7 @@ def test_serve_systemd_takes_descriptor_3_as_systemd_passes_it() -> None:
 
 def test_serve_systemd_refuses_a_descriptor_that_is_not_listening() -> None:
     with socket.socket() as unbound:
-        script = f'exec 3<&{unbound.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
-        launcher = ["sh", "-c", script, "sh", *COMMAND, "serve", "--systemd"]
+        launcher = activate(unbound.fileno(), *COMMAND, "serve", "--systemd")
         result = subprocess.run(launcher, capture_output=True, text=True, timeout=TIMEOUT, pass_fds=(unbound.fileno(),))
     assert result.returncode == 2
     assert result.stderr.startswith("connecteur: --systemd:") and "not listening" in result.stderr
