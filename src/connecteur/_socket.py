@@ -112,7 +112,8 @@ def handshake(sock: socket.socket, channel: Channel, timeout: float | None) -> B
         while True:
             if deadline is not None:
                 sock.settimeout(max(deadline - time.monotonic(), 1e-3))
-            sock.sendall(channel.data_to_send())
+            if outgoing := channel.data_to_send():  # sending b"" on a reset socket would raise
+                sock.sendall(outgoing)
             if channel.is_open:
                 return received
             count = sock.recv_into(buffer)

@@ -355,7 +355,7 @@ class _AioLink(asyncio.BufferedProtocol):
         self._config.counters.closed(error=error is not None)
         self._engine.forget(self)
         if not self._announced:  # the handshake failed: the handler never saw this peer
-            if error is not None:
+            if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
                 self._config.counters.handshake_failed()
             return
         try:

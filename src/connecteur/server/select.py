@@ -536,7 +536,7 @@ class _SelectLink:
         self._queued = 0
         self._config.counters.closed(error=error is not None)
         if not self._announced:  # the handshake failed: the handler never saw this peer
-            if error is not None:
+            if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
                 self._config.counters.handshake_failed()
             return
         try:

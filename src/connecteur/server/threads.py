@@ -282,7 +282,7 @@ class BlockingLink:
             self._sock.close()
         counters = self._config.counters
         counters.closed(error=not self._aborted)
-        if not self._aborted:
+        if not self._aborted and isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
             counters.handshake_failed()
         self._on_end(self)
 
