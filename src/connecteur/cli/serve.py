@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
-from ..address import format_address
+from ..address import Address, TcpAddress, format_address
 from ..server import ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
+from ._logging import LOG_FORMATS, configure_logging
 from ._options import (
     CODEC_NAMES,
     FRAMING_NAMES,
@@ -22,6 +22,9 @@ from ._options import (
     seconds_argument,
 )
 from ._security import add_security_options, security_options
+
+if TYPE_CHECKING:
+    from ..tools.metrics import MetricsExporter
 
 __all__ = ["add_parser", "run"]
 
@@ -62,6 +65,16 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
     parser.add_argument("--handshake-timeout", type=seconds_argument, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection's end")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text: connecteur: lines; json: one object a line"
+    )
+    parser.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port); "
+        "needs pip install 'connecteur[metrics]'",
+    )
     add_security_options(parser, "server")
     parser.set_defaults(run=run)
 
@@ -83,9 +96,33 @@ def _listening_place(args: argparse.Namespace) -> dict[str, Any]:
     return {"address": args.address, "reuse_port": args.reuse_port}
 
 
+def _metrics_address(text: str) -> TcpAddress:
+    """An argparse ``type=`` for ``--metrics``: a TCP address (HTTP over a Unix socket is no scrape target)."""
+    address: Address = address_argument(text)
+    if not isinstance(address, TcpAddress):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return address
+
+
+def _start_metrics(args: argparse.Namespace, server: Server, where: dict[str, Any]) -> MetricsExporter | None:
+    """Serve `server`'s metrics if ``--metrics`` asks for them, before the server listens."""
+    if args.metrics is None:
+        return None
+    from ..tools.metrics import MetricsExporter  # imports prometheus_client: only when asked for
+
+    try:
+        return MetricsExporter(server, args.metrics)
+    except (ImportError, OSError) as exc:
+        if "sock" in where:
+            where["sock"].close()
+        if isinstance(exc, ImportError):
+            fail(f"--metrics: {exc}", status=2)
+        fail(f"--metrics: cannot listen on {format_address(args.metrics)}: {exc.strerror or exc}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until a signal; return 0 after a graceful stop."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="connecteur: %(message)s")
+    configure_logging(args.log_format, verbose=args.verbose)
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
         fail(f"--app {args.app} {message}", status=2)
@@ -109,8 +146,18 @@ def run(args: argparse.Namespace) -> int:
         if "sock" in where:
             where["sock"].close()
         fail(str(exc), status=2)
+    exporter = _start_metrics(args, server, where)
+
+    def ready() -> None:
+        print(f"serving {args.app} on {format_address(server.address)}", flush=True)
+        if exporter is not None:
+            print(f"metrics on {exporter.url}", flush=True)
+
     try:
-        server.serve_forever(ready=lambda: print(f"serving {args.app} on {format_address(server.address)}", flush=True))
+        server.serve_forever(ready=ready)
     except OSError as exc:
         fail(f"cannot listen on {args.address}: {exc.strerror or exc}")
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0
