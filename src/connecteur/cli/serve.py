@@ -64,9 +64,17 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
     parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
     parser.add_argument("--handshake-timeout", type=seconds_argument, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection's end")
     parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="text", help="text: connecteur: lines; json: one object a line"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log each connection closed by an error, a timeout, a limit or a refusal",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: 'connecteur: message' lines (the default); json: one JSON object per line",
     )
     parser.add_argument(
         "--metrics",

@@ -55,10 +55,10 @@ EVERY_INTERFACE: Final = "0.0.0.0"
 def _stop_signals_blocked() -> Iterator[None]:
     """Block SIGINT and SIGTERM in this thread meanwhile: threads started inside inherit the mask.
 
-    The kernel hands a process's signal to any thread not blocking it. Were
-    it the exporter's, the main thread, asleep in its engine's selector,
-    would not run the Python handler that stops the server until some other
-    event woke it (seen: one SIGINT in 30 ignored).
+    The kernel may hand a process's signal to any thread not blocking it.
+    Were it the exporter's, the main thread, asleep in its engine's
+    selector, would not run the Python handler that stops the server until
+    some other event woke it.
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no per-thread masks
         yield
@@ -84,18 +84,18 @@ class StatsCollector:
         """Yield the counters, the active connections and the server's info, as they are now."""
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-        stats = self._server.stats
+        server = self._server
+        stats = server.stats
         for name, field, documentation in COUNTERS:
             yield CounterMetricFamily(name, documentation, value=getattr(stats, field))
         yield GaugeMetricFamily("connecteur_connections_active", "Connections open now.", value=stats.active)
-        server = self._server
         labels = {"engine": server.engine, "workers": str(server.workers), "version": __version__}
         yield InfoMetricFamily("connecteur_server", "How the server runs: engine, worker processes, version.", labels)
 
 
 @final
 class MetricsExporter:
-    """An HTTP endpoint serving `server`'s metrics (any path; ``/metrics`` by custom), from a daemon thread.
+    """An HTTP endpoint serving `server`'s metrics (any path; ``/metrics`` by convention), from a daemon thread.
 
     Listens as soon as it is made, with its own registry (not the
     ``prometheus_client`` global one); `close()`, or leaving a ``with``
