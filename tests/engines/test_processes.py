@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from connecteur import ConnectionClosed, Server, connect
 from tests.support import TIMEOUT, wait_until
 
@@ -105,3 +107,22 @@ def test_sigterm_to_the_parent_stops_the_children_and_exits_zero() -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=TIMEOUT)
+
+
+def test_a_child_stuck_in_its_handshake_is_ended_by_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child stuck where no timeout of ours runs (a lock inherited from the fork, in C) still ends.
+
+    The stall is simulated by a handshake that sleeps for a minute; the
+    child, forked with this patch, must be ended by SIGALRM at about
+    handshake_timeout + 1 s, and reported as a child that died.
+    """
+    import connecteur._socket
+
+    monkeypatch.setattr(connecteur._socket, "handshake", lambda sock, channel, timeout: time.sleep(60))
+    server = Server(pid_and_crash, "127.0.0.1:0", engine="processes", auth_key=b"k", handshake_timeout=0.5)
+    with server, socket.create_connection(server.address[:2], timeout=TIMEOUT) as client:
+        started = time.monotonic()
+        wait_until(lambda: server.stats.errors == 1, timeout=TIMEOUT, what="the stuck child ended and counted")
+        assert time.monotonic() - started < 0.5 + 1 + TIMEOUT / 2
+        assert server.stats.active == 0
+        assert client.recv(1) == b""

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
-from .._channel import ChannelSpec
+from .._channel import Channel, ChannelSpec
 from ..address import format_address
 from ..framing import Framing
 from ._deadlines import Deadlines
 from ._handler import Handler, logger
+from ._peer import Peer
 
 __all__ = [
     "RESOURCE_ERRNOS",
@@ -30,6 +31,7 @@ __all__ = [
     "Stats",
     "StopSignal",
     "accept_ready",
+    "channel_opened",
     "logger",
     "refuse_if_full",
     "refuse_untrusted",
@@ -261,6 +263,17 @@ def refuse_if_full(config: EngineConfig, sock: socket.socket, address: object) -
     config.counters.refused()
     sock.close()
     return True
+
+
+def channel_opened(channel: Channel, peer: Peer, deadlines: Deadlines) -> Channel | None:
+    """The handshakes are done: start the idle clock and give the peer its (original) address.
+
+    Returns:
+        The channel while it still has work on every read (TLS), else None.
+    """
+    deadlines.handshake_done()
+    peer.address, peer.proxy_address = channel.address, channel.proxy_address
+    return channel if channel.encrypts else None
 
 
 def refuse_untrusted(config: EngineConfig, sock: socket.socket, address: object) -> bool:

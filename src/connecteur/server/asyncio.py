@@ -41,6 +41,7 @@ from ._engine import (
     EngineConfig,
     StopSignal,
     accept_ready,
+    channel_opened,
     logger,
     refuse_if_full,
     refuse_untrusted,
@@ -320,10 +321,7 @@ class _AioLink(asyncio.BufferedProtocol):
             return None
         self._write_raw(channel.data_to_send())
         if not was_open and channel.is_open:
-            self._deadlines.handshake_done()
-            self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
-            if not channel.encrypts:
-                self._channel = None
+            self._channel = channel_opened(channel, self.peer, self._deadlines)
             self._announce()
         return data if self.is_open else None
 

@@ -46,6 +46,7 @@ from ._engine import (
     EngineConfig,
     StopSignal,
     accept_ready,
+    channel_opened,
     logger,
     refuse_if_full,
     refuse_untrusted,
@@ -344,10 +345,7 @@ class _SelectLink:
             return None
         self._write(channel.data_to_send())
         if not was_open and channel.is_open:
-            self._deadlines.handshake_done()
-            self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
-            if not channel.encrypts:
-                self._channel = None
+            self._channel = channel_opened(channel, self.peer, self._deadlines)
             self._announce()
         return data if self.is_open else None
 

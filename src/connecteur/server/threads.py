@@ -34,6 +34,7 @@ from ._engine import (
     PendingAdmissions,
     StopSignal,
     accept_ready,
+    channel_opened,
     logger,
     refuse_if_full,
     refuse_untrusted,
@@ -267,10 +268,7 @@ class BlockingLink:
         if channel is None:
             return b""
         received = _socket.handshake(self._sock, channel, self._config.handshake_timeout)
-        self._deadlines.handshake_done()
-        self.peer.address, self.peer.proxy_address = channel.address, channel.proxy_address
-        if not channel.encrypts:
-            self._channel = None
+        self._channel = channel_opened(channel, self.peer, self._deadlines)
         return received
 
     def _end_handshake(self, error: BaseException) -> None:
