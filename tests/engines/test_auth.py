@@ -13,17 +13,12 @@ installed, runs the ``{sha256}`` form in a subprocess.
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
 import multiprocessing
-import select
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -37,6 +32,7 @@ from connecteur.address import format_address
 from connecteur.framing import LengthPrefixed
 from connecteur.tools.apps import echo, upper
 from tests.engines.test_contract import Journal, raw_client
+from tests.mp_peers import PeerThread, finish, modern_peer, modern_python_or_skip, read_line
 from tests.support import TIMEOUT, recv_until_closed, wait_until
 from tests.tls_support import Pki, Witness, make_pki
 
@@ -205,42 +201,6 @@ def test_tls_and_authentication_together(serve: Serve, pki: Pki, journal: Journa
 # --- multiprocessing peers in a thread ------------------------------------------------------
 
 
-class PeerThread:
-    """Runs `target` in a daemon thread and keeps its result or exception."""
-
-    def __init__(self, target: Callable[[], bytes]) -> None:
-        self._target = target
-        self._result: bytes | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="multiprocessing peer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._target()
-        except BaseException as exc:
-            self._error = exc
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self) -> None:
-        self._thread.join(TIMEOUT)
-        assert not self._thread.is_alive(), "the multiprocessing peer did not finish within TIMEOUT"
-
-    def result(self) -> bytes:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def error(self) -> BaseException:
-        self.join()
-        assert self._error is not None, f"the multiprocessing peer succeeded: {self._result!r}"
-        return self._error
-
-
 def mp_client_exchange(address: tuple[str, int], key: bytes) -> bytes:
     """A `multiprocessing.connection.Client`: the handshake, one message, its reply."""
     with Client(address, authkey=key) as conn:
@@ -325,92 +285,20 @@ def test_our_client_with_a_key_against_a_listener_without_one_fails_within_the_h
 
 # --- a Python 3.12+ multiprocessing in a subprocess ----------------------------------------
 
-MODERN_PEER_SCRIPT = """
-import sys
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Listener
-
-role, port, timeout, key = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), bytes.fromhex(sys.argv[4])
-try:
-    if role == "listener":
-        with Listener(("127.0.0.1", 0), authkey=key) as listener:
-            print("port:", listener.address[1], flush=True)
-            with listener.accept() as conn:
-                conn.send_bytes(conn.recv_bytes()[::-1])
-        print("done", flush=True)
-    else:
-        with Client(("127.0.0.1", port), authkey=key) as conn:
-            conn.send_bytes(b"modern multiprocessing")
-            if not conn.poll(timeout):
-                sys.exit("no reply within the timeout")
-            print("reply:", conn.recv_bytes().decode(), flush=True)
-except AuthenticationError as exc:
-    print("AuthenticationError:", exc, flush=True)
-    sys.exit(3)
-"""
-
-
-def _is_modern_python(python: str) -> bool:
-    try:
-        result = subprocess.run(
-            [python, "-I", "-c", "import sys; print(sys.version_info >= (3, 12))"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    # A pyenv shim exists for every installed version but fails unless that version is selected.
-    return result.returncode == 0 and result.stdout.strip() == "True"
-
 
 @pytest.fixture(scope="module")
 def modern_python() -> str:
-    """A Python >= 3.12 interpreter, or skip."""
-    candidates = [shutil.which("python3.13"), shutil.which("python3.12")]
-    candidates += sorted(glob.glob("/root/.pyenv/versions/3.1[2-9]*/bin/python3"), reverse=True)
-    for python in candidates:
-        if python and _is_modern_python(python):
-            return python
-    pytest.skip("no Python >= 3.12 (on PATH or under /root/.pyenv/versions) for the {sha256} form")
-
-
-@contextmanager
-def modern_peer(python: str, role: str, key: bytes, port: int = 0) -> Iterator[subprocess.Popen[str]]:
-    """Run `MODERN_PEER_SCRIPT` as a Listener or a Client; killed on the way out if still running."""
-    command = [python, "-I", "-c", MODERN_PEER_SCRIPT, role, str(port), str(TIMEOUT), key.hex()]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def read_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
-    assert ready, "no output from the Python 3.12+ peer within TIMEOUT"
-    return proc.stdout.readline()
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    returncode = proc.wait(TIMEOUT)
-    assert proc.stdout is not None
-    return returncode, proc.stdout.read()
+    return modern_python_or_skip()
 
 
 @pytest.mark.parametrize("client_key", [KEY, WRONG_KEY], ids=["same key", "other key"])
 def test_a_modern_multiprocessing_client_against_our_server(modern_python: str, client_key: bytes) -> None:
     """{sha256} without allow_legacy_auth; with another key the client raises and the server counts it."""
     with Server(upper, "127.0.0.1:0", engine="select", auth_key=KEY) as server:
-        with modern_peer(modern_python, "client", client_key, server.address[1]) as proc:
+        with modern_peer(modern_python, "client", client_key, b"modern multiprocessing", server.address[1]) as proc:
             returncode, output = finish(proc)
         if client_key == KEY:
-            assert (returncode, output) == (0, "reply: MODERN MULTIPROCESSING\n")
+            assert (returncode, output) == (0, f"reply: {b'MODERN MULTIPROCESSING'.hex()}\n")
             wait_until(lambda: server.stats.messages_in == 1 and server.stats.active == 0, what="the message")
             assert server.stats.handshake_errors == 0
         else:
@@ -420,12 +308,13 @@ def test_a_modern_multiprocessing_client_against_our_server(modern_python: str, 
 
 @pytest.mark.parametrize("listener_key", [KEY, WRONG_KEY], ids=["same key", "other key"])
 def test_our_client_against_a_modern_multiprocessing_listener(modern_python: str, listener_key: bytes) -> None:
-    with modern_peer(modern_python, "listener", listener_key) as proc:
+    with modern_peer(modern_python, "listener", listener_key, b"from multiprocessing") as proc:
         port = int(read_line(proc).removeprefix("port:"))
         if listener_key == KEY:
             with connect(("127.0.0.1", port), auth_key=KEY, timeout=TIMEOUT) as conn:
-                assert conn.request(b"connecteur") == b"ruetcennoc"
-            assert finish(proc) == (0, "done\n")
+                assert conn.recv() == b"from multiprocessing"
+                conn.send(b"connecteur")
+            assert finish(proc) == (0, f"reply: {b'connecteur'.hex()}\n")
         else:
             with pytest.raises(AuthenticationError, match="keys differ"):
                 connect(("127.0.0.1", port), auth_key=KEY, timeout=TIMEOUT)

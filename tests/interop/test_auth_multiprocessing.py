@@ -19,15 +19,10 @@ same read as its last handshake message: it must come out of `leftover()`.
 
 from __future__ import annotations
 
-import glob
 import multiprocessing
-import select
-import shutil
 import socket
-import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Client, Listener
 from multiprocessing.connection import Connection as MPConnection
@@ -37,6 +32,7 @@ import pytest
 from connecteur import AuthenticationError
 from connecteur._auth import Authenticator
 from connecteur.framing import LengthPrefixed
+from tests.mp_peers import PeerThread, finish, modern_peer, modern_python_or_skip, read_line
 from tests.support import TIMEOUT
 
 KEY = b"interop secret"
@@ -79,44 +75,6 @@ def authenticate_and_answer(sock: socket.socket, auth: Authenticator) -> bytes:
 
 
 # --- in-process multiprocessing peers, in a thread ------------------------------------
-
-
-class PeerThread:
-    """Runs `target` in a thread and keeps its result or exception."""
-
-    def __init__(self, target: Callable[[], bytes]) -> None:
-        self._target = target
-        self._result: bytes | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="multiprocessing peer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._target()
-        except BaseException as exc:
-            self._error = exc
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self) -> None:
-        self._thread.join(TIMEOUT)
-        assert not self._thread.is_alive(), "the multiprocessing peer did not finish within TIMEOUT"
-
-    def result(self) -> bytes:
-        """The target's return value (re-raises its exception)."""
-        self.join()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def error(self) -> BaseException:
-        """The exception the target raised (fails the test if it returned)."""
-        self.join()
-        assert self._error is not None, f"the multiprocessing peer succeeded: {self._result!r}"
-        return self._error
 
 
 def send_and_receive(conn: MPConnection) -> bytes:
@@ -225,96 +183,16 @@ def test_a_legacy_multiprocessing_listener_is_refused_without_allow_legacy() -> 
 
 # --- a Python 3.12+ peer in a subprocess ----------------------------------------------
 
-MODERN_PEER_SCRIPT = """
-import sys
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Listener
-
-role, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-key, message = bytes.fromhex(sys.argv[4]), bytes.fromhex(sys.argv[5])
-
-def send_and_receive(conn):
-    conn.send_bytes(message)
-    if not conn.poll(timeout):
-        sys.exit("no reply from connecteur within the timeout")
-    print("reply:", conn.recv_bytes().hex(), flush=True)
-
-try:
-    if role == "listener":
-        with Listener(("127.0.0.1", 0), authkey=key) as listener:
-            print("port:", listener.address[1], flush=True)
-            with listener.accept() as conn:
-                send_and_receive(conn)
-    else:
-        with Client(("127.0.0.1", port), authkey=key) as conn:
-            send_and_receive(conn)
-except AuthenticationError as exc:
-    print("AuthenticationError:", exc, flush=True)
-    sys.exit(3)
-"""
-
-
-def _is_modern_python(python: str) -> bool:
-    try:
-        result = subprocess.run(
-            [python, "-I", "-c", "import sys; print(sys.version_info >= (3, 12))"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    # pyenv shims exist for every installed version but exit 127 unless that version is selected.
-    return result.returncode == 0 and result.stdout.strip() == "True"
-
 
 @pytest.fixture(scope="module")
 def modern_python() -> str:
-    """A Python >= 3.12 interpreter, or skip."""
-    candidates = [shutil.which("python3.13"), shutil.which("python3.12")]
-    candidates += sorted(glob.glob("/root/.pyenv/versions/3.1[2-9]*/bin/python3"), reverse=True)
-    for python in candidates:
-        if python and _is_modern_python(python):
-            return python
-    pytest.skip(
-        "no Python >= 3.12 (python3.13/python3.12 on PATH or under /root/.pyenv/versions) for the {sha256} form"
-    )
-
-
-@contextmanager
-def modern_peer(python: str, role: str, key: bytes, port: int = 0) -> Iterator[subprocess.Popen[str]]:
-    """Run `MODERN_PEER_SCRIPT` as a `Listener` or `Client`; killed on the way out if still running."""
-    command = [python, "-I", "-c", MODERN_PEER_SCRIPT, role, str(port), str(TIMEOUT), key.hex(), MP_MESSAGE.hex()]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def read_line(proc: subprocess.Popen[str]) -> str:
-    """The subprocess's next output line, waiting at most TIMEOUT."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
-    assert ready, "no output from the Python 3.12+ peer within TIMEOUT"
-    return proc.stdout.readline()
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """Wait (bounded) for the subprocess to exit; return its exit code and remaining output."""
-    returncode = proc.wait(TIMEOUT)
-    assert proc.stdout is not None
-    return returncode, proc.stdout.read()
+    return modern_python_or_skip()
 
 
 @pytest.mark.parametrize("peer_key", [KEY, WRONG_KEY], ids=["same key", "other key"])
 def test_our_client_side_and_a_modern_listener(modern_python: str, peer_key: bytes) -> None:
     """{sha256} both ways with allow_legacy=False; with another key both sides raise."""
-    with modern_peer(modern_python, "listener", peer_key) as proc:
+    with modern_peer(modern_python, "listener", peer_key, MP_MESSAGE) as proc:
         port = int(read_line(proc).removeprefix("port:"))
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             auth = Authenticator(KEY, server_side=False)
@@ -335,7 +213,7 @@ def test_our_server_side_and_a_modern_client(modern_python: str, peer_key: bytes
     """{sha256} both ways with allow_legacy=False; with another key we send #FAILURE# and both sides raise."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
-        with modern_peer(modern_python, "client", peer_key, listener.getsockname()[1]) as proc:
+        with modern_peer(modern_python, "client", peer_key, MP_MESSAGE, listener.getsockname()[1]) as proc:
             sock, _ = listener.accept()
             with sock:
                 sock.settimeout(TIMEOUT)
