@@ -8,7 +8,8 @@ from typing import Protocol
 
 import trustme
 
-from connecteur import Peer
+from connecteur import Peer, Server
+from tests.support import wait_until
 
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 """What the server certificate is valid for: every loopback name a test connects to."""
@@ -61,3 +62,16 @@ class Witness:
 
     def closed(self, peer: Peer, error: BaseException | None) -> None:
         self._journal.write(f"closed {error!r}")
+
+
+def logs_reach_caplog(engine: str) -> bool:
+    """False when connections are served in forked children, whose log records go to their stderr."""
+    return engine != "processes" and "*" not in engine
+
+
+def wait_for_one_handshake_error(server: Server) -> None:
+    """Wait until the server counted one failed handshake, its only error, and closed it."""
+    wait_until(
+        lambda: server.stats.handshake_errors == 1 and server.stats.active == 0, what="the handshake error counted"
+    )
+    assert server.stats.errors == 1

@@ -26,7 +26,7 @@ from connecteur.tools.apps import echo, upper
 from tests.engines.conftest import engine_options
 from tests.engines.test_contract import Journal, raw_client
 from tests.support import TIMEOUT, recv_until_closed, wait_until
-from tests.tls_support import Pki, Witness, make_pki
+from tests.tls_support import Pki, Witness, logs_reach_caplog, make_pki, wait_for_one_handshake_error
 
 Serve = Callable[..., Server]
 
@@ -50,18 +50,6 @@ def only_the_good_client_reached(journal: Journal, server: Server, pki: Pki) -> 
         assert conn.request(b"good") == b"good"
     wait_until(lambda: len(journal.events()) == 3, what="the good client's three hooks")
     assert journal.events() == ["connected", "received b'good'", "closed None"]
-
-
-def logs_reach_caplog(engine: str) -> bool:
-    """False when connections are served in forked children, whose log records go to their stderr."""
-    return engine != "processes" and "*" not in engine
-
-
-def wait_for_one_handshake_error(server: Server) -> None:
-    wait_until(
-        lambda: server.stats.handshake_errors == 1 and server.stats.active == 0, what="the handshake error counted"
-    )
-    assert server.stats.errors == 1
 
 
 # --- it works ------------------------------------------------------------------------
