@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol, TypeAlias, final
 
 from .errors import FramingError, MessageTooLarge, TruncatedMessage
@@ -37,6 +37,7 @@ __all__ = [
     "LengthPrefixed",
     "Netstring",
     "TypeTagged",
+    "encode_all",
 ]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -161,6 +162,23 @@ class _BufferDecoder:
 
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def encode_all(framing: Framing, messages: Sequence[Buffer]) -> bytes:
+    """Return the wire bytes of `messages` in order, as `framing.encode` of each joined.
+
+    An engine frames the replies to one read with it, for one write. A
+    framing may offer a faster ``encode_all`` of its own (`LengthPrefixed`
+    does); any other is called once per message.
+
+    Raises:
+        FramingError: `framing` cannot carry one of the messages.
+    """
+    own = getattr(framing, "encode_all", None)
+    if own is not None:
+        wire: bytes = own(messages)
+        return wire
+    return b"".join([framing.encode(message) for message in messages])
 
 
 def _check_max_size(max_size: int, name: str = "max_size") -> int:
@@ -351,6 +369,23 @@ class LengthPrefixed:
             raise _too_large(size, self.max_size, "message has")
         return self._struct.pack(size) + message
 
+    def encode_all(self, messages: Iterable[Buffer]) -> bytes:
+        """Return the wire bytes of `messages` in order: `encode` of each, joined in one copy.
+
+        Raises:
+            MessageTooLarge: a message is longer than `max_size`.
+        """
+        pack, max_size = self._struct.pack, self.max_size
+        parts: list[Buffer] = []
+        append = parts.append
+        for message in messages:
+            size = len(message)
+            if size > max_size:
+                raise _too_large(size, max_size, "message has")
+            append(pack(size))
+            append(message)
+        return b"".join(parts)
+
     def decoder(self) -> Decoder:
         """Return a new decoder for this header and limit."""
         return _LengthPrefixedDecoder(self._struct, self.max_size)
@@ -358,27 +393,94 @@ class LengthPrefixed:
 
 @final
 class _LengthPrefixedDecoder(_BufferDecoder):
-    __slots__ = ("_max_size", "_struct")
+    """The default framing's decoder: the hot path of every server, so it has its own `feed`.
+
+    Measured on CPython 3.11 with 64 B messages (`connecteur bench`, pipeline):
+    slicing one ``bytes`` copy of the read costs ~170 ns a message against
+    ~250 ns for ``bytes(memoryview[...])`` out of the ``bytearray``, so the
+    read is copied once and sliced. Bytes of an unfinished message wait in
+    ``_buf``, and ``_need`` says how many it must hold to finish it, so a
+    large message is only appended to until it is whole (never re-parsed)
+    and is copied once more, into its ``bytes``.
+    """
+
+    __slots__ = ("_header_size", "_max_size", "_need", "_unpack_from")
 
     def __init__(self, header: struct.Struct, max_size: int) -> None:
         super().__init__()
-        self._struct = header
+        self._unpack_from = header.unpack_from
+        self._header_size = header.size
         self._max_size = max_size
+        self._need = header.size  # bytes _buf must hold to finish its header or message
 
-    def _parse(self, buf: bytearray, out: list[bytes]) -> int:
-        unpack_from, header_size = self._struct.unpack_from, self._struct.size
-        max_size, end, pos = self._max_size, len(buf), 0
-        with memoryview(buf) as view:
-            while end - pos >= header_size:
-                (size,) = unpack_from(buf, pos)
+    def feed(self, data: Buffer) -> list[bytes]:
+        """Add bytes from the peer; return every message they complete (see `_BufferDecoder.feed`)."""
+        if self._failure is not None or self._ended:
+            self._check_usable()
+        out: list[bytes] = []
+        try:
+            if self._buf:
+                data = self._finish_pending(data, out)
+                if not data:
+                    return out
+            self._parse_read(data, out)
+        except FramingError as exc:
+            exc.messages = out
+            self._failure = exc
+            raise
+        return out
+
+    def _finish_pending(self, data: Buffer, out: list[bytes]) -> Buffer:
+        """Complete the message begun in ``_buf`` from the front of `data`; return the rest of `data`."""
+        buf, header_size = self._buf, self._header_size
+        view = memoryview(data).cast("B")
+        while buf:
+            missing = self._need - len(buf)
+            if len(view) < missing:
+                buf += view
+                return b""
+            buf += view[:missing]
+            view = view[missing:]
+            if self._need == header_size:  # the header is whole: now the message's size is known
+                self._need = header_size + self._checked_size(buf, 0)
+                if self._need > header_size:
+                    continue
+            with memoryview(buf) as whole:
+                out.append(bytes(whole[header_size:]))
+            buf.clear()
+            self._need = header_size
+        return view
+
+    def _parse_read(self, data: Buffer, out: list[bytes]) -> None:
+        """Take every whole message out of `data` (``_buf`` is empty); keep the rest in ``_buf``."""
+        data = bytes(data)  # no copy when it is bytes already
+        unpack_from, header_size, max_size = self._unpack_from, self._header_size, self._max_size
+        append, end, pos = out.append, len(data), 0
+        try:
+            while True:
+                (size,) = unpack_from(data, pos)  # struct.error: no whole header left
                 if size > max_size:
                     raise _too_large(size, max_size, "length header announces")
                 stop = pos + header_size + size
                 if stop > end:
+                    self._need = stop - pos
                     break
-                out.append(bytes(view[pos + header_size : stop]))
+                append(data[pos + header_size : stop])
                 pos = stop
-        return pos
+        except struct.error:
+            self._need = header_size
+        if pos < end:
+            with memoryview(data) as view:
+                self._buf += view[pos:]
+
+    def _checked_size(self, buf: bytearray, pos: int) -> int:
+        (size,) = self._unpack_from(buf, pos)
+        if size > self._max_size:
+            raise _too_large(size, self._max_size, "length header announces")
+        return int(size)
+
+    def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - feed is overridden
+        raise NotImplementedError
 
 
 # --- decimal length prefix ------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from ..address import format_address
 from ..codecs import Codec
-from ..errors import CodecError
-from ..framing import Buffer
+from ..errors import CodecError, FramingError
+from ..framing import Buffer, Framing, encode_all
 
 if TYPE_CHECKING:
     from . import Peer
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("connecteur.server")
 """Where servers log: a handler's bug with its traceback, network trouble in one line."""
 
-__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler", "log_closing", "logger"]
+__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler", "frame_replies", "log_closing", "logger"]
 
 MessageHandler = Callable[[bytes], "bytes | None"]
 """The simplest handler: receives a message, returns a reply or ``None``."""
@@ -74,6 +74,26 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     return error
 
 
+def frame_replies(framing: Framing, replies: list[Buffer]) -> tuple[bytes, int, HandlerFailed | None]:
+    """The wire bytes of `replies` for one write, how many replies they carry, and a failure.
+
+    The failure is that of a reply the framing cannot carry (too large);
+    the bytes are then those of the replies before it: an engine sends
+    them, then closes.
+    """
+    try:
+        return encode_all(framing, replies), len(replies), None
+    except FramingError:
+        pass
+    wire: list[bytes] = []
+    for reply in replies:  # again, one by one, to find which one
+        try:
+            wire.append(framing.encode(reply))
+        except FramingError as exc:
+            return b"".join(wire), len(wire), HandlerFailed("received", exc)
+    return b"".join(wire), len(wire), None  # pragma: no cover - encode_all failed, so one of them did
+
+
 @final
 class Handler:
     """Both handler forms behind the same three calls.
@@ -115,6 +135,11 @@ class Handler:
         except Exception as exc:
             raise HandlerFailed("connected", exc) from exc
 
+    @property
+    def is_plain(self) -> bool:
+        """True for a plain ``message -> reply`` function without a codec: `answer_plain` serves it."""
+        return self._function is not None and self._codec is None
+
     def received(self, peer: Peer, message: bytes) -> Buffer | None:
         """Call the handler for one message and return its reply (or ``None``).
 
@@ -123,6 +148,31 @@ class Handler:
         reply = self.received_maybe_async(peer, message)
         if reply is None or (type(reply) is bytes and self._codec is None):  # checked first: runs per message
             return reply
+        return self._sync_reply(reply)
+
+    def answer_plain(self, messages: list[bytes], replies: list[Buffer]) -> None:
+        """Call a plain handler (`is_plain`) on each message in order, appending its replies to `replies`.
+
+        For engines without an event loop: the hot path of a server, one
+        loop per read. A plain function has no peer, so it cannot close the
+        connection halfway: every message gets its call.
+
+        Raises:
+            HandlerFailed: as `received`; `replies` holds the replies to the messages before.
+        """
+        function = self._function
+        assert function is not None and self._codec is None
+        append = replies.append
+        for message in messages:
+            try:
+                reply = function(message)
+            except Exception as exc:
+                raise HandlerFailed("received", exc) from exc
+            if reply is not None:
+                append(reply if type(reply) is bytes else self._sync_reply(reply))
+
+    def _sync_reply(self, reply: object) -> Buffer | None:
+        """`check_reply`, refusing an awaitable: the engine has no event loop to run it."""
         if inspect.isawaitable(reply):
             if inspect.iscoroutine(reply):
                 reply.close()  # never awaited: say why below, not in a RuntimeWarning

@@ -51,7 +51,7 @@ from ._engine import (
     refuse_if_full,
     refuse_untrusted,
 )
-from ._handler import HandlerFailed, log_closing
+from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer
 
 __all__ = ["SelectEngine"]
@@ -391,6 +391,8 @@ class _SelectLink:
         if not messages:
             return True
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
+        if handler.is_plain:
+            return self._dispatch_plain(messages)
         replies: list[bytes] = []
         self._batch = replies
         try:
@@ -412,6 +414,25 @@ class _SelectLink:
             self._batch = None
         if replies and self.is_open:
             self._push(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
+        if self._closing and self.is_open:
+            self._close_when_flushed()
+        return self.is_open
+
+    def _dispatch_plain(self, messages: list[bytes]) -> bool:
+        """`_dispatch` for a plain function: the hot path, one handler loop and one framing call per read."""
+        replies: list[Buffer] = []
+        failure: HandlerFailed | None = None
+        try:
+            self._config.handler.answer_plain(messages, replies)
+        except HandlerFailed as exc:
+            failure = exc  # answer the messages before the one that failed, then close
+        if replies:
+            wire, count, too_large = frame_replies(self._config.framing, replies)
+            self._push(wire, count)
+            failure = failure or too_large
+        if failure is not None:
+            self._fail(failure)
+            return False
         if self._closing and self.is_open:
             self._close_when_flushed()
         return self.is_open
