@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol, TypeAlias, final
 
 from .errors import FramingError, MessageTooLarge, TruncatedMessage
@@ -37,7 +37,7 @@ __all__ = [
     "LengthPrefixed",
     "Netstring",
     "TypeTagged",
-    "encode_all",
+    "batch_encoder",
 ]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -164,21 +164,20 @@ class _BufferDecoder:
         raise NotImplementedError
 
 
-def encode_all(framing: Framing, messages: Sequence[Buffer]) -> bytes:
-    """Return the wire bytes of `messages` in order, as `framing.encode` of each joined.
+def batch_encoder(framing: Framing) -> Callable[[Sequence[Buffer]], bytes]:
+    """Return a function giving the wire bytes of a list of messages, as `framing.encode` of each joined.
 
-    An engine frames the replies to one read with it, for one write. A
-    framing may offer a faster ``encode_all`` of its own (`LengthPrefixed`
-    does); any other is called once per message.
-
-    Raises:
-        FramingError: `framing` cannot carry one of the messages.
+    An engine frames the replies to one read with it, for one write, and
+    looks it up once per connection. A framing may offer a faster
+    ``encode_all(messages)`` of its own (`LengthPrefixed` does); any other
+    is called once per message. The function raises `FramingError` when
+    `framing` cannot carry one of the messages.
     """
-    own = getattr(framing, "encode_all", None)
+    own: Callable[[Sequence[Buffer]], bytes] | None = getattr(framing, "encode_all", None)
     if own is not None:
-        wire: bytes = own(messages)
-        return wire
-    return b"".join([framing.encode(message) for message in messages])
+        return own
+    encode = framing.encode
+    return lambda messages: b"".join([encode(message) for message in messages])
 
 
 def _check_max_size(max_size: int, name: str = "max_size") -> int:
@@ -457,8 +456,8 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         unpack_from, header_size, max_size = self._unpack_from, self._header_size, self._max_size
         append, end, pos = out.append, len(data), 0
         try:
-            while True:
-                (size,) = unpack_from(data, pos)  # struct.error: no whole header left
+            while pos < end:
+                (size,) = unpack_from(data, pos)  # struct.error: part of a header left
                 if size > max_size:
                     raise _too_large(size, max_size, "length header announces")
                 stop = pos + header_size + size
@@ -467,6 +466,8 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                     break
                 append(data[pos + header_size : stop])
                 pos = stop
+            else:
+                self._need = header_size
         except struct.error:
             self._need = header_size
         if pos < end:

@@ -31,6 +31,7 @@ class Deadlines:
         "_last_activity",
         "_message_started",
         "_message_timeout",
+        "is_active",
     )
 
     def __init__(
@@ -42,16 +43,19 @@ class Deadlines:
         self._message_started: float | None = None
         self._handshake_timeout = handshake_timeout
         self._handshake_due = None if handshake_timeout is None else now + handshake_timeout
+        self.is_active = self._any_deadline()
+        """True when any deadline is configured at all: engines skip the clock otherwise.
 
-    @property
-    def is_active(self) -> bool:
-        """True when any deadline is configured at all."""
+        An attribute, not a property: the hot path reads it per read."""
+
+    def _any_deadline(self) -> bool:
         return self._idle_timeout is not None or self._message_timeout is not None or self._handshake_due is not None
 
     def handshake_done(self) -> None:
         """The channel is open: idle time counts from now."""
         self._handshake_due = None
         self._last_activity = time.monotonic()
+        self.is_active = self._any_deadline()
 
     def moved(self) -> None:
         """A whole message was received or sent."""

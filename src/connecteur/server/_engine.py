@@ -197,6 +197,14 @@ class Counters:
             self.messages_out += messages
             self.bytes_out += size
 
+    def exchanged(self, messages_in: int, bytes_in: int, messages_out: int, bytes_out: int) -> None:
+        """Count a read and the write that answered it, under one lock."""
+        with self._lock:
+            self.messages_in += messages_in
+            self.bytes_in += bytes_in
+            self.messages_out += messages_out
+            self.bytes_out += bytes_out
+
     def report_elsewhere(self, key: int, stats: Stats) -> None:
         """Record the latest counters of another process (a worker), added by `snapshot`."""
         with self._lock:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from ..address import format_address
 from ..codecs import Codec
 from ..errors import CodecError, FramingError
-from ..framing import Buffer, Framing, encode_all
+from ..framing import Buffer, Framing
 
 if TYPE_CHECKING:
     from . import Peer
@@ -74,15 +74,17 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     return error
 
 
-def frame_replies(framing: Framing, replies: list[Buffer]) -> tuple[bytes, int, HandlerFailed | None]:
+def frame_replies(
+    framing: Framing, encode_all: Callable[[Sequence[Buffer]], bytes], replies: list[Buffer]
+) -> tuple[bytes, int, HandlerFailed | None]:
     """The wire bytes of `replies` for one write, how many replies they carry, and a failure.
 
-    The failure is that of a reply the framing cannot carry (too large);
-    the bytes are then those of the replies before it: an engine sends
-    them, then closes.
+    `encode_all` is `framing`'s `batch_encoder`. The failure is that of a
+    reply the framing cannot carry (too large); the bytes are then those of
+    the replies before it: an engine sends them, then closes.
     """
     try:
-        return encode_all(framing, replies), len(replies), None
+        return encode_all(replies), len(replies), None
     except FramingError:
         pass
     wire: list[bytes] = []
@@ -171,14 +173,16 @@ class Handler:
             if reply is not None:
                 append(reply if type(reply) is bytes else self._sync_reply(reply))
 
-    def _sync_reply(self, reply: object) -> Buffer | None:
-        """`check_reply`, refusing an awaitable: the engine has no event loop to run it."""
+    def _sync_reply(self, reply: object) -> Buffer:
+        """`check_reply` of a reply that is not None, refusing an awaitable: the engine has no event loop."""
         if inspect.isawaitable(reply):
             if inspect.iscoroutine(reply):
                 reply.close()  # never awaited: say why below, not in a RuntimeWarning
             error = TypeError("an async handler needs engine='asyncio'")
             raise HandlerFailed("received", error)
-        return self.check_reply(reply)
+        checked = self.check_reply(reply)
+        assert checked is not None
+        return checked
 
     def received_maybe_async(self, peer: Peer, message: bytes) -> object:
         """Call the handler for one message; return its reply or an awaitable of it.

@@ -1,7 +1,7 @@
 """The select engine: the HOWTO's non-blocking sockets multiplexed with select.
 
-One thread, one `selectors.DefaultSelector` (epoll on Linux, kqueue on BSD
-and macOS). The listening socket sits in the readers; every connection is
+One thread, one `Poller` (epoll called directly on Linux, `selectors`
+elsewhere: kqueue on BSD and macOS). The listening socket sits in the readers; every connection is
 non-blocking. A readable connection is read once with ``recv_into`` into one
 buffer shared by all connections (the loop is single-threaded), the bytes go
 to the connection's decoder, and the replies to every message of that read are
@@ -23,10 +23,8 @@ Other threads reach the loop through `_inbox` and a wake-up socket pair.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
-import selectors
 import socket
 import threading
 import time
@@ -38,7 +36,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer
+from ..framing import Buffer, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -53,6 +51,7 @@ from ._engine import (
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer
+from ._poller import READ, READABLE, WRITABLE, WRITE, Poller
 
 __all__ = ["SelectEngine"]
 
@@ -71,7 +70,7 @@ HARD_CAP: Final = 16 * 2**20
 
 _ACCEPT = object()  # selector data of the listening socket
 _WAKE = object()  # selector data of the wake-up socket
-_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_READ, _WRITE, _READABLE, _WRITABLE = READ, WRITE, READABLE, WRITABLE
 
 
 class SelectEngine:
@@ -79,7 +78,7 @@ class SelectEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        self._selector = selectors.DefaultSelector()
+        self._poller: Poller[object] = Poller()
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._links: set[_SelectLink] = set()
@@ -99,15 +98,15 @@ class SelectEngine:
         self._loop_thread = threading.get_ident()
         listener.setblocking(False)
         self._listener = listener
-        self._selector.register(listener, _READ, _ACCEPT)
-        self._selector.register(self._stop.reader, _READ, _WAKE)
+        self._poller.register(listener, _READ, _ACCEPT)
+        self._poller.register(self._stop.reader, _READ, _WAKE)
         try:
             self._run_until_stopped()
         finally:
             self._stop_accepting(drain_backlog=False)
             for link in list(self._links):
                 link.abort()
-            self._selector.close()
+            self._poller.close()
             self._stop.close()
 
     # --- the loop ---------------------------------------------------------------
@@ -116,7 +115,7 @@ class SelectEngine:
         """The event loop. Invariant: every open connection is registered for reading
         unless paused by backpressure or half-closed, and for writing iff its queue
         is non-empty."""
-        select, timers = self._selector.select, self._timers
+        poll, objects, timers = self._poller.poll, self._poller.objects, self._timers
         while True:
             if self._stop.deadline is not None:
                 self._stop_accepting()
@@ -128,16 +127,16 @@ class SelectEngine:
             if self._stop.deadline is not None:
                 deadline_in = max(0.0, self._stop.deadline - time.monotonic())
                 timeout = deadline_in if timeout is None else min(timeout, deadline_in)
-            for key, mask in select(timeout):
-                data = key.data
-                if isinstance(data, _SelectLink):
-                    if mask & _WRITE:
+            for fd, events in poll(timeout):
+                data = objects.get(fd)  # None: closed by an earlier event of this batch
+                if type(data) is _SelectLink:
+                    if events & _WRITABLE:
                         data.on_writable()
-                    if mask & _READ and data.is_open:
+                    if events & _READABLE and data.is_open:
                         data.on_readable()
                 elif data is _ACCEPT:
                     self._accept_some()
-                else:
+                elif data is _WAKE:
                     self._drain_inbox()
             if timers and timers[0][0] <= time.monotonic():
                 self._run_due_timers()
@@ -164,7 +163,7 @@ class SelectEngine:
         if accept_ready(listener, self._admit, ACCEPT_BATCH):
             # Out of descriptors: stop watching the listener, or it would
             # show readable at once and spin.
-            self._selector.unregister(listener)
+            self._poller.unregister(listener)
             self.add_timer(time.monotonic() + ACCEPT_BACKOFF, None)
 
     def _admit(self, sock: socket.socket, address: object) -> bool:
@@ -176,7 +175,7 @@ class SelectEngine:
         link = _SelectLink(self, sock, address)
         self._links.add(link)
         counters.opened()
-        self._selector.register(sock, _READ, link)
+        self._poller.register(sock, _READ, link)
         link.start()
         return False
 
@@ -184,16 +183,15 @@ class SelectEngine:
         listener = self._listener
         if listener is not None:
             self._listener = None
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(listener)
+            self._poller.unregister(listener)
             if drain_backlog:
                 accept_ready(listener, self._admit, LAST_ACCEPTS)
             listener.close()
 
     def _resume_accepting(self) -> None:
-        if self._listener is not None and self._stop.deadline is None:
-            with contextlib.suppress(KeyError):
-                self._selector.register(self._listener, _READ, _ACCEPT)
+        listener = self._listener
+        if listener is not None and self._stop.deadline is None and listener.fileno() not in self._poller.objects:
+            self._poller.register(listener, _READ, _ACCEPT)
 
     # --- timers ----------------------------------------------------------------
 
@@ -221,12 +219,11 @@ class SelectEngine:
 
     def update_interest(self, link: _SelectLink, events: int) -> None:
         """Watch `link` for `events`."""
-        self._selector.modify(link.sock, events, link)
+        self._poller.modify(link.sock, events)
 
     def forget(self, link: _SelectLink) -> None:
         """Unregister a closed connection."""
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(link.sock)
+        self._poller.unregister(link.sock)
         self._links.discard(link)
 
 
@@ -241,10 +238,12 @@ class _SelectLink:
         "_config",
         "_deadlines",
         "_decoder",
+        "_encode_all",
         "_engine",
         "_events",
         "_outgoing",
         "_paused",
+        "_plain",
         "_queued",
         "_read_ended",
         "_timer_due",
@@ -273,6 +272,8 @@ class _SelectLink:
         # PROXY header, TLS, authentication; None once open if it has nothing left to do.
         self._channel = self._config.channel.open(address)
         self._announced = False  # the handler's connected() was called
+        self._plain = self._config.handler.is_plain  # answered by _answer_plain
+        self._encode_all = batch_encoder(self._config.framing)
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -373,11 +374,16 @@ class _SelectLink:
             self._dispatch(exc.messages)
             self._fail(exc)
             return
-        self._config.counters.received(len(messages), len(data))
-        if self._deadlines.received(bool(messages), self._decoder.buffered):
+        deadlines = self._deadlines
+        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
-        if not self._dispatch(messages):
-            return
+        if messages and self._plain:
+            if not self._answer_plain(messages, len(data)):
+                return
+        else:
+            self._config.counters.received(len(messages), len(data))
+            if not self._dispatch(messages):
+                return
         if not count:
             self._read_ended = True
             self._closing = True
@@ -391,8 +397,6 @@ class _SelectLink:
         if not messages:
             return True
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
-        if handler.is_plain:
-            return self._dispatch_plain(messages)
         replies: list[bytes] = []
         self._batch = replies
         try:
@@ -418,18 +422,40 @@ class _SelectLink:
             self._close_when_flushed()
         return self.is_open
 
-    def _dispatch_plain(self, messages: list[bytes]) -> bool:
-        """`_dispatch` for a plain function: the hot path, one handler loop and one framing call per read."""
+    def _answer_plain(self, messages: list[bytes], size: int) -> bool:
+        """`_dispatch` for a plain function, the hot path of a server: the `size` bytes read held `messages`.
+
+        Dense on purpose. Measured with ``connecteur bench`` (many: 1,000
+        connections, one 64 B request in flight on each), the server spends
+        ~15 µs a round trip, mostly in the kernel; each Python call saved
+        here was ~0.1 µs of it. So: one handler loop and one framing call per
+        read, one lock for the counters, the clock read only when a timeout
+        is set, and the write tried at once.
+        """
         replies: list[Buffer] = []
         failure: HandlerFailed | None = None
         try:
             self._config.handler.answer_plain(messages, replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
-        if replies:
-            wire, count, too_large = frame_replies(self._config.framing, replies)
-            self._push(wire, count)
-            failure = failure or too_large
+        wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
+        self._config.counters.exchanged(len(messages), size, count, len(wire))
+        if count:
+            if self._deadlines.is_active:
+                self._deadlines.moved()
+            if self._queued or self._channel is not None:
+                self._write(wire if self._channel is None else self._channel.send(wire))
+            else:
+                try:
+                    sent = self.sock.send(wire)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._fail(exc)
+                    return False
+                if sent < len(wire):
+                    self._queue(memoryview(wire)[sent:])
+        failure = failure or too_large
         if failure is not None:
             self._fail(failure)
             return False
@@ -462,9 +488,15 @@ class _SelectLink:
                 return
             if sent == len(data):
                 return
-            self._outgoing.append(memoryview(data)[sent:])
-            self._queued += len(data) - sent
-            self._set_events(self._events | _WRITE)
+            self._queue(memoryview(data)[sent:])
+            return
+        self._apply_backpressure()
+
+    def _queue(self, rest: memoryview) -> None:
+        """Queue what the socket did not take of a write, with nothing queued before it."""
+        self._outgoing.append(rest)
+        self._queued += len(rest)
+        self._set_events(self._events | _WRITE)
         self._apply_backpressure()
 
     def on_writable(self) -> None:

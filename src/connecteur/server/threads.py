@@ -25,7 +25,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer, Decoder
+from ..framing import Buffer, Decoder, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -39,7 +39,7 @@ from ._engine import (
     refuse_if_full,
     refuse_untrusted,
 )
-from ._handler import HandlerFailed, log_closing
+from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer
 
 __all__ = ["BlockingLink", "ThreadsEngine"]
@@ -175,6 +175,7 @@ class BlockingLink:
         self._closed = False
         self._thread_id = 0
         self._deadlines = self._config.deadlines()
+        self._encode_all = batch_encoder(self._config.framing)
         self._channel = self._config.channel.open(address)
         # With TLS, decrypting (the own thread) and encrypting (any sender) must
         # not run at once in OpenSSL; held only around the crypto, never across I/O.
@@ -189,7 +190,7 @@ class BlockingLink:
             raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
         self._write(self._config.framing.encode(message))
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, messages: int = 1) -> None:
         with self._lock:
             if self._closed:
                 raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
@@ -201,7 +202,7 @@ class BlockingLink:
                     wire = channel.send(data)
                 self._sock.sendall(wire)
         self._deadlines.moved()
-        self._config.counters.sent(1, len(data))
+        self._config.counters.sent(messages, len(data))
 
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
@@ -340,6 +341,8 @@ class BlockingLink:
     def _dispatch(self, messages: list[bytes]) -> OSError | None:
         """Hand each message to the handler and send its reply, in order."""
         handler, peer = self._config.handler, self.peer
+        if handler.is_plain:
+            return self._answer_plain(messages)
         for message in messages:
             reply = handler.received(peer, message)
             if reply is not None:
@@ -356,4 +359,30 @@ class BlockingLink:
                     return exc
             if self._closing:
                 return None
+        return None
+
+    def _answer_plain(self, messages: list[bytes]) -> OSError | None:
+        """`_dispatch` for a plain function, which cannot send or close: the replies to one read in one write.
+
+        Measured with ``connecteur bench`` (pipeline: 64 B messages, many in
+        flight), a ``sendall`` per reply made this engine 10 times as costly
+        per message as the select engine.
+        """
+        replies: list[Buffer] = []
+        failure: HandlerFailed | None = None
+        try:
+            self._config.handler.answer_plain(messages, replies)
+        except HandlerFailed as exc:
+            failure = exc  # answer the messages before the one that failed, then close
+        if replies:
+            wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
+            failure = failure or too_large
+            try:
+                self._write(wire, count)
+            except ConnectionClosed:
+                return None
+            except OSError as exc:
+                return exc
+        if failure is not None:
+            raise failure
         return None
