@@ -21,14 +21,17 @@ from hypothesis import strategies as st
 
 import connecteur
 from connecteur.framing import (
+    LARGE_MESSAGE,
     CloseDelimited,
     DecimalPrefixed,
     Decoder,
     Delimited,
     FixedLength,
+    Framing,
     LengthPrefixed,
     Netstring,
     TypeTagged,
+    batch_encoder,
 )
 from tests.support import cuts, one_byte_at_a_time
 
@@ -888,3 +891,69 @@ def test_one_big_message_byte_by_byte_takes_linear_time(
         small = min(small, _time_one_byte_at_a_time(framing, small_pieces, b"x" * LINEAR_N))
         large = min(large, _time_one_byte_at_a_time(framing, large_pieces, b"x" * (4 * LINEAR_N)))
     assert large / small < 8, f"{LINEAR_N} bytes: {small:.4f} s; {4 * LINEAR_N} bytes: {large:.4f} s"
+
+
+# --- the default framing's large messages and batches ---------------------------------
+
+_LARGE_SIZES = st.sampled_from([0, 1, 100, LARGE_MESSAGE - 1, LARGE_MESSAGE, LARGE_MESSAGE + 7, 3 * LARGE_MESSAGE])
+
+
+def _patterned(size: int, seed: int) -> bytes:
+    return bytes((seed + i * 7) % 251 for i in range(min(size, 251))) * (size // 251) + bytes(size % 251)
+
+
+@given(sizes=st.lists(_LARGE_SIZES, min_size=1, max_size=4), data=st.data())
+def test_large_messages_through_feed_and_direct_reads(sizes: list[int], data: st.DataObject) -> None:
+    """Random cuts down to 1 byte, each piece fed or read straight into the body when the decoder offers it."""
+    messages = [_patterned(size, seed) for seed, size in enumerate(sizes)]
+    wire = b"".join(LengthPrefixed().encode(message) for message in messages) + b"\x00\x00"  # the next header's start
+    decoder = LengthPrefixed().decoder()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        step = data.draw(st.sampled_from([1, 3, 4, 5, 1000, LARGE_MESSAGE, 5 * LARGE_MESSAGE]))
+        target = decoder.recv_buffer()  # type: ignore[attr-defined]
+        if target is not None and data.draw(st.booleans()):
+            count = min(step, len(target), len(wire) - pos)
+            target[:count] = wire[pos : pos + count]
+            got += decoder.buffer_filled(count)  # type: ignore[attr-defined]
+        else:
+            count = min(step, len(wire) - pos)
+            got += decoder.feed(memoryview(wire)[pos : pos + count])
+        pos += count
+        assert decoder.buffered == pos - sum(4 + len(m) for m in got)
+    assert got == messages
+    assert all(type(message) is bytes for message in got)
+    assert decoder.buffered == 2
+    with pytest.raises(TruncatedMessage):
+        decoder.eof()
+
+
+def test_a_large_header_over_the_limit_allocates_nothing() -> None:
+    decoder = LengthPrefixed(max_size=LARGE_MESSAGE).decoder()
+    with pytest.raises(MessageTooLarge):
+        decoder.feed(struct.pack("!I", LARGE_MESSAGE + 1) + b"x")
+    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+    assert decoder.buffered == 0
+
+
+def test_recv_buffer_is_the_rest_of_the_large_message_only() -> None:
+    decoder = LengthPrefixed().decoder()
+    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+    assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab") == []
+    target = decoder.recv_buffer()  # type: ignore[attr-defined]
+    assert target is not None and len(target) == LARGE_MESSAGE - 2
+    target[:] = b"c" * len(target)
+    assert decoder.buffer_filled(len(target)) == [b"ab" + b"c" * (LARGE_MESSAGE - 2)]  # type: ignore[attr-defined]
+    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("framing", [LengthPrefixed(), LengthPrefixed("<H"), Netstring(), Delimited()])
+@given(messages=st.lists(st.binary(max_size=300).filter(lambda m: b"\n" not in m), max_size=20))
+def test_batch_encoder_is_encode_of_each_joined(framing: Framing, messages: list[bytes]) -> None:
+    assert batch_encoder(framing)(messages) == b"".join(framing.encode(message) for message in messages)
+
+
+def test_batch_encoder_refuses_a_message_over_the_limit() -> None:
+    with pytest.raises(MessageTooLarge):
+        batch_encoder(LengthPrefixed(max_size=3))([b"abc", b"abcd"])

@@ -233,6 +233,7 @@ class _SelectLink:
     __slots__ = (
         "_announced",
         "_batch",
+        "_buffer_filled",
         "_channel",
         "_closing",
         "_config",
@@ -246,6 +247,7 @@ class _SelectLink:
         "_plain",
         "_queued",
         "_read_ended",
+        "_recv_buffer",
         "_timer_due",
         "is_open",
         "peer",
@@ -274,6 +276,9 @@ class _SelectLink:
         self._announced = False  # the handler's connected() was called
         self._plain = self._config.handler.is_plain  # answered by _answer_plain
         self._encode_all = batch_encoder(self._config.framing)
+        # Decoders that can take a read straight into a large message (see LengthPrefixed).
+        self._recv_buffer: Callable[[], memoryview | None] | None = getattr(self._decoder, "recv_buffer", None)
+        self._buffer_filled: Callable[[int], list[bytes]] | None = getattr(self._decoder, "buffer_filled", None)
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -353,8 +358,10 @@ class _SelectLink:
     def on_readable(self) -> None:
         """Read once, hand every complete message to the handler, queue the replies."""
         engine = self._engine
+        # A large message under way is read straight into its body (no copy).
+        direct = self._recv_buffer() if self._recv_buffer is not None and self._channel is None else None
         try:
-            count = self.sock.recv_into(engine._buffer)
+            count = self.sock.recv_into(engine._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -369,7 +376,14 @@ class _SelectLink:
                 return  # still in the handshake
             data = received
         try:
-            messages = self._decoder.feed(data) if count else self._decoder.eof()
+            if not count:
+                messages = self._decoder.eof()
+            elif direct is None:
+                messages = self._decoder.feed(data)
+            else:
+                assert self._buffer_filled is not None  # it comes with recv_buffer
+                messages = self._buffer_filled(count)
+                data = direct[:count]
         except FramingError as exc:
             self._dispatch(exc.messages)
             self._fail(exc)
