@@ -3,10 +3,15 @@
 Each server runs in its own process, the client in another, over 127.0.0.1.
 Workloads: rr (64 B request/response), pipeline (64 B messages in flight),
 bulk (1 MiB messages), many (1,000 connections), idle (server memory per
-connection). The table gives each figure as a ratio to a reference target,
-with the server's CPU per message; ``--json`` keeps every raw figure,
-``--plot`` draws them (matplotlib). ``--quick`` runs every target once, for
-shorter and with fewer connections, in under 30 s. Linux only.
+connection); on request, scale (16 pipelined connections, for ``select*2``,
+the select engine with two workers) and client (connecteur's blocking
+Connection against a hand-written socket client). The table gives each figure
+as a ratio to a reference target, with the server's CPU per message;
+``--json`` keeps every raw figure, ``--plot`` draws them (matplotlib).
+``--quick`` runs every target once, for shorter and with fewer connections,
+in under 30 s. ``--check`` runs the fixed plan of issue #8's targets and says
+of each whether it holds (exit status 1 if one does not; with ``--quick``,
+indicative only). Linux only.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from ..tools import _bench_check as check
 from ..tools import _bench_report as report
 from ..tools import bench
-from ..tools.bench import FULL, QUICK, TARGETS, WORKLOADS, BenchError, Progress, available_targets
+from ..tools.bench import DEFAULT_WORKLOADS, FULL, QUICK, TARGETS, WORKLOADS, BenchError, Progress, available_targets
 from ._options import fail
 
 __all__ = ["add_parser", "run"]
@@ -54,16 +60,14 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--targets",
         type=_names("target", list(TARGETS)),
-        default=targets,
         metavar="LIST",
         help=f"comma-separated servers to measure (default: {','.join(targets)})",
     )
     parser.add_argument(
         "--workload",
         type=_names("workload", list(WORKLOADS)),
-        default=list(WORKLOADS),
         metavar="LIST",
-        help=f"comma-separated workloads (default: {','.join(WORKLOADS)})",
+        help=f"comma-separated workloads, among {','.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})",
     )
     parser.add_argument(
         "--quick",
@@ -71,6 +75,15 @@ def add_parser(commands: Any) -> None:
         help=f"every target, 1 round of {QUICK.seconds} s per figure (instead of {FULL.rounds} of {FULL.seconds} s), "
         f"{QUICK.many_connections} connections for many and idle (instead of {FULL.many_connections:,} and "
         f"{FULL.idle_connections:,}): under 30 s",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"issue #8's targets: one fixed run ({','.join(check.TARGETS)}; only the workloads each check needs; "
+        f"idle with {check.SETTINGS.idle_connections:,} connections), then HOLDS or MISSED per check; exit status 1 "
+        f"unless all hold. Not with --targets, --workload or --reference; --json adds the verdicts under "
+        f'"checks". With --quick (idle with {check.QUICK_SETTINGS.idle_connections:,}): indicative only, '
+        "status 1 only if a measurement failed",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every raw figure and the machine to FILE")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw a panel per workload (needs matplotlib)")
@@ -83,18 +96,19 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure, print the table, write the files; 0 when every measurement succeeded."""
-    targets: list[str] = args.targets
-    reference = args.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in targets else targets[0])
-    if reference not in targets:
-        fail(f"bench: --reference {reference!r} is not among the targets: {','.join(targets)}", status=2)
-    if args.plot is not None and find_spec("matplotlib") is None:
-        fail("bench: --plot needs matplotlib: pip install 'connecteur[plot]'", status=2)
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None and not path.parent.is_dir():
-            fail(f"bench: {option} {path}: no directory {path.parent}", status=2)
+    """Measure, print the table (and the checks), write the files.
+
+    Returns 0 when every measurement succeeded (and, with --check, every
+    check holds; with --check --quick, the checks are indicative only).
+    """
+    _resolve_options(args)
     try:
-        results = bench.prepare(targets, args.workload, QUICK if args.quick else FULL, reference=reference)
+        if args.check:
+            results = check.plan(quick=args.quick)
+        else:
+            results = bench.prepare(
+                args.targets, args.workload, QUICK if args.quick else FULL, reference=args.reference
+            )
     except BenchError as exc:
         fail(f"bench: {exc}")
     _print_plan(results)
@@ -107,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         fail(f"bench: {exc}")
     print()
     report.print_table(results, sys.stdout, fancy=report.has_rich() and sys.stdout.isatty())
+    verdicts = check.evaluate(results) if args.check else []
+    if verdicts:
+        print()
+        print(*check.lines(verdicts, quick=args.quick), sep="\n")
+        results.checks = [verdict.to_json() for verdict in verdicts]
     try:
         if args.json is not None:
             report.write_json(results, args.json)
@@ -117,7 +136,33 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         fail(f"bench: cannot write {exc.filename}: {exc.strerror or exc}")
     print(f"total time {results.seconds:.1f} s")
-    return 1 if results.failures else 0
+    failed = bool(results.failures) or any(verdict.value is None for verdict in verdicts)
+    missed = not args.quick and not all(verdict.holds for verdict in verdicts)
+    return 1 if failed or missed else 0
+
+
+def _resolve_options(args: argparse.Namespace) -> None:
+    """Fill in the defaults of the options; a one-line error and status 2 for impossible ones."""
+    if args.check:
+        for option, value in (
+            ("--targets", args.targets),
+            ("--workload", args.workload),
+            ("--reference", args.reference),
+        ):
+            if value is not None:
+                fail(f"bench: --check runs a fixed plan: it cannot be combined with {option}", status=2)
+    else:
+        args.targets = args.targets or available_targets()
+        args.workload = args.workload or DEFAULT_WORKLOADS
+        targets: list[str] = args.targets
+        args.reference = args.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in targets else targets[0])
+        if args.reference not in targets:
+            fail(f"bench: --reference {args.reference!r} is not among the targets: {','.join(targets)}", status=2)
+    if args.plot is not None and find_spec("matplotlib") is None:
+        fail("bench: --plot needs matplotlib: pip install 'connecteur[plot]'", status=2)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and not path.parent.is_dir():
+            fail(f"bench: {option} {path}: no directory {path.parent}", status=2)
 
 
 def _print_plan(results: bench.Results) -> None:
@@ -127,7 +172,6 @@ def _print_plan(results: bench.Results) -> None:
     print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['os']}")
     print(f"load average (1 min) before the run: {machine['load_average']:.2f}: other work skews every figure")
     print(f"{results.pinning}; each server and the client in a process of its own, over 127.0.0.1")
-    for target, reasons in results.skipped.items():
-        for workload, reason in reasons.items():
-            print(f"skipping {workload} on {target}: {reason}")
+    for line in report.skip_lines(results):
+        print(line)
     sys.stdout.flush()  # before the progress on stderr

@@ -4,7 +4,11 @@
 then reads one job per line on stdin (JSON: a `Job`) and writes one JSON line
 per job on stdout: ``{"result": {...}}`` or ``{"error": "..."}``.
 
-The client must not be the bottleneck, so it works on raw sockets and knows
+rr, pipeline, bulk, many and idle are here; scale is in `_bench_scale`,
+client in `_bench_connection`, and what they all share in `_bench_job`.
+
+The client must not be the bottleneck (except in the client workload, which
+measures connecteur's own client), so it works on raw sockets and knows
 the messages it expects instead of decoding them: every message of a run is
 the same, so the echoed stream is that message's wire bytes repeated. It
 checks each reply of the request/response workloads whole, and the streams of
@@ -23,36 +27,39 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from . import _bench_proc
+from ._bench_connection import client
+from ._bench_job import (
+    IO_TIMEOUT,
+    PIPELINE_BATCH,
+    RECV_SIZE,
+    SMALL,
+    Figures,
+    Job,
+    Meter,
+    WrongEcho,
+    connect,
+    framed,
+    recv_exactly,
+    wrong_echo,
+)
+from ._bench_scale import scale
 
-__all__ = ["CLIENT_BOUND_SHARE", "WORKLOADS", "Figures", "Job", "WrongEcho", "main", "run"]
+__all__ = ["BULK_WINDOW", "PIPELINE_WINDOW", "WORKLOADS", "main", "run"]
 
-Figures = dict[str, float | int | bool]
-"""One measurement's figures by name."""
-
-HEADER: Final = struct.Struct("!I")
-SMALL: Final = bytes(range(64))
-"""The 64-byte message of rr, pipeline, many and idle (68 bytes on the wire)."""
-BULK: Final = bytes(range(256)) * 4096
-"""The bulk workload's message: 1 MiB."""
-IO_TIMEOUT: Final = 30.0
-"""Seconds any single wait may take before the client gives up."""
-RECV_SIZE: Final = 256 * 1024
-"""Bytes asked of each recv while streaming: several pipelined batches at once."""
 SMALL_RECV_SIZE: Final = 256
 """Bytes asked of each recv of one 68-byte reply: recv(n) allocates n bytes
 first, and Python's small-object allocator serves up to 512 (above 128 KiB,
 malloc would even map and unmap them on every call)."""
-PIPELINE_BATCH: Final = 1024
-"""Pipelined messages per send (68 KiB)."""
+BULK: Final = bytes(range(256)) * 4096
+"""The bulk workload's message: 1 MiB."""
 PIPELINE_WINDOW: Final = 16 * 1024
 """Pipelined messages in flight at most (1.1 MB). Measured on 2 cores: with
 1,024 in flight, the wake-ups between client and server bound the figure
@@ -65,82 +72,6 @@ CONNECT_BATCH: Final = 100
 """Connections opened before their first round trips: below the servers' backlog (128)."""
 CHECK_EVERY: Final = 64
 """Round trips between two looks at the clock in rr."""
-CLIENT_BOUND_SHARE: Final = 0.9
-"""A client that used this share of its CPU core or more may have limited the figure."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One workload against one server."""
-
-    workload: str
-    host: str
-    port: int
-    server_pid: int
-    seconds: float
-    """How long the throughput workloads send."""
-    connections: int
-    """For many and idle."""
-    rss_samples: int
-    """For idle: consecutive RSS readings that must agree."""
-
-
-def _wire(message: bytes) -> bytes:
-    return HEADER.pack(len(message)) + message
-
-
-def _connect(job: Job) -> socket.socket:
-    sock = socket.create_connection((job.host, job.port), timeout=IO_TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _recv_exactly(sock: socket.socket, view: memoryview, got: int = 0) -> None:
-    """Fill `view`, `got` bytes of which are there already."""
-    while got < len(view):
-        more = sock.recv_into(view[got:])
-        if not more:
-            raise ConnectionError("the server closed the connection")
-        got += more
-
-
-class WrongEcho(Exception):
-    """The server's reply is not the message sent."""
-
-
-def _wrong_echo(reply: bytes | bytearray) -> WrongEcho:
-    return WrongEcho(f"the server replied {bytes(reply[:80])!r}, not the message sent")
-
-
-class _Meter:
-    """Wall time, server CPU and client CPU over a measured interval.
-
-    Both ends must be read while the workload's connections are open: the
-    server threads or processes serving them take their CPU time with them.
-    """
-
-    def __init__(self, server_pid: int) -> None:
-        self._pid = server_pid
-        self._server_cpu = _bench_proc.cpu_seconds(server_pid)
-        self._client_cpu = time.process_time()
-        self.start = time.perf_counter()
-
-    def figures(self, end: float, messages: int) -> Figures:
-        """The figures of an interval that ended at `end` (a `perf_counter` time) after `messages`."""
-        client_cpu = time.process_time() - self._client_cpu
-        server_cpu = _bench_proc.cpu_seconds(self._pid) - self._server_cpu
-        seconds = end - self.start
-        return {
-            "messages": messages,
-            "seconds": seconds,
-            "per_second": messages / seconds,
-            "server_cpu_seconds": server_cpu,
-            "server_cpu_us_per_message": 1e6 * server_cpu / messages,
-            "server_cpu_share": server_cpu / seconds,
-            "client_cpu_seconds": client_cpu,
-            "client_cpu_share": client_cpu / seconds,
-            "client_bound": client_cpu / seconds >= CLIENT_BOUND_SHARE,
-        }
 
 
 # --- the workloads ----------------------------------------------------------------
@@ -148,16 +79,16 @@ class _Meter:
 
 def rr(job: Job) -> Figures:
     """One connection, one 64-byte message in flight: round trips/s and latency."""
-    wire = _wire(SMALL)
+    wire = framed(SMALL)
     reply = bytearray(len(wire))
     view = memoryview(reply)
-    with _connect(job) as sock:
+    with connect(job) as sock:
         send, recv_into, now = sock.sendall, sock.recv_into, time.perf_counter_ns
         for _ in range(CHECK_EVERY):  # warm-up
             send(wire)
-            _recv_exactly(sock, view)
+            recv_exactly(sock, view)
         latencies: list[int] = []
-        meter = _Meter(job.server_pid)
+        meter = Meter(job.server_pid)
         end = meter.start + job.seconds
         while True:
             for _ in range(CHECK_EVERY):
@@ -165,10 +96,10 @@ def rr(job: Job) -> Figures:
                 send(wire)
                 got = recv_into(view)
                 if got < len(wire):
-                    _recv_exactly(sock, view, got)
+                    recv_exactly(sock, view, got)
                 latencies.append(now() - began)
                 if reply != wire:
-                    raise _wrong_echo(reply)
+                    raise wrong_echo(reply)
             if (stop := time.perf_counter()) >= end:
                 break
         figures = meter.figures(stop, len(latencies))  # before the close ends the server's thread or process
@@ -184,19 +115,19 @@ def _stream(job: Job, message: bytes, *, batch: int, window: int) -> Figures:
     One thread, non-blocking: no GIL handoffs between a writer and a reader.
     After `job.seconds`, stops sending and waits for every echo.
     """
-    wire = _wire(message)
+    wire = framed(message)
     chunk = wire * batch
     limit = len(wire) * window - len(chunk)  # bytes in flight before the next batch may go
     expected = wire * (RECV_SIZE // len(wire) + 2)  # any read fits at any offset within one wire
     buffer = bytearray(RECV_SIZE)
     view = memoryview(buffer)
-    with _connect(job) as sock:
+    with connect(job) as sock:
         sock.sendall(wire)
-        _recv_exactly(sock, memoryview(bytearray(len(wire))))
+        recv_exactly(sock, memoryview(bytearray(len(wire))))
         sock.setblocking(False)
         sent = received = 0
         pending = memoryview(b"")
-        meter = _Meter(job.server_pid)
+        meter = Meter(job.server_pid)
         end = meter.start + job.seconds
         sending = True
         while True:
@@ -244,20 +175,18 @@ def bulk(job: Job) -> Figures:
 @contextmanager
 def _connections(job: Job) -> Iterator[list[socket.socket]]:
     """`job.connections` connections, each after one round trip: accepted and served."""
-    wire = _wire(SMALL)
+    wire = framed(SMALL)
     reply = memoryview(bytearray(len(wire)))
     with ExitStack() as stack:
         socks: list[socket.socket] = []
         while len(socks) < job.connections:
-            batch = [
-                stack.enter_context(_connect(job)) for _ in range(min(CONNECT_BATCH, job.connections - len(socks)))
-            ]
+            batch = [stack.enter_context(connect(job)) for _ in range(min(CONNECT_BATCH, job.connections - len(socks)))]
             for sock in batch:
                 sock.sendall(wire)
             for sock in batch:
-                _recv_exactly(sock, reply)
+                recv_exactly(sock, reply)
                 if reply != wire:
-                    raise _wrong_echo(reply.tobytes())
+                    raise wrong_echo(reply.tobytes())
             socks += batch
         yield socks
 
@@ -268,7 +197,7 @@ def many(job: Job) -> Figures:
     One thread drives them all with epoll (Linux, like the rest of the
     benchmark): a thread per connection would measure the client's GIL.
     """
-    wire = _wire(SMALL)
+    wire = framed(SMALL)
     with _connections(job) as socks, select.epoll() as poller:
         for sock in socks:
             sock.setblocking(False)
@@ -279,7 +208,7 @@ def many(job: Job) -> Figures:
         sends = {sock.fileno(): sock.send for sock in socks}
         partial: dict[int, bytearray] = {}
         count, outstanding = 0, len(socks)
-        meter = _Meter(job.server_pid)
+        meter = Meter(job.server_pid)
         end = meter.start + job.seconds
         for send in sends.values():
             send(wire)
@@ -312,7 +241,7 @@ def _try_complete(partial: dict[int, bytearray], fd: int, data: bytes, wire: byt
     if len(pending) < len(wire):
         return False
     if pending != wire:
-        raise _wrong_echo(pending)
+        raise wrong_echo(pending)
     del partial[fd]
     return True
 
@@ -349,6 +278,8 @@ WORKLOADS: Final[dict[str, Callable[[Job], Figures]]] = {
     "bulk": bulk,
     "many": many,
     "idle": idle,
+    "scale": scale,
+    "client": client,
 }
 
 

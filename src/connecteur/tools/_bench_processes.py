@@ -3,8 +3,9 @@
 Each is ``python -m connecteur.tools._bench_servers`` or ``_bench_client``,
 started with the directory this connecteur came from first on its path, and
 pinned by itself to its CPU (before any thread starts, so every thread and
-child inherits it). Stopping is part of each one's context: nothing outlives
-the run, even when it fails.
+child inherits it), except a server with several workers: each needs a CPU,
+so it is not pinned at all. Stopping is part of each one's context: nothing
+outlives the run, even when it fails.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Final
 
-from ._bench_client import IO_TIMEOUT, Figures, Job
+from ._bench_job import IO_TIMEOUT, Figures, Job
 
 __all__ = ["Client", "Server", "ServerFailed", "running_client", "running_servers"]
 
@@ -113,12 +114,15 @@ class Server:
 
 
 @contextmanager
-def running_servers(targets: Sequence[str], cpu: int | None, notes: list[str]) -> Iterator[list[Server]]:
+def running_servers(
+    targets: Sequence[str], cpu: int | None, notes: list[str], *, unpinned: Collection[str] = ()
+) -> Iterator[list[Server]]:
     """A server per item of `targets` (a target may come twice), all started at once and stopped on exit.
 
-    They start in parallel and stop in parallel (SIGTERM to all, then each
-    waited for). What a server says on stopping, when it did not stop
-    cleanly, goes to `notes`.
+    Each is pinned to `cpu`, except the `unpinned` targets (those that need
+    several CPUs), which start with no CPU given. They start in parallel and
+    stop in parallel (SIGTERM to all, then each waited for). What a server
+    says on stopping, when it did not stop cleanly, goes to `notes`.
 
     Raises:
         ServerFailed: a server did not start.
@@ -127,7 +131,7 @@ def running_servers(targets: Sequence[str], cpu: int | None, notes: list[str]) -
         servers: list[Server] = []
         for target in targets:
             stderr = stack.enter_context(tempfile.TemporaryFile())
-            servers.append(server := Server(target, cpu, stderr))
+            servers.append(server := Server(target, None if target in unpinned else cpu, stderr))
             stack.callback(_stop, server, notes)
         stack.callback(_terminate_all, servers)  # first on exit
         for server in servers:

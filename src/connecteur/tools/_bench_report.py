@@ -15,7 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Final, Self, TextIO
 
-from ._bench_client import CLIENT_BOUND_SHARE
+from ._bench_job import CLIENT_BOUND_SHARE
 from .bench import TARGETS, WORKLOADS, Figures, Progress, Results
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "has_rich",
     "plot",
     "print_table",
+    "skip_lines",
     "table",
     "write_json",
 ]
@@ -57,6 +58,10 @@ COLUMNS: Final = (
     Column("many", "per_second", "rt/s", ",.0f", True),
     Column("many", "server_cpu_us_per_message", "cpu µs", ",.1f", False),
     Column("idle", "kib_per_connection", "KiB/conn", ",.1f", False),  # KiB per connection
+    Column("scale", "per_second", "msg/s", ",.0f", True),
+    Column("scale", "server_cpu_us_per_message", "cpu µs", ",.2f", False),
+    Column("client", "per_second", "rt/s", ",.0f", True),
+    Column("client", "ratio", "vs socket", ",.2f", True),
 )
 """Every column of the table, by workload; "cpu µs" is the server's CPU per message."""
 
@@ -130,23 +135,37 @@ def legend(results: Results) -> list[str]:
         )
     if settings.rounds > 1:
         lines.append(f"Each figure is its median over {settings.rounds} rounds, the targets taking turns.")
-    for kind, problems in (("skipped", results.skipped), ("failed", results.failures)):
-        for target, reasons in problems.items():
-            lines += [f"{kind}: {workload} on {target}: {reason}" for workload, reason in reasons.items()]
+    lines += skip_lines(results)
+    for target, reasons in results.failures.items():
+        lines += [f"failed: {workload} on {target}: {reason}" for workload, reason in reasons.items()]
     lines += [f"note: {note}" for note in results.notes]
     return lines
 
 
+def skip_lines(results: Results) -> list[str]:
+    """A line per skipped workload and target; one line for a reason shared by several (--check skips dozens)."""
+    pairs: dict[str, list[str]] = {}
+    for target, reasons in results.skipped.items():
+        for workload, reason in reasons.items():
+            pairs.setdefault(reason, []).append(f"{workload} on {target}")
+    return [
+        f"skipped: {where[0]}: {reason}" if len(where) == 1 else f"skipped: {len(where)} pairs: {reason}"
+        for reason, where in pairs.items()
+    ]
+
+
 def _units(workloads: list[str]) -> list[str]:
     units = {
-        "rt/s: round trips per second": {"rr", "many"},
+        "rt/s: round trips per second": {"rr", "many", "client"},
         "MB: 10**6 bytes of messages echoed": {"bulk"},
         "cpu µs: the server's CPU time per message (user + system, its whole process tree)": {
             "rr",
             "pipeline",
             "bulk",
             "many",
+            "scale",
         },
+        "vs socket: connecteur's round trips/s over a hand-written socket client's, taking turns": {"client"},
     }
     explained = [unit for unit, where in units.items() if where & set(workloads)]
     return ["; ".join(explained) + "."] if explained else []
@@ -200,6 +219,8 @@ def _summary(workload: str, figures: Figures) -> str:
     if "server_cpu_us_per_message" in figures:
         text += f", server CPU {float(figures['server_cpu_us_per_message']):,.2f} µs/message"
         text += f", client busy {float(figures['client_cpu_share']):.0%}"
+    if "ratio" in figures:
+        text += f", {float(figures['ratio']):.2f}{TIMES} a hand-written socket client's"
     return text
 
 

@@ -7,6 +7,8 @@ HOST:PORT`` and runs until SIGTERM.
 
 A connecteur engine runs `Server(echo, ...).serve_forever()`, as ``connecteur
 serve --app echo`` does but without timeouts: idle connections must stay.
+``select*2`` is the select engine with ``workers=2``: two forked processes on
+one port, started without ``--cpu`` since it needs two cores.
 
 The peers are what a careful user of the standard library would write in a
 few lines, each with a 4-byte big-endian length header (connecteur's default
@@ -17,6 +19,13 @@ connection); ``multiprocessing.connection`` (a thread per connection; its
 header is the same for messages under 2 GiB). All of them set TCP_NODELAY,
 as connecteur does, and listen with a backlog of 128, connecteur's default
 (socketserver's 5 and Listener's 1 would drop the many workload's handshakes).
+
+One more peer is no server a user would write but a bound: ``recv-into``, a
+bare ``recv_into`` loop with no framing (a thread per connection, a 64 KiB
+buffer each, ``sendall`` of what each read brought). It echoes bytes, not
+messages, which every workload accepts since the client checks the echoed
+stream; what it moves per second is what Python's socket calls allow, so the
+engines' bulk figure is judged against it.
 """
 
 from __future__ import annotations
@@ -31,11 +40,14 @@ import socketserver
 import struct
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener
 from typing import Final, cast
 
 from ..server import Server
+from . import _bench_proc
 from .apps import echo
 
 __all__ = ["ENGINES", "PEERS", "main"]
@@ -48,14 +60,19 @@ MAX_SIZE: Final = 16 * 2**20
 MAX_CONNECTIONS: Final = 100_000
 """Connections an engine serves at once: above any workload's."""
 
-ENGINES: Final[dict[str, tuple[str, str]]] = {
-    "select": ("select", "asyncio"),
-    "threads": ("threads", "asyncio"),
-    "processes": ("processes", "asyncio"),
-    "asyncio": ("asyncio", "asyncio"),
-    "asyncio@uvloop": ("asyncio", "uvloop"),
+ENGINES: Final[dict[str, tuple[str, str, int]]] = {
+    "select": ("select", "asyncio", 1),
+    "select*2": ("select", "asyncio", 2),
+    "threads": ("threads", "asyncio", 1),
+    "processes": ("processes", "asyncio", 1),
+    "asyncio": ("asyncio", "asyncio", 1),
+    "asyncio@uvloop": ("asyncio", "uvloop", 1),
 }
-"""The engine and the event loop (for the asyncio engine) of each engine target."""
+"""The engine, the event loop (for the asyncio engine) and the workers of each engine target."""
+SETTLED_COUNTS: Final = 5
+"""Equal readings of a multi-worker server's processes and threads, 10 ms apart, that make it started."""
+RECV_INTO_SIZE: Final = 64 * 2**10
+"""The recv-into peer's buffer (bytes), one per connection."""
 
 
 _handle: Final = echo
@@ -64,6 +81,24 @@ _handle: Final = echo
 
 def _ready(address: tuple[str, int]) -> None:  # a socket-module address: host, port
     print(f"serving echo on {address[0]}:{address[1]}", flush=True)
+
+
+def _ready_once_forked(server: Server, workers: int) -> None:
+    """Say "serving" from a thread once every worker runs, with the threads it keeps.
+
+    `ready` comes before the workers fork. The client counts the server's
+    processes and threads before each workload and waits for the server to
+    be back to them after; a worker still starting would break that count.
+    """
+
+    def wait() -> None:
+        recent: deque[tuple[int, int]] = deque(maxlen=SETTLED_COUNTS)  # (processes, threads)
+        while len(recent) < SETTLED_COUNTS or len(set(recent)) > 1 or recent[0][0] != workers + 1:
+            time.sleep(0.01)
+            recent.append(_bench_proc.task_counts(os.getpid()))
+        _ready(server.address)
+
+    threading.Thread(target=wait, name="ready", daemon=True).start()
 
 
 # --- asyncio ------------------------------------------------------------------------
@@ -188,12 +223,33 @@ def _run_multiprocessing() -> None:
             threading.Thread(target=_mp_client, args=(listener.accept(),), daemon=True).start()
 
 
+def _recv_into_client(sock: socket.socket) -> None:
+    buffer = bytearray(RECV_INTO_SIZE)
+    view = memoryview(buffer)
+    with sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while n := sock.recv_into(buffer):
+                sock.sendall(view[:n])
+        except OSError:  # reset: the client is gone
+            pass
+
+
+def _run_recv_into() -> None:
+    with socket.create_server((HOST, 0), backlog=BACKLOG) as listener:
+        _ready(listener.getsockname())
+        while True:  # an accept() error ends the peer: the benchmark reports it
+            sock, _ = listener.accept()
+            threading.Thread(target=_recv_into_client, args=(sock,), daemon=True).start()
+
+
 PEERS: Final[dict[str, Callable[[], None]]] = {
     "asyncio-streams": lambda: _run_asyncio("streams", "asyncio"),
     "asyncio-protocol": lambda: _run_asyncio("protocol", "asyncio"),
     "socketserver": _run_socketserver,
     "multiprocessing": _run_multiprocessing,
     "uvloop-protocol": lambda: _run_asyncio("protocol", "uvloop"),
+    "recv-into": _run_recv_into,
 }
 """How to run each standard-library peer, by target name."""
 
@@ -210,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: SIGTERM stops a peer
         PEERS[args.target]()
         return 0
-    engine, loop = ENGINES[args.target]
-    server = Server(echo, (HOST, 0), engine=engine, loop=loop, max_connections=MAX_CONNECTIONS)
-    server.serve_forever(ready=lambda: _ready(server.address))
+    engine, loop, workers = ENGINES[args.target]
+    server = Server(echo, (HOST, 0), engine=engine, loop=loop, workers=workers, max_connections=MAX_CONNECTIONS)
+    if workers == 1:
+        server.serve_forever(ready=lambda: _ready(server.address))
+    else:
+        server.serve_forever(ready=lambda: _ready_once_forked(server, workers))
     return 0
 
 

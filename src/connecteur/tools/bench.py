@@ -5,13 +5,16 @@ server runs in a process of its own (`_bench_servers`), the client in another
 (`_bench_client`), and this process only orchestrates: it starts them, hands
 the client one job at a time, and collects the figures. With two CPUs or
 more, the servers are pinned to one and the client to another, so a figure is
-one server against one client, neither sharing a core or a GIL.
+one server against one client, neither sharing a core or a GIL; a target with
+several workers (``select*2``) is not pinned, since each worker needs a CPU.
 
 The throughput servers are started together and take turns, workload by
 workload and round by round (in reverse order every other round), so a slow
 spell of a shared machine hits every target alike; each figure is the median
 round. The idle workload gets a fresh server per target, so its memory is not
-what earlier workloads left behind. Linux only: figures come from /proc.
+what earlier workloads left behind. A pair of target and workload the plan
+skips does not run, and a server with nothing to run is not started (``--check``,
+in `_bench_check`, skips most pairs). Linux only: figures come from /proc.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from pathlib import Path
 from typing import Final, Literal, Self
 
 from . import _bench_proc
-from ._bench_client import BULK_WINDOW, IO_TIMEOUT, PIPELINE_WINDOW, Figures, Job
+from ._bench_client import BULK_WINDOW, PIPELINE_WINDOW
+from ._bench_job import IO_TIMEOUT, Figures, Job
 from ._bench_processes import Client, Server, ServerFailed, running_client, running_servers
+from ._bench_scale import SCALE_CONNECTIONS, SCALE_WINDOW
 
 __all__ = [
+    "DEFAULT_WORKLOADS",
     "FULL",
     "QUICK",
     "TARGETS",
@@ -54,6 +60,8 @@ class Target:
     name: str
     kind: Literal["engine", "peer"]
     description: str
+    workers: int = 1
+    """Processes serving the port: a target with several needs as many CPUs, so it is not pinned."""
 
     @property
     def needs_uvloop(self) -> bool:
@@ -64,6 +72,7 @@ TARGETS: Final = {
     target.name: target
     for target in (
         Target("select", "engine", "connecteur, select engine (one thread, selectors)"),
+        Target("select*2", "engine", "connecteur, select engine, 2 worker processes (not pinned)", workers=2),
         Target("threads", "engine", "connecteur, threads engine (a thread per connection)"),
         Target("processes", "engine", "connecteur, processes engine (a process per connection)"),
         Target("asyncio", "engine", "connecteur, asyncio engine"),
@@ -73,6 +82,7 @@ TARGETS: Final = {
         Target("socketserver", "peer", "stdlib: socketserver.ThreadingTCPServer"),
         Target("multiprocessing", "peer", "stdlib: multiprocessing.connection, a thread per connection"),
         Target("uvloop-protocol", "peer", "an asyncio Protocol on uvloop"),
+        Target("recv-into", "peer", "a bare recv_into loop, no framing (a thread per connection)"),
     )
 }
 """Every target, in the order of the table."""
@@ -88,6 +98,8 @@ class Workload:
     """The key of its main figure in each result."""
     unit: str
     higher_is_better: bool
+    is_default: bool = True
+    """Whether a run without --workload has it."""
 
 
 WORKLOADS: Final = {
@@ -112,9 +124,29 @@ WORKLOADS: Final = {
             "KiB/connection",
             False,
         ),
+        Workload(
+            "scale",
+            f"64 B messages, up to {SCALE_WINDOW:,} in flight on each of {SCALE_CONNECTIONS} connections",
+            "per_second",
+            "messages/s",
+            True,
+            is_default=False,
+        ),
+        Workload(
+            "client",
+            "connecteur's blocking Connection doing rr, against a hand-written socket client",
+            "per_second",
+            "round trips/s",
+            True,
+            is_default=False,
+        ),
     )
 }
-"""Every workload, in the order they run."""
+"""Every workload, in the order they run. scale and client only run when asked for
+(``--workload``, ``--check``): scale is for servers with several workers, and
+client measures connecteur's client rather than the server."""
+DEFAULT_WORKLOADS: Final = [name for name, workload in WORKLOADS.items() if workload.is_default]
+"""The workloads of a run that does not choose."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +165,7 @@ class Settings:
 
 FULL: Final = Settings("full", rounds=3, seconds=1.0, many_connections=1000, idle_connections=2000, rss_samples=6)
 QUICK: Final = Settings("quick", rounds=1, seconds=0.2, many_connections=200, idle_connections=200, rss_samples=3)
-"""Every target and workload, once and shorter: 15 to 20 s on 2 cores."""
+"""Every target and workload, once and shorter: about 20 s on 2 cores."""
 
 CHILD_KIB_ESTIMATE: Final = 2560
 """Memory a processes-engine child takes (KiB), a little above the ~2 MiB of
@@ -174,6 +206,12 @@ class Results:
     """target -> workload -> what went wrong."""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    checks: list[dict[str, object]] = field(default_factory=list)
+    """The verdicts of ``--check``, when it ran (see `_bench_check`)."""
+
+    def is_skipped(self, target: str, workload: str) -> bool:
+        """Whether the plan leaves this workload out for this target."""
+        return workload in self.skipped.get(target, {})
 
     def figure(self, target: str, workload: str) -> Figures | None:
         """Each figure's median over the rounds (the lower middle one for an even count), if any ran.
@@ -206,6 +244,7 @@ class Results:
             "failures": self.failures,
             "notes": self.notes,
             "seconds": self.seconds,
+            **({"checks": self.checks} if self.checks else {}),
         }
 
 
@@ -246,6 +285,9 @@ def prepare(targets: Sequence[str], workloads: Sequence[str], settings: Settings
     notes: list[str] = []
     settings = _fit_fd_limit(settings, notes)
     server_cpu, client_cpu, pinning = _choose_cpus()
+    unpinned = [name for name in targets if TARGETS[name].workers > 1]
+    if unpinned and server_cpu is not None:
+        pinning += f"; {', '.join(unpinned)} not pinned: each of its workers needs a CPU"
     results = Results(
         list(targets), list(workloads), settings, reference, _bench_proc.machine(), (server_cpu, client_cpu), pinning
     )
@@ -267,17 +309,20 @@ def run(results: Results, *, progress: Progress | None = None) -> Results:
     targets, settings = results.targets, results.settings
     server_cpu, client_cpu = results.cpus
     throughput = [workload for workload in results.workloads if workload != "idle"]
-    progress.begin(len(targets) * (len(throughput) * settings.rounds + ("idle" in results.workloads)), settings.rounds)
-    busy_targets = list(targets) if throughput else []
-    fresh_targets = list(targets) if "idle" in results.workloads else []
+    # Only the servers with something to do: --check skips most pairs.
+    busy_targets = [name for name in targets if any(not results.is_skipped(name, w) for w in throughput)]
+    fresh_targets = [name for name in targets if "idle" in results.workloads and not results.is_skipped(name, "idle")]
+    pairs = sum(not results.is_skipped(name, workload) for name in busy_targets for workload in throughput)
+    progress.begin(pairs * settings.rounds + len(fresh_targets), settings.rounds)
+    unpinned = {name for name in targets if TARGETS[name].workers > 1}
     try:
         # The idle workload's fresh servers start with the others, in parallel.
-        started = running_servers(busy_targets + fresh_targets, server_cpu, results.notes)
+        started = running_servers(busy_targets + fresh_targets, server_cpu, results.notes, unpinned=unpinned)
         with started as servers, running_client(client_cpu) as client:  # the client stops first
             busy = dict(zip(busy_targets, servers, strict=False))
             fresh = dict(zip(fresh_targets, servers[len(busy_targets) :], strict=True))
             for round_number in range(1, settings.rounds + 1):
-                order = targets if round_number % 2 else targets[::-1]
+                order = busy_targets if round_number % 2 else busy_targets[::-1]
                 for workload in throughput:
                     for target in order:
                         _measure(client, busy[target], workload, results, progress, round_number)
@@ -343,7 +388,7 @@ def _measure(
 ) -> None:
     """Run one workload against one server; file its figures, or what went wrong."""
     target = server.target
-    if workload in results.skipped.get(target, {}) or workload in results.failures.get(target, {}):
+    if results.is_skipped(target, workload) or workload in results.failures.get(target, {}):
         return
     progress.step(target, workload, round_number)
     settings = results.settings
