@@ -23,6 +23,7 @@ from .errors import ConnectionClosed, Timeout
 from .framing import Buffer
 
 __all__ = [
+    "as_timeout",
     "bound_address",
     "check_connected",
     "check_listening",
@@ -56,9 +57,18 @@ def timeouts_as(what: str, seconds: float | None) -> Iterator[None]:
     try:
         yield
     except TimeoutError as exc:
-        if isinstance(exc, Timeout) or exc.errno is not None:  # ours, or ETIMEDOUT: a dead link, not a wait
+        converted = as_timeout(exc, what, seconds)
+        if converted is exc:
             raise
-        raise Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0) from exc
+        raise converted from exc
+
+
+def as_timeout(exc: TimeoutError, what: str, seconds: float | None) -> TimeoutError:
+    """The socket module's `TimeoutError` as a `Timeout` naming `what`; `exc` itself if it is one already,
+    or if it is ETIMEDOUT (a dead link, not a wait)."""
+    if isinstance(exc, Timeout) or exc.errno is not None:
+        return exc
+    return Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0)
 
 
 def open_connection(address: Address, timeout: float | None) -> socket.socket:

@@ -152,12 +152,19 @@ class Handler:
             return reply
         return self._sync_reply(reply)
 
-    def answer_plain(self, messages: list[bytes], replies: list[Buffer]) -> None:
+    def answer_plain(
+        self, messages: list[bytes], replies: list[Buffer], *, async_ok: bool = False
+    ) -> tuple[int, object]:
         """Call a plain handler (`is_plain`) on each message in order, appending its replies to `replies`.
 
-        For engines without an event loop: the hot path of a server, one
-        loop per read. A plain function has no peer, so it cannot close the
-        connection halfway: every message gets its call.
+        The hot path of a server, one loop per read. A plain function has no
+        peer, so it cannot close the connection halfway: every message gets
+        its call. Without `async_ok` (engines without an event loop) an
+        awaitable reply is refused; with it, the loop stops there.
+
+        Returns:
+            ``(len(messages), None)``, or the index of the message whose
+            reply was an awaitable, and that awaitable.
 
         Raises:
             HandlerFailed: as `received`; `replies` holds the replies to the messages before.
@@ -165,13 +172,18 @@ class Handler:
         function = self._function
         assert function is not None and self._codec is None
         append = replies.append
-        for message in messages:
+        for index, message in enumerate(messages):
             try:
                 reply = function(message)
             except Exception as exc:
                 raise HandlerFailed("received", exc) from exc
             if reply is not None:
-                append(reply if type(reply) is bytes else self._sync_reply(reply))
+                if type(reply) is not bytes:
+                    if async_ok and inspect.isawaitable(reply):
+                        return index, reply
+                    reply = self._sync_reply(reply)
+                append(reply)
+        return len(messages), None
 
     def _sync_reply(self, reply: object) -> Buffer:
         """`check_reply` of a reply that is not None, refusing an awaitable: the engine has no event loop."""

@@ -33,7 +33,7 @@ from typing import Any, Final, cast
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer
+from ..framing import Buffer, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -46,7 +46,7 @@ from ._engine import (
     refuse_if_full,
     refuse_untrusted,
 )
-from ._handler import HandlerFailed, log_closing
+from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer
 from .select import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
 
@@ -215,6 +215,7 @@ class _AioLink(asyncio.BufferedProtocol):
         self._announced = False  # the handler's connected() was called
         self._transport: asyncio.Transport | None = None
         self._tail: asyncio.Future[None] | None = None  # the last async reply in the chain
+        self._encode_all = batch_encoder(self._config.framing)
         self._pending = 0  # async replies in flight
         self._writing_paused = False
         self._reading_paused = False
@@ -377,6 +378,8 @@ class _AioLink(asyncio.BufferedProtocol):
     def _dispatch(self, messages: list[bytes]) -> None:
         """Call the handler for each message; plain replies of one read leave in one write."""
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
+        if handler.is_plain and self._tail is None and messages:
+            messages = self._answer_plain(messages)
         replies: list[bytes] = []
         self._batch = replies
         try:
@@ -399,6 +402,41 @@ class _AioLink(asyncio.BufferedProtocol):
         finally:
             self._batch = None
         self._flush(replies)
+
+    def _answer_plain(self, messages: list[bytes]) -> list[bytes]:
+        """The hot path of `_dispatch`: a plain function's replies to one read, framed at once in one write.
+
+        Measured with ``connecteur bench`` (pipeline), the general loop
+        (per message: the awaitable test, the framing, the reply check)
+        cost twice the select engine's CPU per message. Returns the messages
+        still to answer, after the first reply that was an awaitable (now
+        chained) or a failure (the connection is then closed).
+        """
+        replies: list[Buffer] = []
+        try:
+            stop, pending = self._config.handler.answer_plain(messages, replies, async_ok=True)
+        except HandlerFailed as exc:
+            self._write_replies(replies)  # answer the messages before the one that failed, then close
+            self._fail(exc)
+            return []
+        if not self._write_replies(replies):
+            return []
+        if pending is None:
+            return []
+        self._chain(pending)
+        return messages[stop + 1 :]
+
+    def _write_replies(self, replies: list[Buffer]) -> bool:
+        """Frame and write `replies` in one write; False if one was too large (the connection then fails)."""
+        if not replies:
+            return True
+        wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
+        if count:
+            self._write(wire, count)
+        if too_large is not None:
+            self._fail(too_large)
+            return False
+        return True
 
     def _encode_reply(self, reply: Buffer | None, encode: Callable[[Buffer], bytes]) -> bytes:
         assert reply is not None
