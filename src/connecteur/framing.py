@@ -510,8 +510,9 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         unpack_from, header_size, max_size = self._unpack_from, self._header_size, self._max_size
         end = len(data)
         if end >= header_size:
-            size = self._checked_size(data, 0)
-            if size >= LARGE_MESSAGE and header_size + size > end:  # no copy of the read: straight into the body
+            (size,) = unpack_from(data, 0)
+            if size >= LARGE_MESSAGE and header_size + size > end and size <= max_size:
+                # The read only begins a large message: straight into its body, no copy of the read.
                 self._body, self._got = bytearray(size), 0
                 self._fill_body(memoryview(data).cast("B")[header_size:], out)
                 return

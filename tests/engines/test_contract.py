@@ -91,6 +91,22 @@ def test_oversized_header_closes_only_that_connection(serve: Serve) -> None:
     wait_until(lambda: server.stats.errors == 1, what="the error counted")
 
 
+def grow_big(message: bytes) -> bytes:
+    return message * 100 if message == b"big" else message
+
+
+def test_a_reply_over_max_size_answers_the_messages_before_then_closes(serve: Serve) -> None:
+    """Replies to one read are framed together: a refused one ends the connection after those before it."""
+    server = serve(grow_big, framing=LengthPrefixed(max_size=50))
+    framing = LengthPrefixed(max_size=50)
+    with raw_client(server) as sock:
+        sock.sendall(b"".join(framing.encode(m) for m in (b"one", b"two", b"big", b"never")))  # one read, likely
+        assert recv_until_closed(sock) == framing.encode(b"one") + framing.encode(b"two")
+    wait_until(lambda: server.stats.errors == 1, what="the error counted")
+    with connect(server.address, framing=framing, timeout=TIMEOUT) as conn:
+        assert conn.request(b"next") == b"next"
+
+
 def test_garbage_closes_the_connection_and_answers_what_came_before(serve: Serve) -> None:
     server = serve(echo, framing=Netstring())
     with raw_client(server) as sock:

@@ -452,7 +452,10 @@ class _SelectLink:
             self._config.handler.answer_plain(messages, replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
-        wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
+        try:
+            wire, count, too_large = self._encode_all(replies), len(replies), None
+        except FramingError:  # a reply too large: send those before it
+            wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
         self._config.counters.exchanged(len(messages), size, count, len(wire))
         if count:
             if self._deadlines.is_active:
