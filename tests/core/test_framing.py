@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import connecteur
 from connecteur.framing import (
     LARGE_MESSAGE,
+    BodyPool,
     CloseDelimited,
     DecimalPrefixed,
     Decoder,
@@ -902,12 +903,15 @@ def _patterned(size: int, seed: int) -> bytes:
     return bytes((seed + i * 7) % 251 for i in range(min(size, 251))) * (size // 251) + bytes(size % 251)
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @given(sizes=st.lists(_LARGE_SIZES, min_size=1, max_size=4), data=st.data())
-def test_large_messages_through_feed_and_direct_reads(sizes: list[int], data: st.DataObject) -> None:
+def test_large_messages_through_feed_and_direct_reads(pooled: bool, sizes: list[int], data: st.DataObject) -> None:
     """Random cuts down to 1 byte, each piece fed or read straight into the body when the decoder offers it."""
     messages = [_patterned(size, seed) for seed, size in enumerate(sizes)]
     wire = b"".join(LengthPrefixed().encode(message) for message in messages) + b"\x00\x00"  # the next header's start
     decoder = LengthPrefixed().decoder()
+    if pooled:
+        decoder.use_pool(BodyPool())  # type: ignore[attr-defined]
     got: list[bytes] = []
     pos = 0
     while pos < len(wire):
@@ -957,3 +961,29 @@ def test_batch_encoder_is_encode_of_each_joined(framing: Framing, messages: list
 def test_batch_encoder_refuses_a_message_over_the_limit() -> None:
     with pytest.raises(MessageTooLarge):
         batch_encoder(LengthPrefixed(max_size=3))([b"abc", b"abcd"])
+
+
+def test_body_pool_lends_its_spare_only_for_a_size_it_fits_without_waste() -> None:
+    pool = BodyPool()
+    first = pool.take(1000)
+    first[:] = b"a" * 1000
+    pool.give(first)
+    again = pool.take(600)  # fits, wastes less than half: the same memory
+    assert len(again) == 600 and bytes(again[:3]) == b"aaa"
+    other = pool.take(600)  # the spare is lent out: a new buffer
+    assert bytes(other[:3]) == b"\x00\x00\x00"
+    pool.give(again)
+    assert len(pool.take(400)) == 400  # 1000 > 2 * 400: a new buffer, the spare stays
+    assert bytes(pool.take(1000)[:3]) == b"aaa"
+
+
+def test_two_decoders_sharing_a_pool_keep_their_messages_apart() -> None:
+    pool, framing = BodyPool(), LengthPrefixed()
+    one, two = framing.decoder(), framing.decoder()
+    one.use_pool(pool)  # type: ignore[attr-defined]
+    two.use_pool(pool)  # type: ignore[attr-defined]
+    a, b = framing.encode(b"a" * LARGE_MESSAGE), framing.encode(b"b" * LARGE_MESSAGE)
+    assert one.feed(a[:100]) == [] and two.feed(b[:100]) == []
+    assert one.feed(a[100:]) == [b"a" * LARGE_MESSAGE]
+    assert two.feed(b[100:]) == [b"b" * LARGE_MESSAGE]
+    assert one.feed(b) == [b"b" * LARGE_MESSAGE]  # the spare, reused, holds b's bytes now

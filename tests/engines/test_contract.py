@@ -107,6 +107,18 @@ def test_a_reply_over_max_size_answers_the_messages_before_then_closes(serve: Se
         assert conn.request(b"next") == b"next"
 
 
+def test_large_and_small_messages_to_a_slow_reader_arrive_whole_and_in_order(serve: Serve) -> None:
+    """Large replies leave in gathering writes, their bodies filled in place: what the socket does not take waits."""
+    server = serve(echo)
+    sizes = [2**20, 5, 3 * 2**16 + 1, 0, 2**20 + 3, 70_000, 7]
+    messages = [bytes([n]) * size for n, size in enumerate(sizes)]
+    with connect(server.address, timeout=TIMEOUT) as conn:
+        conn.send_many(messages)
+        time.sleep(0.2)  # the server's replies fill the socket buffers before anything is read
+        assert [conn.recv() for _ in messages] == messages
+        assert conn.request(b"after") == b"after"
+
+
 def test_garbage_closes_the_connection_and_answers_what_came_before(serve: Serve) -> None:
     server = serve(echo, framing=Netstring())
     with raw_client(server) as sock:

@@ -33,7 +33,7 @@ from typing import Any, Final, cast
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer, batch_encoder
+from ..framing import BodyPool, Buffer, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -83,6 +83,7 @@ class AsyncioEngine:
         self._config = config
         self._new_loop = loop_factory(loop)
         self._buffer = bytearray(RECV_SIZE)
+        self.body_pool = BodyPool()  # the loop's one spare buffer for large messages
         self._view = memoryview(self._buffer)
         self._links: set[_AioLink] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,6 +210,8 @@ class _AioLink(asyncio.BufferedProtocol):
         self._engine = engine
         self._config = engine._config
         self._decoder = self._config.framing.decoder()
+        if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
+            use_pool(engine.body_pool)
         self._deadlines = self._config.deadlines()
         # PROXY header, TLS, authentication; None once open if it has nothing left to do.
         self._channel = self._config.channel.open(address)

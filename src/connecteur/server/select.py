@@ -36,7 +36,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer, batch_encoder
+from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -81,6 +81,7 @@ class SelectEngine:
         self._poller: Poller[object] = Poller()
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
+        self.body_pool = BodyPool()  # the loop's one spare buffer for large messages
         self._links: set[_SelectLink] = set()
         self._timers: list[tuple[float, int, _SelectLink | None]] = []
         self._sequence = itertools.count()
@@ -240,6 +241,7 @@ class _SelectLink:
         "_deadlines",
         "_decoder",
         "_encode_all",
+        "_encode_parts",
         "_engine",
         "_events",
         "_outgoing",
@@ -260,6 +262,8 @@ class _SelectLink:
         self.sock = sock
         self.peer = Peer(self, address, self._config.handler.encode_value)
         self._decoder = self._config.framing.decoder()
+        if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
+            use_pool(engine.body_pool)
         self._outgoing: deque[memoryview] = deque()
         self._queued = 0  # bytes in _outgoing
         self._events = _READ
@@ -276,6 +280,9 @@ class _SelectLink:
         self._announced = False  # the handler's connected() was called
         self._plain = self._config.handler.is_plain  # answered by _answer_plain
         self._encode_all = batch_encoder(self._config.framing)
+        self._encode_parts: Callable[[Buffer], list[Buffer]] | None = getattr(
+            self._config.framing, "encode_parts", None
+        )
         # Decoders that can take a read straight into a large message (see LengthPrefixed).
         self._recv_buffer: Callable[[], memoryview | None] | None = getattr(self._decoder, "recv_buffer", None)
         self._buffer_filled: Callable[[int], list[bytes]] | None = getattr(self._decoder, "buffer_filled", None)
@@ -452,26 +459,37 @@ class _SelectLink:
             self._config.handler.answer_plain(messages, replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
+        wire: Buffer | list[Buffer]
         try:
-            wire, count, too_large = self._encode_all(replies), len(replies), None
+            if len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE and self._encode_parts is not None:
+                wire = self._encode_parts(replies[0])  # no copy of a large reply: one gathering write
+            else:
+                wire = self._encode_all(replies)
+            count, too_large = len(replies), None
         except FramingError:  # a reply too large: send those before it
             wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-        self._config.counters.exchanged(len(messages), size, count, len(wire))
+        parts = wire if isinstance(wire, list) else [wire]
+        self._config.counters.exchanged(len(messages), size, count, sum(map(len, parts)))
         if count:
             if self._deadlines.is_active:
                 self._deadlines.moved()
             if self._queued or self._channel is not None:
-                self._write(wire if self._channel is None else self._channel.send(wire))
+                joined = b"".join(parts)
+                self._write(joined if self._channel is None else self._channel.send(joined))
             else:
                 try:
-                    sent = self.sock.send(wire)
+                    sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
                     self._fail(exc)
                     return False
-                if sent < len(wire):
-                    self._queue(memoryview(wire)[sent:])
+                for part in parts:  # queue what the socket did not take
+                    if sent >= len(part):
+                        sent -= len(part)
+                        continue
+                    self._queue(memoryview(part)[sent:])
+                    sent = 0
         failure = failure or too_large
         if failure is not None:
             self._fail(failure)
@@ -510,9 +528,9 @@ class _SelectLink:
         self._apply_backpressure()
 
     def _queue(self, rest: memoryview) -> None:
-        """Queue what the socket did not take of a write, with nothing queued before it."""
+        """Queue what the socket did not take of a write."""
         self._outgoing.append(rest)
-        self._queued += len(rest)
+        self._queued += rest.nbytes
         self._set_events(self._events | _WRITE)
         self._apply_backpressure()
 
