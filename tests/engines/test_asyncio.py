@@ -53,6 +53,26 @@ def test_mixed_sync_and_async_replies_keep_their_order(loop: str) -> None:
         assert [conn.recv() for _ in messages] == messages
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_no_reply_sync_and_async_replies_in_one_read_keep_their_order(loop: str) -> None:
+    """The plain-handler fast path stops at the first awaitable: the messages after it are the right ones."""
+
+    def mixed(message: bytes) -> object:
+        n = int(message)
+        if n % 5 == 0:
+            return None
+        return shuffled_upper(message) if n % 3 == 0 else message + b"!"
+
+    with (
+        Server(mixed, "127.0.0.1:0", engine="asyncio", loop=loop) as server,
+        connect(server.address, timeout=TIMEOUT) as conn,
+    ):
+        messages = [b"%d" % i for i in range(4, 304)]  # 5: no reply, then 6: the first awaitable
+        conn.send_many(messages)
+        expected = [m if int(m) % 3 == 0 else m + b"!" for m in messages if int(m) % 5]
+        assert [conn.recv() for _ in expected] == expected
+
+
 def test_async_hooks_and_an_async_handler_that_raises(caplog: pytest.LogCaptureFixture) -> None:
     events: list[str] = []
 
