@@ -89,7 +89,7 @@ def test_check_quick_prints_a_line_per_check_and_exits_0(tmp_path: Path) -> None
     result = run_bench("--check", "--quick", "--json", str(output), env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "Checks (issue #8), indicative only: a quick run is too short to decide them" in lines
+    assert "Performance targets, indicative only: a quick run is too short to decide them" in lines
     for check in _bench_check.CHECKS:
         (line,) = [line for line in lines if line.startswith(check.id + " ")]
         assert re.search(r" (HOLDS|MISSED)( \(client-bound\))?$", line), line

@@ -129,7 +129,7 @@ def test_a_missing_figure_fails_the_check_and_says_why() -> None:
     assert failed["bulk"].error == "bulk on recv-into was not measured"
     assert "is 0" in failed["pipeline-streams"].error
     lines = check.lines(check.evaluate(results), quick=True)
-    assert lines[0].startswith("Checks (issue #8), indicative only")
+    assert lines[0].startswith("Performance targets, indicative only")
     (bulk,) = [line for line in lines if line.startswith("bulk ")]
     assert bulk.endswith("failed: bulk on recv-into was not measured")
 

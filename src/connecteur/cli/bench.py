@@ -9,8 +9,8 @@ Connection against a hand-written socket client). The table gives each figure
 as a ratio to a reference target, with the server's CPU per message;
 ``--json`` keeps every raw figure, ``--plot`` draws them (matplotlib).
 ``--quick`` runs every target once, for shorter and with fewer connections,
-in under 30 s. ``--check`` runs the fixed plan of issue #8's targets and says
-of each whether it holds (exit status 1 if one does not; with ``--quick``,
+in under 30 s. ``--check`` runs the fixed plan of connecteur's performance
+targets (benchmarks/README.md) and says of each whether it holds (exit status 1 if one does not; with ``--quick``,
 indicative only). Linux only.
 """
 
@@ -79,7 +79,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help=f"issue #8's targets: one fixed run ({','.join(check.TARGETS)}; only the workloads each check needs; "
+        help="the performance targets (benchmarks/README.md): one fixed run "
+        f"({','.join(check.TARGETS)}; only the workloads each check needs; "
         f"idle with {check.SETTINGS.idle_connections:,} connections), then HOLDS or MISSED per check; exit status 1 "
         f"unless all hold. Not with --targets, --workload or --reference; --json adds the verdicts under "
         f'"checks". With --quick (idle with {check.QUICK_SETTINGS.idle_connections:,}): indicative only, '

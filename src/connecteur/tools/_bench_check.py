@@ -1,4 +1,4 @@
-"""``connecteur bench --check``: the targets of issue #8, measured in one run and judged.
+"""``connecteur bench --check``: connecteur's performance targets, measured in one run and judged.
 
 Each `Check` is data: a figure of one target, divided by the same figure of
 another target in the same run (or taken as it is), against a limit. `plan`
@@ -50,7 +50,7 @@ _FIGURES: Final = {
 
 @dataclass(frozen=True)
 class Check:
-    """One row of issue #8: figure `key` of `target` on `workload`, over `baseline`'s, `at_most` or at least `limit`.
+    """One performance target: figure `key` of `target` on `workload`, over `baseline`'s, `at_most` or at least `limit`.
 
     Without a baseline, the figure itself is held to the limit.
     """
@@ -95,12 +95,14 @@ CHECKS: Final = (
     Check("asyncio-pipeline", "pipeline", "asyncio", CPU, 1.5, at_most=True, baseline="select"),
     Check("client", "client", "select", "ratio", 0.9, at_most=False),
 )
-"""Issue #8's table: 64 B messages, the default framing; "select" is the select engine."""
+"""The performance targets (benchmarks/README.md): 64 B messages, the default framing; "select" is the select engine."""
 
 TARGETS: Final = ("select", "threads", "asyncio", "uvloop-protocol", "asyncio-streams", "recv-into", "select*2")
 """The targets of a --check run, in the table's order."""
-SETTINGS: Final = replace(FULL, name="check", idle_connections=10_000)
-"""A full run's, with the idle connections of the idle check."""
+SETTINGS: Final = replace(FULL, name="check", rounds=5, idle_connections=10_000)
+"""A full run's, with the idle connections of the idle check and five rounds:
+one round on a shared machine moves by tens of percent, and a verdict rests
+on the median."""
 QUICK_SETTINGS: Final = replace(QUICK, name="quick check", idle_connections=1_000)
 """A quick run's, with more idle connections: indicative only."""
 NOT_NEEDED: Final = "not needed by --check"
@@ -198,9 +200,9 @@ def _show(check: Check, value: float, digits: int) -> str:
 def lines(verdicts: list[Verdict], *, quick: bool) -> list[str]:
     """A heading, then a line per verdict: id, what is compared, value, limit with its direction, outcome."""
     heading = (
-        "Checks (issue #8), indicative only: a quick run is too short to decide them"
+        "Performance targets, indicative only: a quick run is too short to decide them"
         if quick
-        else "Checks (issue #8), every ratio from this run"
+        else "Performance targets, every ratio from this run"
     )
     width = max(len(verdict.check.describe()) for verdict in verdicts)
     said = [heading]
