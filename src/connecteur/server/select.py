@@ -1,11 +1,13 @@
 """The select engine: the HOWTO's non-blocking sockets multiplexed with select.
 
 One thread, one `Poller` (epoll called directly on Linux, `selectors`
-elsewhere: kqueue on BSD and macOS). The listening socket sits in the readers; every connection is
-non-blocking. A readable connection is read once with ``recv_into`` into one
-buffer shared by all connections (the loop is single-threaded), the bytes go
-to the connection's decoder, and the replies to every message of that read are
-joined into one write. Writes never block: what the socket does not take is
+elsewhere: kqueue on BSD and macOS). The listening socket sits in the
+readers; every connection is non-blocking. A readable connection is read
+once with ``recv_into`` into one buffer shared by all connections (the loop
+is single-threaded), or straight into the body of a large message under way;
+the bytes go to the connection's decoder, and the replies to every message
+of that read leave in one write (a large reply with its header, uncopied, in
+one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
 non-empty.
 
@@ -16,7 +18,7 @@ until the queue falls below `LOW_WATER`; one whose queue passes `HARD_CAP`
 Timers without threads: idle and per-message deadlines live on the
 connections; a heap holds at most one entry per connection, checked lazily
 when it comes due, so activity costs no heap operation. The loop sleeps in
-``select()`` until the next entry is due, so an idle server uses no CPU.
+``poll()`` until the next entry is due, so an idle server uses no CPU.
 
 Other threads reach the loop through `_inbox` and a wake-up socket pair.
 """
