@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select as select_module
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from connecteur import Peer, Server, connect
 from connecteur.framing import LengthPrefixed
+from connecteur.server._poller import Poller
 from connecteur.server.select import HARD_CAP, HIGH_WATER, RECV_SIZE, SelectEngine
 from connecteur.tools.apps import echo
 from tests.support import TIMEOUT, recv_until_closed, wait_until
@@ -145,3 +147,16 @@ def test_an_idle_server_uses_no_measurable_cpu() -> None:
             if process.poll() is None:
                 process.kill()
             process.communicate(timeout=TIMEOUT)
+
+
+def test_without_epoll_the_engine_runs_on_selectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable path of `Poller` (kqueue, poll or select where epoll is missing) serves the same way."""
+    monkeypatch.delattr(select_module, "epoll")
+    assert Poller()._epoll is None
+    big = bytes(range(256)) * 4096  # 1 MiB: partial writes, so writability is watched too
+    with Server(echo, "127.0.0.1:0", engine="select") as server, connect(server.address, timeout=TIMEOUT) as conn:
+        assert conn.request(b"ping") == b"ping"
+        conn.send_many([b"%d" % i for i in range(1000)] + [big, big])
+        time.sleep(0.2)  # the replies fill the socket buffers before anything is read
+        assert [conn.recv() for _ in range(1000)] == [b"%d" % i for i in range(1000)]
+        assert conn.recv() == big and conn.recv() == big

@@ -461,37 +461,24 @@ class _SelectLink:
             self._config.handler.answer_plain(messages, replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
-        wire: Buffer | list[Buffer]
+        encode_parts = self._encode_parts
         try:
-            if len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE and self._encode_parts is not None:
-                wire = self._encode_parts(replies[0])  # no copy of a large reply: one gathering write
+            if encode_parts is not None and len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE:
+                parts = encode_parts(replies[0])  # no copy of a large reply: one gathering write
             else:
-                wire = self._encode_all(replies)
+                parts = [self._encode_all(replies)]
             count, too_large = len(replies), None
         except FramingError:  # a reply too large: send those before it
             wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-        parts = wire if isinstance(wire, list) else [wire]
+            parts = [wire]
         self._config.counters.exchanged(len(messages), size, count, sum(map(len, parts)))
         if count:
             if self._deadlines.is_active:
                 self._deadlines.moved()
-            if self._queued or self._channel is not None:
-                joined = b"".join(parts)
-                self._write(joined if self._channel is None else self._channel.send(joined))
+            if self._channel is None:
+                self._write(*parts)
             else:
-                try:
-                    sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self._fail(exc)
-                    return False
-                for part in parts:  # queue what the socket did not take
-                    if sent >= len(part):
-                        sent -= len(part)
-                        continue
-                    self._queue(memoryview(part)[sent:])
-                    sent = 0
+                self._write(self._channel.send(b"".join(parts)))
         failure = failure or too_large
         if failure is not None:
             self._fail(failure)
@@ -508,26 +495,33 @@ class _SelectLink:
         self._config.counters.sent(messages, len(data))
         self._write(data if self._channel is None else self._channel.send(data))
 
-    def _write(self, data: bytes) -> None:
-        """Write `data` now as far as the socket takes it; queue the rest."""
-        if not self.is_open or not data:
+    def _write(self, *parts: Buffer) -> None:
+        """Write `parts` now, in one system call, as far as the socket takes them; queue the rest.
+
+        Several parts (a large reply's header and body) leave in one
+        gathering ``sendmsg``, uncopied.
+        """
+        if not self.is_open or not any(parts):
             return
         if self._queued:
-            self._outgoing.append(memoryview(data))
-            self._queued += len(data)
-        else:
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail(exc)
-                return
-            if sent == len(data):
-                return
-            self._queue(memoryview(data)[sent:])
+            for part in parts:
+                self._outgoing.append(memoryview(part))
+                self._queued += len(part)
+            self._apply_backpressure()
             return
-        self._apply_backpressure()
+        try:
+            sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+            else:
+                self._queue(memoryview(part)[sent:])
+                sent = 0
 
     def _queue(self, rest: memoryview) -> None:
         """Queue what the socket did not take of a write."""
