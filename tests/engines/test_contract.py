@@ -370,6 +370,29 @@ def test_stats_count_bytes_with_framing(serve: Serve) -> None:
     assert isinstance(stats, connecteur.Stats)
 
 
+def test_stats_count_an_open_connection_and_keep_its_counts_once_closed(engine: str, serve: Serve) -> None:
+    """Counts live per writer (an event loop, or a connection's thread) until that writer is done.
+
+    The processes engine is the exception: a child reports when its connection ends.
+    """
+    server = serve(echo)
+    live = not engine.startswith("processes")
+    with connect(server.address, timeout=TIMEOUT) as first:
+        for message in (b"a", b"bc"):
+            assert first.request(message) == message
+        if live:
+            wait_until(lambda: server.stats.messages_out == 2, what="the replies counted")
+            stats = server.stats
+            assert (stats.active, stats.messages_in, stats.bytes_in, stats.bytes_out) == (1, 2, 11, 11)
+        with connect(server.address, timeout=TIMEOUT) as second:
+            assert second.request(b"def") == b"def"
+            if live:
+                wait_until(lambda: server.stats.messages_out == 3, what="the second connection's reply counted")
+    wait_until(lambda: server.stats.active == 0 and server.stats.messages_out == 3, what="both connections counted")
+    stats = server.stats
+    assert (stats.messages_in, stats.messages_out, stats.bytes_in, stats.bytes_out) == (3, 3, 18, 18)
+
+
 def test_unix_socket_server_removes_its_file(serve: Serve, tmp_path: Path) -> None:
     path = f"{tmp_path}/server.sock"
     server = serve(upper, f"unix:{path}")

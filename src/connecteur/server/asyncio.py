@@ -84,6 +84,7 @@ class AsyncioEngine:
         self._new_loop = loop_factory(loop)
         self._buffer = bytearray(RECV_SIZE)
         self.body_pool = BodyPool()  # the loop's one spare buffer for large messages
+        self._traffic = config.counters.traffic()  # counted by the loop's thread only
         self._view = memoryview(self._buffer)
         self._links: set[_AioLink] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,6 +210,7 @@ class _AioLink(asyncio.BufferedProtocol):
     def __init__(self, engine: AsyncioEngine, address: object) -> None:
         self._engine = engine
         self._config = engine._config
+        self._traffic = engine._traffic
         self._decoder = self._config.framing.decoder()
         if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
             use_pool(engine.body_pool)
@@ -307,7 +309,8 @@ class _AioLink(asyncio.BufferedProtocol):
             self._dispatch(exc.messages)
             self._fail(exc)
             return
-        self._config.counters.received(len(messages), len(data))
+        self._traffic.messages_in += len(messages)
+        self._traffic.bytes_in += len(data)
         if self._deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
         self._dispatch(messages)
@@ -341,7 +344,7 @@ class _AioLink(asyncio.BufferedProtocol):
         except FramingError as exc:
             self._fail(exc)
             return False
-        self._config.counters.received(len(messages), 0)
+        self._traffic.messages_in += len(messages)
         self._dispatch(messages)
         self._closing = True
         self._close_when_flushed()
@@ -494,7 +497,8 @@ class _AioLink(asyncio.BufferedProtocol):
             return
         transport.write(data if self._channel is None else self._channel.send(data))
         self._deadlines.moved()
-        self._config.counters.sent(messages, len(data))
+        self._traffic.messages_out += messages
+        self._traffic.bytes_out += len(data)
         queued = transport.get_write_buffer_size()
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))

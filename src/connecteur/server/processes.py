@@ -178,8 +178,7 @@ class ProcessesEngine:
             logger.error("the process serving %s died (exit status %s)", format_address(child.address), code)
             counters.closed(error=True)
             return
-        counters.received(report.messages_in, report.bytes_in)
-        counters.sent(report.messages_out, report.bytes_out)
+        counters.add_traffic(report)
         counters.closed(error=report.errors > 0)
         counters.handshake_failed(report.handshake_errors)
 

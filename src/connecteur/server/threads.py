@@ -175,6 +175,8 @@ class BlockingLink:
         self._closed = False
         self._thread_id = 0
         self._deadlines = self._config.deadlines()
+        # The own thread counts what it reads; senders what they send, under _lock.
+        self._traffic = self._config.counters.traffic()
         self._encode_all = batch_encoder(self._config.framing)
         self._channel = self._config.channel.open(address)
         # With TLS, decrypting (the own thread) and encrypting (any sender) must
@@ -201,8 +203,9 @@ class BlockingLink:
                 with self._crypto_lock:
                     wire = channel.send(data)
                 self._sock.sendall(wire)
+            self._traffic.messages_out += messages
+            self._traffic.bytes_out += len(data)
         self._deadlines.moved()
-        self._config.counters.sent(messages, len(data))
 
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
@@ -250,7 +253,9 @@ class BlockingLink:
                 if error is None and not self._aborted:
                     self._say_goodbye()
                 self._sock.close()
-            self._config.counters.closed(error=error is not None)
+            counters = self._config.counters
+            counters.retire(self._traffic)  # _closed is set: nobody sends any more
+            counters.closed(error=error is not None)
             self._report_closed(error)
             self._on_end(self)
 
@@ -280,6 +285,7 @@ class BlockingLink:
             self._closed = True
             self._sock.close()
         counters = self._config.counters
+        counters.retire(self._traffic)
         counters.closed(error=not self._aborted)
         if not self._aborted and isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
             counters.handshake_failed()
@@ -334,7 +340,8 @@ class BlockingLink:
         except FramingError as exc:
             self._dispatch(exc.messages)
             return exc
-        self._config.counters.received(len(messages), len(data))
+        self._traffic.messages_in += len(messages)
+        self._traffic.bytes_in += len(data)
         self._deadlines.received(bool(messages), decoder.buffered)
         return self._dispatch(messages)
 
