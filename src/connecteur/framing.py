@@ -38,12 +38,14 @@ __all__ = [
     "DecimalPrefixed",
     "Decoder",
     "Delimited",
+    "DirectDecoder",
     "FixedLength",
     "Framing",
     "LengthPrefixed",
     "Netstring",
     "TypeTagged",
     "batch_encoder",
+    "direct_decoder",
 ]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -409,9 +411,35 @@ class LengthPrefixed:
         return _LengthPrefixedDecoder(self._struct, self.max_size)
 
 
+class DirectDecoder(Decoder, Protocol):
+    """A `Decoder` that can take a read straight into a large message's body (`LengthPrefixed`'s can).
+
+    Before a read, an engine checks `reading_body`; if set, it reads into
+    `recv_buffer()` and calls `buffer_filled(count)` instead of `feed`.
+    """
+
+    reading_body: bool
+
+    def recv_buffer(self) -> memoryview | None:
+        """Where the next read may go: the rest of the large message under way; None if none is."""
+
+    def buffer_filled(self, count: int) -> list[bytes]:
+        """`count` bytes were read into `recv_buffer()`; return the message if that finished it."""
+
+
+def direct_decoder(decoder: Decoder) -> DirectDecoder | None:
+    """`decoder` if it is a `DirectDecoder`, else None."""
+    return decoder if isinstance(decoder, _LengthPrefixedDecoder) else None
+
+
 LARGE_MESSAGE: Final = 64 * 2**10
 """64 KiB: from this size on, a length-prefixed message's body is allocated
 whole once its header is read, and filled in place (see `recv_buffer`)."""
+
+DIRECT_READ: Final = 4 * 2**10
+"""A read this long that only begins a large message goes into its body
+uncopied; a shorter one is copied first like any other (at most 4 KiB, where
+checking first would cost every small read a header parse)."""
 
 
 @final
@@ -463,7 +491,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
     `recv_buffer` even lets a socket read straight into it.
     """
 
-    __slots__ = ("_body", "_got", "_header_size", "_max_size", "_need", "_pool", "_unpack_from")
+    __slots__ = ("_body", "_got", "_header_size", "_max_size", "_need", "_pool", "_unpack_from", "reading_body")
 
     def __init__(self, header: struct.Struct, max_size: int) -> None:
         super().__init__()
@@ -474,6 +502,9 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         self._body: memoryview | None = None  # an unfinished large message's body
         self._got = 0  # bytes of _body received
         self._pool: BodyPool | None = None
+        self.reading_body = False
+        """True while a large message is under way: `recv_buffer` has room for the next read.
+        An attribute, not a call, as an engine checks it before every read."""
 
     def use_pool(self, pool: BodyPool) -> None:
         """Take the bodies of large messages from `pool`, shared with the other decoders of this thread."""
@@ -482,10 +513,12 @@ class _LengthPrefixedDecoder(_BufferDecoder):
     def _start_body(self, size: int) -> None:
         self._body = memoryview(bytearray(size)) if self._pool is None else self._pool.take(size)
         self._got = 0
+        self.reading_body = True
 
     def _take_body(self, body: memoryview) -> bytes:
         """The finished body's message; the buffer goes back to the pool."""
         self._body = None
+        self.reading_body = False
         message = bytes(body)
         if self._pool is not None:
             self._pool.give(body)
@@ -518,19 +551,59 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         return [self._take_body(body)]
 
     def feed(self, data: Buffer) -> list[bytes]:
-        """Add bytes from the peer; return every message they complete (see `_BufferDecoder.feed`)."""
+        """Add bytes from the peer; return every message they complete (see `_BufferDecoder.feed`).
+
+        The common read (nothing under way, whole small messages) is parsed
+        here without another call: measured with callgrind on the select
+        engine (many: one 64 B request per read), a call to a helper was
+        about 1% of a round trip's instructions.
+        """
         if self._failure is not None or self._ended:
             self._check_usable()
         out: list[bytes] = []
+        header_size, end = self._header_size, len(data)
         try:
             if self._buf or self._body is not None:
                 data = self._finish_pending(data, out)
                 if not data:
                     return out
-            self._parse_read(data, out)
+                end = len(data)
+            if end >= DIRECT_READ:
+                (size,) = self._unpack_from(data, 0)
+                if size >= LARGE_MESSAGE and header_size + size > end and size <= self._max_size:
+                    # The read only begins a large message: straight into its body, no copy of the read.
+                    self._start_body(size)
+                    self._fill_body(memoryview(data).cast("B")[header_size:], out)
+                    return out
+            data = bytes(data)  # no copy when it is bytes already
+            unpack_from, max_size, append, pos = self._unpack_from, self._max_size, out.append, 0
+            try:
+                while pos < end:
+                    (size,) = unpack_from(data, pos)  # struct.error: part of a header left
+                    if size > max_size:
+                        raise _too_large(size, max_size, "length header announces")
+                    stop = pos + header_size + size
+                    if stop > end:
+                        if size >= LARGE_MESSAGE:
+                            self._start_body(size)
+                            with memoryview(data) as view:
+                                self._fill_body(view[pos + header_size :], out)
+                            return out
+                        self._need = stop - pos
+                        break
+                    append(data[pos + header_size : stop])
+                    pos = stop
+                else:
+                    self._need = header_size
+            except struct.error:
+                self._need = header_size
+            if pos < end:
+                with memoryview(data) as view:
+                    self._buf += view[pos:]
         except FramingError as exc:
             exc.messages = out
             self._failure = exc
+            self.reading_body = False
             raise
         return out
 
@@ -573,43 +646,6 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         if self._got == len(body):
             out.append(self._take_body(body))
         return view[take:]
-
-    def _parse_read(self, data: Buffer, out: list[bytes]) -> None:
-        """Take every whole message out of `data` (nothing is under way); keep the rest."""
-        unpack_from, header_size, max_size = self._unpack_from, self._header_size, self._max_size
-        end = len(data)
-        if end >= header_size:
-            (size,) = unpack_from(data, 0)
-            if size >= LARGE_MESSAGE and header_size + size > end and size <= max_size:
-                # The read only begins a large message: straight into its body, no copy of the read.
-                self._start_body(size)
-                self._fill_body(memoryview(data).cast("B")[header_size:], out)
-                return
-        data = bytes(data)  # no copy when it is bytes already
-        append, pos = out.append, 0
-        try:
-            while pos < end:
-                (size,) = unpack_from(data, pos)  # struct.error: part of a header left
-                if size > max_size:
-                    raise _too_large(size, max_size, "length header announces")
-                stop = pos + header_size + size
-                if stop > end:
-                    if size >= LARGE_MESSAGE:
-                        self._start_body(size)
-                        with memoryview(data) as view:
-                            self._fill_body(view[pos + header_size :], out)
-                        return
-                    self._need = stop - pos
-                    break
-                append(data[pos + header_size : stop])
-                pos = stop
-            else:
-                self._need = header_size
-        except struct.error:
-            self._need = header_size
-        if pos < end:
-            with memoryview(data) as view:
-                self._buf += view[pos:]
 
     def _checked_size(self, buf: Buffer, pos: int) -> int:
         (size,) = self._unpack_from(buf, pos)

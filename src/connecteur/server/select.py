@@ -38,7 +38,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder
+from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder, direct_decoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -237,12 +237,12 @@ class _SelectLink:
     __slots__ = (
         "_announced",
         "_batch",
-        "_buffer_filled",
         "_channel",
         "_closing",
         "_config",
         "_deadlines",
         "_decoder",
+        "_direct",
         "_encode_all",
         "_encode_parts",
         "_engine",
@@ -252,7 +252,6 @@ class _SelectLink:
         "_plain",
         "_queued",
         "_read_ended",
-        "_recv_buffer",
         "_timer_due",
         "_traffic",
         "is_open",
@@ -288,9 +287,7 @@ class _SelectLink:
         self._encode_parts: Callable[[Buffer], list[Buffer]] | None = getattr(
             self._config.framing, "encode_parts", None
         )
-        # Decoders that can take a read straight into a large message (see LengthPrefixed).
-        self._recv_buffer: Callable[[], memoryview | None] | None = getattr(self._decoder, "recv_buffer", None)
-        self._buffer_filled: Callable[[int], list[bytes]] | None = getattr(self._decoder, "buffer_filled", None)
+        self._direct = direct_decoder(self._decoder)  # None: it cannot read straight into a large message
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
@@ -371,7 +368,9 @@ class _SelectLink:
         """Read once, hand every complete message to the handler, queue the replies."""
         engine = self._engine
         # A large message under way is read straight into its body (no copy).
-        direct = self._recv_buffer() if self._recv_buffer is not None and self._channel is None else None
+        decoder, direct = self._direct, None
+        if decoder is not None and decoder.reading_body and self._channel is None:
+            direct = decoder.recv_buffer()
         try:
             count = self.sock.recv_into(engine._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
@@ -393,8 +392,8 @@ class _SelectLink:
             elif direct is None:
                 messages = self._decoder.feed(data)
             else:
-                assert self._buffer_filled is not None  # it comes with recv_buffer
-                messages = self._buffer_filled(count)
+                assert decoder is not None
+                messages = decoder.buffer_filled(count)
                 data = direct[:count]
         except FramingError as exc:
             self._dispatch(exc.messages)
