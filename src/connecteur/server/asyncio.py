@@ -311,7 +311,8 @@ class _AioLink(asyncio.BufferedProtocol):
             return
         self._traffic.messages_in += len(messages)
         self._traffic.bytes_in += len(data)
-        if self._deadlines.received(bool(messages), self._decoder.buffered):
+        deadlines = self._deadlines
+        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
         self._dispatch(messages)
 
@@ -386,6 +387,8 @@ class _AioLink(asyncio.BufferedProtocol):
         handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
         if handler.is_plain and self._tail is None and messages:
             messages = self._answer_plain(messages)
+            if not messages:
+                return
         replies: list[bytes] = []
         self._batch = replies
         try:
@@ -496,7 +499,8 @@ class _AioLink(asyncio.BufferedProtocol):
         if transport is None or not self.is_open or transport.is_closing():
             return
         transport.write(data if self._channel is None else self._channel.send(data))
-        self._deadlines.moved()
+        if self._deadlines.is_active:
+            self._deadlines.moved()
         self._traffic.messages_out += messages
         self._traffic.bytes_out += len(data)
         queued = transport.get_write_buffer_size()

@@ -205,7 +205,8 @@ class BlockingLink:
                 self._sock.sendall(wire)
             self._traffic.messages_out += messages
             self._traffic.bytes_out += len(data)
-        self._deadlines.moved()
+        if self._deadlines.is_active:
+            self._deadlines.moved()
 
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
@@ -342,7 +343,8 @@ class BlockingLink:
             return exc
         self._traffic.messages_in += len(messages)
         self._traffic.bytes_in += len(data)
-        self._deadlines.received(bool(messages), decoder.buffered)
+        if self._deadlines.is_active:  # no clock read without a timeout
+            self._deadlines.received(bool(messages), decoder.buffered)
         return self._dispatch(messages)
 
     def _dispatch(self, messages: list[bytes]) -> OSError | None:
