@@ -401,8 +401,11 @@ class Server:
 
         handler: Callable[[int, FrameType | None], None] = on_signal
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # So that a signal taken by another thread still wakes the engine's wait at once.
+        previous_fd = signal.set_wakeup_fd(engine.wakeup_fd(), warn_on_full_buffer=False)
         try:
             yield
         finally:
+            signal.set_wakeup_fd(previous_fd)  # the engine's own is closed by now
             for sig, old in previous.items():
                 signal.signal(sig, old)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import signal
 import socket
 import threading
 from collections import deque
@@ -294,6 +295,15 @@ class Engine(Protocol):
         """
         ...
 
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`: a byte written there wakes `serve`'s wait.
+
+        A signal handled by a thread other than the main one does not
+        interrupt the main thread's wait, and Python runs the handler only
+        in the main thread, once it runs again.
+        """
+        ...
+
 
 def refuse_if_full(config: EngineConfig, sock: socket.socket, address: object) -> bool:
     """Close `sock` at once, count it and log it, if the server is at `max_connections`."""
@@ -365,8 +375,23 @@ class StopSignal:
             while self.reader.recv(4096):
                 pass
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The descriptor to give `signal.set_wakeup_fd`: it makes `reader` readable."""
+        return self._writer.fileno()
+
     def close(self) -> None:
-        """Close both sockets."""
+        """Close both sockets, first taking the wakeup fd back from the signal module if it is ours.
+
+        Else a signal arriving later would write to a closed descriptor, or to
+        whatever file reuses its number.
+        """
+        # ValueError: not the main thread, where it cannot be ours. OSError: a
+        # forked child's, inherited, whose descriptor is closed (become_child resets it).
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.set_wakeup_fd(-1)
+            if previous != self._writer.fileno():
+                signal.set_wakeup_fd(previous)
         self.reader.close()
         self._writer.close()
 

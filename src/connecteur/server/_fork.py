@@ -6,6 +6,7 @@ workers (a child per core). Needs ``os.fork``: POSIX only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,11 +33,14 @@ def become_child(keep: set[int]) -> None:
 
     Closes every inherited descriptor but `keep` and the standard streams
     (otherwise the child would hold the sockets of unrelated code in the
-    parent, and their peers would never see EOF); ignores SIGINT, since a
+    parent, and their peers would never see EOF) and forgets the parent's
+    signal wakeup fd among them; ignores SIGINT, since a
     Ctrl-C reaches the whole process group and the parent decides how to
     stop; drops log handlers whose files were just closed.
     """
     _close_all_but({0, 1, 2, *keep})
+    with contextlib.suppress(ValueError):  # the parent's wakeup fd, just closed (fork from a non-main thread: none)
+        signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]

@@ -99,12 +99,21 @@ class AsyncioEngine:
 
     def serve(self, listener: socket.socket) -> None:
         """Run a new event loop in this thread until a stop (see `Engine`)."""
-        with asyncio.Runner(loop_factory=self._new_loop) as runner:
-            runner.run(self.run(listener))
+        try:
+            with asyncio.Runner(loop_factory=self._new_loop) as runner:
+                runner.run(self._serve_on_loop(listener))
+        finally:
+            # Only once the loop is gone: uvloop hands the signal module's
+            # wakeup fd (ours) back when it stops, and it must be open then.
+            self._stop.close()
 
     def request_stop(self, deadline: float) -> None:
         """Ask to stop by `deadline`; safe from any thread and from signal handlers."""
         self._stop.request(deadline)
+
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
+        return self._stop.wakeup_fd
 
     def _wake_loop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -114,6 +123,12 @@ class AsyncioEngine:
 
     async def run(self, listener: socket.socket) -> None:
         """Serve on the running loop until a stop is requested, then stop gracefully."""
+        try:
+            await self._serve_on_loop(listener)
+        finally:
+            self._stop.close()
+
+    async def _serve_on_loop(self, listener: socket.socket) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = asyncio.Event()
@@ -123,6 +138,7 @@ class AsyncioEngine:
         listener.setblocking(False)
         self._listener = listener
         loop.add_reader(listener, self._accept_some)
+        loop.add_reader(self._stop.reader, self._stop.drain)  # signal wake-ups (wakeup_fd)
         try:
             await self._stopping.wait()
             self._stop_accepting(drain_backlog=True)
@@ -136,7 +152,7 @@ class AsyncioEngine:
                 if not self._links:
                     break
                 await asyncio.sleep(0)
-            self._stop.close()
+            loop.remove_reader(self._stop.reader)
 
     # --- accepting -------------------------------------------------------------
 

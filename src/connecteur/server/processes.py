@@ -83,6 +83,10 @@ class ProcessesEngine:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
         self._stop.request(deadline)
 
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
+        return self._stop.wakeup_fd
+
     def serve(self, listener: socket.socket) -> None:
         """Accept and fork until a stop is requested, then stop gracefully (see `Engine`)."""
         listener.setblocking(False)

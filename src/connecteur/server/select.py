@@ -97,6 +97,10 @@ class SelectEngine:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
         self._stop.request(deadline)
 
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
+        return self._stop.wakeup_fd
+
     def serve(self, listener: socket.socket) -> None:
         """Accept and serve until a stop is requested, then stop gracefully (see `Engine`)."""
         self._loop_thread = threading.get_ident()

@@ -68,6 +68,10 @@ class ThreadsEngine:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
         self._stop.request(deadline)
 
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
+        return self._stop.wakeup_fd
+
     def serve(self, listener: socket.socket) -> None:
         """Accept until a stop is requested, then stop gracefully (see `Engine`)."""
         try:

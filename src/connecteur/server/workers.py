@@ -96,6 +96,10 @@ class WorkersEngine:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
         self._stop.request(deadline)
 
+    def wakeup_fd(self) -> int:
+        """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
+        return self._stop.wakeup_fd
+
     def serve(self, listener: socket.socket) -> None:
         """Fork the workers, supervise them until a stop, then stop them gracefully."""
         self._selector.register(self._stop.reader, selectors.EVENT_READ)
@@ -180,6 +184,7 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         threading.Thread(target=_report, args=(counters, reports, stopped), daemon=True).start()
         # A SIGTERM to the whole process group (systemd, `timeout`) stops gracefully too.
         signal.signal(signal.SIGTERM, lambda signum, frame: engine.request_stop(time.monotonic() + ORPHAN_GRACE))
+        signal.set_wakeup_fd(engine.wakeup_fd(), warn_on_full_buffer=False)  # taken by another thread, too
         engine.serve(listener)
         stopped.set()
         with contextlib.suppress(BrokenPipeError):  # the parent may be gone

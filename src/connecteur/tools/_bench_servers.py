@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -73,6 +75,8 @@ SETTLED_COUNTS: Final = 5
 """Equal readings of a multi-worker server's processes and threads, 10 ms apart, that make it started."""
 RECV_INTO_SIZE: Final = 64 * 2**10
 """The recv-into peer's buffer (bytes), one per connection."""
+EPOLL_LOOP_READ: Final = 256 * 2**10
+"""The epoll-loop peer's read buffer (bytes), one for all connections, as the select engine's."""
 
 
 _handle: Final = echo
@@ -243,6 +247,90 @@ def _run_recv_into() -> None:
             threading.Thread(target=_recv_into_client, args=(sock,), daemon=True).start()
 
 
+def _run_epoll_loop() -> None:
+    """The HOWTO's third design written by hand: one thread, non-blocking sockets, ``select.epoll``."""
+    buffer = bytearray(EPOLL_LOOP_READ)
+    view = memoryview(buffer)
+    pending: dict[int, bytearray] = {}  # per connection: bytes of a message not whole yet
+    unsent: dict[int, bytes] = {}  # per connection: replies the socket did not take
+    socks: dict[int, socket.socket] = {}
+    poller = select.epoll()
+    with socket.create_server((HOST, 0), backlog=BACKLOG) as listener:
+        listener.setblocking(False)
+        poller.register(listener.fileno(), select.EPOLLIN)
+        _ready(listener.getsockname())
+
+        def close(fd: int) -> None:
+            poller.unregister(fd)
+            socks.pop(fd).close()
+            pending.pop(fd)
+            unsent.pop(fd, None)
+
+        while True:
+            for fd, events in poller.poll():
+                if fd == listener.fileno():
+                    with contextlib.suppress(BlockingIOError):
+                        while True:
+                            sock, _ = listener.accept()
+                            sock.setblocking(False)
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            socks[sock.fileno()], pending[sock.fileno()] = sock, bytearray()
+                            poller.register(sock.fileno(), select.EPOLLIN)
+                    continue
+                sock = socks[fd]
+                if events & select.EPOLLOUT:  # send what was left, then read again
+                    rest = unsent.pop(fd)
+                    try:
+                        sent = sock.send(rest)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        close(fd)
+                        continue
+                    if sent < len(rest):
+                        unsent[fd] = rest[sent:]
+                    else:
+                        poller.modify(fd, select.EPOLLIN)
+                    continue
+                try:
+                    count = sock.recv_into(buffer)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    count = 0
+                if not count:
+                    close(fd)
+                    continue
+                data = pending[fd]
+                data += view[:count]
+                replies: list[bytes] = []
+                start, size = 0, 0
+                while len(data) - start >= HEADER.size:
+                    (size,) = HEADER.unpack_from(data, start)
+                    end = start + HEADER.size + size
+                    if size > MAX_SIZE or end > len(data):
+                        break
+                    reply = _handle(bytes(data[start + HEADER.size : end]))
+                    replies += (HEADER.pack(len(reply)), reply)
+                    start = end
+                if size > MAX_SIZE:  # a hostile header: drop the peer
+                    close(fd)
+                    continue
+                del data[:start]
+                if replies:
+                    wire = b"".join(replies)
+                    try:
+                        sent = sock.send(wire)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        close(fd)
+                        continue
+                    if sent < len(wire):  # stop reading this peer until it takes its replies
+                        unsent[fd] = wire[sent:]
+                        poller.modify(fd, select.EPOLLOUT)
+
+
 PEERS: Final[dict[str, Callable[[], None]]] = {
     "asyncio-streams": lambda: _run_asyncio("streams", "asyncio"),
     "asyncio-protocol": lambda: _run_asyncio("protocol", "asyncio"),
@@ -250,6 +338,7 @@ PEERS: Final[dict[str, Callable[[], None]]] = {
     "multiprocessing": _run_multiprocessing,
     "uvloop-protocol": lambda: _run_asyncio("protocol", "uvloop"),
     "recv-into": _run_recv_into,
+    "epoll-loop": _run_epoll_loop,
 }
 """How to run each standard-library peer, by target name."""
 

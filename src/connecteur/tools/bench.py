@@ -71,7 +71,7 @@ class Target:
 TARGETS: Final = {
     target.name: target
     for target in (
-        Target("select", "engine", "connecteur, select engine (one thread, selectors)"),
+        Target("select", "engine", "connecteur, select engine (one thread, epoll)"),
         Target("select*2", "engine", "connecteur, select engine, 2 worker processes (not pinned)", workers=2),
         Target("threads", "engine", "connecteur, threads engine (a thread per connection)"),
         Target("processes", "engine", "connecteur, processes engine (a process per connection)"),
@@ -83,6 +83,7 @@ TARGETS: Final = {
         Target("multiprocessing", "peer", "stdlib: multiprocessing.connection, a thread per connection"),
         Target("uvloop-protocol", "peer", "an asyncio Protocol on uvloop"),
         Target("recv-into", "peer", "a bare recv_into loop, no framing (a thread per connection)"),
+        Target("epoll-loop", "peer", "stdlib: a hand-written select.epoll loop, the HOWTO's third design"),
     )
 }
 """Every target, in the order of the table."""
