@@ -175,7 +175,7 @@ def per_message(target: str, workload: str, scratch: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, write the JSON; return the exit status."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--targets", default="select,threads,asyncio,uvloop-protocol", metavar="LIST")
+    parser.add_argument("--targets", default="select,threads,asyncio,epoll-loop,uvloop-protocol", metavar="LIST")
     parser.add_argument("--workloads", default="many,rr,pipeline", metavar="LIST")
     parser.add_argument("--reference", default="uvloop-protocol", help="the target the others are divided by")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")

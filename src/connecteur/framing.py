@@ -396,6 +396,11 @@ class LengthPrefixed:
             MessageTooLarge: a message is longer than `max_size`.
         """
         pack, max_size = self._struct.pack, self.max_size
+        if type(messages) is list and len(messages) == 1:  # a request's one reply: no list, no join
+            only: Buffer = messages[0]
+            if len(only) > max_size:
+                raise _too_large(len(only), max_size, "message has")
+            return pack(len(only)) + only
         parts: list[Buffer] = []
         append = parts.append
         for message in messages:

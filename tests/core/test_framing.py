@@ -33,6 +33,7 @@ from connecteur.framing import (
     Netstring,
     TypeTagged,
     batch_encoder,
+    direct_decoder,
 )
 from tests.support import cuts, one_byte_at_a_time
 
@@ -961,6 +962,29 @@ def test_batch_encoder_is_encode_of_each_joined(framing: Framing, messages: list
 def test_batch_encoder_refuses_a_message_over_the_limit() -> None:
     with pytest.raises(MessageTooLarge):
         batch_encoder(LengthPrefixed(max_size=3))([b"abc", b"abcd"])
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_encode_all_of_one_message_is_its_encode_as_bytes(kind: type) -> None:
+    """One reply, the common case, has a path of its own: the same bytes, refused over the limit alike."""
+    framing = LengthPrefixed(max_size=3)
+    wire = framing.encode_all([kind(b"abc")])
+    assert type(wire) is bytes and wire == framing.encode(b"abc")
+    with pytest.raises(MessageTooLarge):
+        framing.encode_all([kind(b"abcd")])
+
+
+def test_reading_body_says_when_a_read_may_go_straight_into_a_large_message() -> None:
+    assert direct_decoder(Netstring().decoder()) is None
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None and not decoder.reading_body
+    assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab" + struct.pack("!I", 1)[:2]) == []
+    assert decoder.reading_body
+    body = decoder.recv_buffer()
+    assert body is not None
+    body[:] = b"c" * len(body)
+    assert decoder.buffer_filled(len(body)) == [b"ab" + struct.pack("!I", 1)[:2] + b"c" * (LARGE_MESSAGE - 4)]
+    assert not decoder.reading_body and decoder.recv_buffer() is None
 
 
 def test_body_pool_lends_its_spare_only_for_a_size_it_fits_without_waste() -> None:
