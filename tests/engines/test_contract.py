@@ -499,7 +499,8 @@ def test_threads_engine_survives_a_thread_that_cannot_start(monkeypatch: pytest.
             assert conn.request(b"second") == b"second"
         wait_until(lambda: server.stats.active == 0, what="both connections closed")
         stats = server.stats
-        assert (stats.accepted, stats.rejected, stats.errors) == (2, 0, 0)
+        assert (stats.accepted, stats.rejected, stats.errors, stats.messages_in) == (2, 0, 0, 2)
+        assert not server._counters._traffic  # every connection's Traffic retired, the one that never started too
 
 
 def test_peer_send_inside_the_handler_keeps_its_place_among_the_replies(serve: Serve) -> None:

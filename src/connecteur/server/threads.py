@@ -126,6 +126,7 @@ class ThreadsEngine:
         except RuntimeError as exc:  # "can't start new thread": a process or memory limit
             with self._links_lock:
                 self._links.discard(link)
+            counters.retire(link._traffic)
             counters.withdrawn()
             return self._pending.put(sock, address, exc)
         return False
