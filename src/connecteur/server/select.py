@@ -515,7 +515,7 @@ class _SelectLink:
         """Write `data` now, as far as the socket takes it; queue the rest.
 
         The common case in few steps: measured with callgrind (many), going
-        through `_write_parts` cost 12% of a round trip's instructions.
+        through `_write_parts` cost 10% of a round trip's instructions.
         """
         if self._queued or not self.is_open or not data:
             self._write_parts((data,))
