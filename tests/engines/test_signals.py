@@ -54,3 +54,30 @@ def test_sigterm_taken_by_another_thread_stops_an_idle_server(variant: str) -> N
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+RESTORE_SCRIPT = """
+import json, signal, socket, sys, threading
+from connecteur import Server
+from connecteur.tools.apps import echo
+
+mine, _ = socket.socketpair()
+mine.setblocking(False)
+signal.set_wakeup_fd(mine.fileno())  # the application's own, as asyncio's add_signal_handler sets one
+server = Server(echo, "127.0.0.1:0", **json.loads(sys.argv[1]))
+threading.Timer(0.2, server.stop).start()
+server.serve_forever()
+print(signal.set_wakeup_fd(-1) == mine.fileno(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serve_forever_gives_the_wakeup_fd_back(variant: str) -> None:
+    """While serving, the engine's wake-up socket is the wakeup fd; after, the application's is again."""
+    result = subprocess.run(
+        [sys.executable, "-c", RESTORE_SCRIPT, json.dumps(engine_options(variant))],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
