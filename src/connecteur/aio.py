@@ -33,7 +33,7 @@ from .address import AddressLike, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Framing, LengthPrefixed
-from .server import Stats, engine_config
+from .server import DEFAULT_MESSAGE_TIMEOUT, Stats, engine_config
 from .server._engine import EngineConfig
 from .server.asyncio import AsyncioEngine
 
@@ -443,7 +443,7 @@ async def serve(
     codec: Codec | None = None,
     max_connections: int = 10_000,
     idle_timeout: float | None = None,
-    message_timeout: float | None = None,
+    message_timeout: float | None = DEFAULT_MESSAGE_TIMEOUT,
     backlog: int = 128,
     tls: ssl.SSLContext | None = None,
     auth_key: bytes | None = None,

@@ -108,7 +108,9 @@ class _BufferDecoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._failure: FramingError | None = None
+        # Why the decoder failed: the message, not the exception, whose traceback
+        # would hold this decoder's frame (a cycle only the garbage collector frees).
+        self._failure: str | None = None
         self._ended = False
 
     @property
@@ -137,7 +139,7 @@ class _BufferDecoder:
             consumed = self._parse(buf, out)
         except FramingError as exc:
             exc.messages = out
-            self._failure = exc
+            self._failure = str(exc)
             raise
         if consumed:
             del buf[:consumed]
@@ -164,7 +166,7 @@ class _BufferDecoder:
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise FramingError(f"decoder already failed: {self._failure}") from self._failure
+            raise FramingError(f"decoder already failed: {self._failure}")
         if self._ended:
             raise FramingError("the decoder already saw eof(): the stream has ended")
 
@@ -608,7 +610,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                     self._buf += view[pos:]
         except FramingError as exc:
             exc.messages = out
-            self._failure = exc
+            self._failure = str(exc)
             self.reading_body = False
             raise
         return out
@@ -952,8 +954,9 @@ class _CloseDelimitedDecoder(_BufferDecoder):
         self._check_usable()
         total = len(self._buf) + len(data)
         if total > self._max_size:
-            self._failure = _too_large(total, self._max_size, "stream has at least")
-            raise self._failure
+            failure = _too_large(total, self._max_size, "stream has at least")
+            self._failure = str(failure)
+            raise failure
         self._buf += data
         return []
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
 from ..address import Address, TcpAddress, format_address
-from ..server import ENGINES, Server
+from ..server import DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
@@ -32,8 +32,8 @@ IDLE_TIMEOUT = 300.0
 """Seconds a connection may stay idle on the command line's servers: long
 enough for an interactive client, short enough that dead peers are dropped."""
 
-MESSAGE_TIMEOUT = 60.0
-"""Seconds a message may take to arrive once it has started."""
+MESSAGE_TIMEOUT = DEFAULT_MESSAGE_TIMEOUT
+"""Seconds a message may take to arrive once it has started: the library's default."""
 
 
 def add_parser(commands: Any) -> None:

@@ -23,11 +23,20 @@ from .._channel import DEFAULT_HANDSHAKE_TIMEOUT, ChannelSpec
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..framing import Framing, LengthPrefixed
-from ._engine import Counters, Engine, EngineConfig, Stats, logger
+from ._engine import DEFAULT_MAX_BUFFERED, DEFAULT_MESSAGE_TIMEOUT, Counters, Engine, EngineConfig, Stats, logger
 from ._handler import Handler, MessageHandler, PeerHandler
 from ._peer import Peer
 
-__all__ = ["ENGINES", "MessageHandler", "Peer", "PeerHandler", "Server", "Stats"]
+__all__ = [
+    "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_MESSAGE_TIMEOUT",
+    "ENGINES",
+    "MessageHandler",
+    "Peer",
+    "PeerHandler",
+    "Server",
+    "Stats",
+]
 
 ENGINES: Final = ("select", "threads", "processes", "asyncio")
 """The engine names `Server` accepts."""
@@ -72,6 +81,7 @@ def engine_config(
     message_timeout: float | None,
     channel: ChannelSpec | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_buffered: int = DEFAULT_MAX_BUFFERED,
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
@@ -84,6 +94,8 @@ def engine_config(
         raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
     _check_positive("idle_timeout", idle_timeout)
     _check_positive("message_timeout", message_timeout)
+    if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
+        raise ValueError(f"max_buffered must be a positive int (bytes), not {max_buffered!r}")
     return EngineConfig(
         handler=Handler(handler, codec),
         framing=framing if framing is not None else LengthPrefixed(),
@@ -93,6 +105,7 @@ def engine_config(
         message_timeout=message_timeout,
         channel=channel if channel is not None else ChannelSpec(server_side=True),
         handshake_timeout=handshake_timeout,
+        max_buffered=max_buffered,
     )
 
 
@@ -135,7 +148,16 @@ class Server:
         idle_timeout: close a connection when no whole message has moved in
             either direction for this many seconds (None: never).
         message_timeout: close a connection whose message takes longer than
-            this from its first byte to its last (None: no limit).
+            this from its first byte to its last (None: no limit). The default,
+            `DEFAULT_MESSAGE_TIMEOUT` (60 s), stops a peer that trickles a
+            message, or sends a header and nothing more, from holding its
+            buffers for ever.
+        max_buffered: bytes the server (each process of it) may hold for all
+            its connections together, in unfinished messages and queued
+            replies. Past it, a connection whose read adds to the total is no
+            longer read; if the total stays over for `BUDGET_GRACE` (1 s), the
+            connections holding the most are closed, largest first, and counted
+            in `Stats.evicted`. The default, `DEFAULT_MAX_BUFFERED`, is 256 MiB.
         backlog: connections the kernel may queue before they are accepted.
         stop_timeout: seconds a graceful stop may take when none is given.
         tls: an `ssl.SSLContext` made for the server side (its certificate
@@ -174,7 +196,8 @@ class Server:
         workers: int = 1,
         max_connections: int = 10_000,
         idle_timeout: float | None = None,
-        message_timeout: float | None = None,
+        message_timeout: float | None = DEFAULT_MESSAGE_TIMEOUT,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
         backlog: int = DEFAULT_BACKLOG,
         stop_timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
@@ -217,6 +240,7 @@ class Server:
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             message_timeout=message_timeout,
+            max_buffered=max_buffered,
             channel=ChannelSpec.build(
                 server_side=True,
                 tls=tls,

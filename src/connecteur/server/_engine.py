@@ -24,6 +24,8 @@ from ._handler import Handler, logger
 from ._peer import Peer
 
 __all__ = [
+    "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_MESSAGE_TIMEOUT",
     "RESOURCE_ERRNOS",
     "Counters",
     "Engine",
@@ -56,6 +58,17 @@ _PER_CONNECTION_ERRNOS: Final = frozenset(
 # Errors that say the process is out of something (descriptors, memory): back off, never spin.
 RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+
+DEFAULT_MESSAGE_TIMEOUT: Final = 60.0
+"""Seconds a message may take from its first byte to its last, by default: the
+slowloris defence (a peer trickling a message, or a header and nothing more,
+would otherwise hold its buffers and a connection slot for ever). Long enough
+for 16 MiB over a 2.2 Mbit/s link."""
+
+DEFAULT_MAX_BUFFERED: Final = 256 * 2**20
+"""256 MiB: the bytes one server process may hold for all its connections
+together, in unfinished messages and queued replies (`Server(max_buffered)`):
+sixteen 16 MiB messages under way at once."""
 
 LAST_ACCEPTS: Final = 4096
 """At a graceful stop, connections still waiting in the backlog are accepted
@@ -128,6 +141,9 @@ class Stats:
             TLS handshake or authentication that failed or stalled, a missing,
             malformed or untrusted PROXY header (also counted in `errors`,
             except untrusted sources, which were never admitted).
+        evicted: connections closed because the server held more than
+            `max_buffered` bytes for too long, largest first (also counted in
+            `errors`).
     """
 
     accepted: int = 0
@@ -139,6 +155,7 @@ class Stats:
     bytes_out: int = 0
     errors: int = 0
     handshake_errors: int = 0
+    evicted: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         """Add two snapshots field by field (to sum several processes)."""
@@ -177,7 +194,7 @@ class Counters:
         self._traffic: set[Traffic] = set()  # live; a retired one is added to the fields below
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
-        self.handshake_errors = 0
+        self.handshake_errors = self.evicted = 0
 
     def opened(self) -> None:
         """Count a connection admitted."""
@@ -195,6 +212,11 @@ class Counters:
         """Count connections whose handshake failed (closed without reaching the handler)."""
         with self._lock:
             self.handshake_errors += count
+
+    def over_budget(self, count: int) -> None:
+        """Count connections closed because the server held more than `max_buffered`."""
+        with self._lock:
+            self.evicted += count
 
     def withdrawn(self) -> None:
         """Take back `opened()`: the connection could not be served yet."""
@@ -248,7 +270,7 @@ class Counters:
                 self.messages_out + sum(t.messages_out for t in live),
                 self.bytes_in + sum(t.bytes_in for t in live),
                 self.bytes_out + sum(t.bytes_out for t in live),
-                self.errors, self.handshake_errors,
+                self.errors, self.handshake_errors, self.evicted,
             )  # fmt: skip
             return sum(self._elsewhere.values(), own)
 
@@ -268,6 +290,7 @@ class EngineConfig:
     message_timeout: float | None
     channel: ChannelSpec = _PLAIN
     handshake_timeout: float | None = None
+    max_buffered: int = DEFAULT_MAX_BUFFERED
 
     def deadlines(self) -> Deadlines:
         """The deadlines of a new connection (a handshake deadline when it needs one)."""

@@ -6,9 +6,15 @@ from collections.abc import Callable
 from typing import Any, Protocol, final
 
 from ..address import format_address
+from ..errors import ConnectionClosed
 from ..framing import Buffer
 
-__all__ = ["Link", "Peer"]
+__all__ = ["Link", "Peer", "closed_locally"]
+
+
+def closed_locally(address: object) -> ConnectionClosed:
+    """The error for a send on a connection this side has already closed."""
+    return ConnectionClosed(f"connection to {format_address(address)} is closed", by_peer=False)
 
 
 class Link(Protocol):
@@ -24,6 +30,27 @@ class Link(Protocol):
 
 
 @final
+class _ClosedLink:
+    """What a `Peer` points at once its connection is closed.
+
+    The engine's per-connection object holds the peer, so a peer that held it
+    back would make a reference cycle: the connection's buffers would then wait
+    for the cyclic garbage collector, not go at close.
+    """
+
+    __slots__ = ("_address",)
+
+    def __init__(self, address: object) -> None:
+        self._address = address
+
+    def send(self, message: Buffer) -> None:
+        raise closed_locally(self._address)
+
+    def close(self) -> None:
+        pass
+
+
+@final
 class Peer:
     """One connected client, as a handler sees it.
 
@@ -36,7 +63,7 @@ class Peer:
         data: a dict for the handler's per-connection state.
     """
 
-    __slots__ = ("_encode", "_link", "address", "data", "proxy_address")
+    __slots__ = ("__weakref__", "_encode", "_link", "address", "data", "proxy_address")  # weakref: WeakSet of peers
 
     def __init__(self, link: Link, address: object, encode: Callable[[Any], Buffer] | None = None) -> None:
         self._link = link
@@ -67,3 +94,7 @@ class Peer:
     def close(self) -> None:
         """Close this connection after the replies already due; safe from any thread."""
         self._link.close()
+
+    def _detach(self) -> None:
+        """The connection is closed: let go of the engine's object (see `_ClosedLink`)."""
+        self._link = _ClosedLink(self.address)

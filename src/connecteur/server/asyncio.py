@@ -31,9 +31,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
 from .._channel import HANDSHAKE_ERRORS
-from ..address import format_address
-from ..errors import ConnectionClosed, FramingError
+from ..errors import FramingError
 from ..framing import BodyPool, Buffer, batch_encoder
+from ._budget import Budget, OverBudget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -47,7 +47,7 @@ from ._engine import (
     refuse_untrusted,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
-from ._peer import Peer
+from ._peer import Peer, closed_locally
 from .select import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
 
 __all__ = ["LOOPS", "AsyncioEngine", "loop_factory"]
@@ -87,6 +87,7 @@ class AsyncioEngine:
         self._traffic = config.counters.traffic()  # counted by the loop's thread only
         self._view = memoryview(self._buffer)
         self._links: set[_AioLink] = set()
+        self.budget = Budget(config.max_buffered, config.counters, self._call_later)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = StopSignal(on_request=self._wake_loop)
         self._stopping: asyncio.Event | None = None
@@ -114,6 +115,12 @@ class AsyncioEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def _call_later(self, seconds: float, action: Callable[[], None]) -> None:
+        """Run `action` on the loop in `seconds` (the budget's check)."""
+        loop = self._loop
+        assert loop is not None
+        loop.call_later(seconds, action)
 
     def _wake_loop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -239,7 +246,9 @@ class _AioLink(asyncio.BufferedProtocol):
         self._encode_all = batch_encoder(self._config.framing)
         self._pending = 0  # async replies in flight
         self._writing_paused = False
+        self._budget_paused = False  # the server is over max_buffered
         self._reading_paused = False
+        self._held = 0  # bytes held, as last told to the engine's budget
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
@@ -255,7 +264,7 @@ class _AioLink(asyncio.BufferedProtocol):
     def send(self, message: Buffer) -> None:
         """Queue one message; safe from any thread."""
         if not self.is_open or self._closing:
-            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+            raise closed_locally(self.peer.address)
         data = self._config.framing.encode(message)
         if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
             self._batch.append(data)  # from a plain handler: after the replies before it
@@ -277,6 +286,15 @@ class _AioLink(asyncio.BufferedProtocol):
         """Close at once: the stop deadline passed."""
         if self._transport is not None:
             self._transport.abort()
+
+    def evict(self, error: OverBudget) -> None:
+        """Close at once: the server stayed over `max_buffered` and this connection holds the most."""
+        self._fail(error)
+
+    def pause_reading_for_budget(self, paused: bool) -> None:
+        """Stop or resume reading this connection for the server's memory budget."""
+        self._budget_paused = paused
+        self._update_reading()
 
     def _call_in_loop(self, action: Callable[[], None]) -> None:
         loop = self._engine._loop
@@ -331,6 +349,7 @@ class _AioLink(asyncio.BufferedProtocol):
         if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
             self._arm_timer()
         self._dispatch(messages)
+        self._account()
 
     def _through_channel(self, data: Buffer) -> Buffer | None:
         """Pass what was read through the channel; None if the connection ended."""
@@ -374,6 +393,7 @@ class _AioLink(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
         error = self._error if self._error is not None else exc
+        self._release()
         self._config.counters.closed(error=error is not None)
         self._engine.forget(self)
         if not self._announced:  # the handshake failed: the handler never saw this peer
@@ -385,8 +405,33 @@ class _AioLink(asyncio.BufferedProtocol):
         except HandlerFailed as failure:
             logger.error("%s", failure, exc_info=failure.__cause__)
             return
+        finally:
+            self.peer._detach()
         if inspect.isawaitable(ended):
             self._engine.keep(asyncio.ensure_future(self._log_failure(ended)))
+
+    def _release(self) -> None:
+        """Free the buffers now, and the references that would make cycles (the error's
+        traceback holds this object's frames): nothing waits for the garbage collector."""
+        self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
+        self._channel = None
+        self._error = None
+        self._transport = None
+        self._held = 0
+        self._engine.budget.forget(self)
+
+    def _account(self) -> None:
+        """Tell the engine's budget what this connection holds now, if that changed.
+
+        The transport's queue drains without telling us: the budget's count of
+        it is as of this connection's last read or write, and a check past the
+        grace period closes connections on those counts.
+        """
+        transport = self._transport
+        held = self._decoder.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
+        if held != self._held:
+            self._held = held
+            self._engine.budget.update(self, held)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -395,6 +440,7 @@ class _AioLink(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._update_reading()
+        self._account()
 
     # --- messages and replies -------------------------------------------------
 
@@ -522,6 +568,8 @@ class _AioLink(asyncio.BufferedProtocol):
         queued = transport.get_write_buffer_size()
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
+        elif queued:
+            self._account()
 
     def _write_raw(self, data: bytes) -> None:
         """Write handshake bytes, which are no messages."""
@@ -533,7 +581,7 @@ class _AioLink(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or not self.is_open or transport.is_closing():
             return
-        should_pause = self._writing_paused or self._pending > MAX_PENDING_REPLIES
+        should_pause = self._writing_paused or self._budget_paused or self._pending > MAX_PENDING_REPLIES
         if should_pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()

@@ -51,7 +51,7 @@ from ._engine import (
     refuse_untrusted,
 )
 from ._fork import Reports, become_child, fork, write_report
-from .threads import BlockingLink
+from .threads import BlockingLink, thread_budget
 
 __all__ = ["ProcessesEngine"]
 
@@ -227,7 +227,9 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
             # default action ends it; the parent reports a child that died.
             signal.alarm(math.ceil(config.handshake_timeout) + 1)
             on_open = functools.partial(signal.alarm, 0)
-        link = BlockingLink(replace(config, counters=counters), sock, address, lambda link: None, on_open)
+        config = replace(config, counters=counters)
+        budget = thread_budget(config)  # this process's: one connection, so max_buffered caps its message
+        link = BlockingLink(config, sock, address, lambda link: None, on_open, budget=budget)
         signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
         counters.opened()
         link.run()

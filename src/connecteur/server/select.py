@@ -36,9 +36,9 @@ from typing import Final
 
 from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
-from ..address import format_address
-from ..errors import ConnectionClosed, FramingError
+from ..errors import FramingError
 from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder, direct_decoder
+from ._budget import Budget, OverBudget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -52,7 +52,7 @@ from ._engine import (
     refuse_untrusted,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
-from ._peer import Peer
+from ._peer import Peer, closed_locally
 from ._poller import READ, READABLE, WRITABLE, WRITE, Poller
 
 __all__ = ["SelectEngine"]
@@ -86,6 +86,8 @@ class SelectEngine:
         self.body_pool = BodyPool()  # the loop's one spare buffer for large messages
         self._traffic = config.counters.traffic()  # counted by the loop's thread only
         self._links: set[_SelectLink] = set()
+        self.budget = Budget(config.max_buffered, config.counters, self._call_later)
+        self._later: list[tuple[float, Callable[[], None]]] = []  # run by the None timer entries
         self._timers: list[tuple[float, int, _SelectLink | None]] = []
         self._sequence = itertools.count()
         self._inbox: deque[Callable[[], None]] = deque()
@@ -146,6 +148,7 @@ class SelectEngine:
                     self._accept_some()
                 elif data is _WAKE:
                     self._drain_inbox()
+            data = None  # else a closed connection lives on here until the next event
             if timers and timers[0][0] <= time.monotonic():
                 self._run_due_timers()
 
@@ -204,7 +207,7 @@ class SelectEngine:
     # --- timers ----------------------------------------------------------------
 
     def add_timer(self, due: float, link: _SelectLink | None) -> None:
-        """Check `link`'s deadlines at `due` (None: resume accepting)."""
+        """Check `link`'s deadlines at `due` (None: resume accepting, check the budget)."""
         timers = self._timers
         if len(timers) > 2 * len(self._links) + 64:
             # Entries of closed or re-armed links wait for their due time;
@@ -220,14 +223,32 @@ class SelectEngine:
             due, _, link = heapq.heappop(timers)
             if link is None:
                 self._resume_accepting()
+                self._run_later(now)
             elif link.is_timer_live(due):
                 link.check_timers()
 
+    def _call_later(self, seconds: float, action: Callable[[], None]) -> None:
+        """Run `action` on the loop in `seconds` (the budget's check; few, so a list will do)."""
+        due = time.monotonic() + seconds
+        self._later.append((due, action))
+        self.add_timer(due, None)
+
+    def _run_later(self, now: float) -> None:
+        due = [action for when, action in self._later if when <= now]
+        self._later = [entry for entry in self._later if entry[0] > now]
+        for action in due:
+            action()
+
     # --- connections (called by links) ------------------------------------------
 
-    def update_interest(self, link: _SelectLink, events: int) -> None:
-        """Watch `link` for `events`."""
-        self._poller.modify(link.sock, events)
+    def update_interest(self, link: _SelectLink, events: int, before: int) -> None:
+        """Watch `link` for `events` instead of `before` (0: not watched)."""
+        if not events:
+            self._poller.unregister(link.sock)
+        elif not before:
+            self._poller.register(link.sock, events, link)
+        else:
+            self._poller.modify(link.sock, events)
 
     def forget(self, link: _SelectLink) -> None:
         """Unregister a closed connection."""
@@ -241,6 +262,7 @@ class _SelectLink:
     __slots__ = (
         "_announced",
         "_batch",
+        "_budget_paused",
         "_channel",
         "_closing",
         "_config",
@@ -251,6 +273,7 @@ class _SelectLink:
         "_encode_parts",
         "_engine",
         "_events",
+        "_held",
         "_outgoing",
         "_paused",
         "_plain",
@@ -275,6 +298,8 @@ class _SelectLink:
         self._queued = 0  # bytes in _outgoing
         self._events = _READ
         self._paused = False  # reading stopped by backpressure
+        self._budget_paused = False  # reading stopped: the server is over max_buffered
+        self._held = 0  # bytes held, as last told to the engine's budget
         self._read_ended = False  # the peer's EOF was seen
         self._closing = False  # close once the queue is flushed
         # While handler calls run, the replies (and peer.send() messages) they
@@ -299,7 +324,7 @@ class _SelectLink:
     def send(self, message: Buffer) -> None:
         """Queue one message; from another thread the loop writes it soon after."""
         if not self.is_open or self._closing:
-            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+            raise closed_locally(self.peer.address)
         data = self._config.framing.encode(message)
         if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
             self._batch.append(data)  # from a handler: after the replies before it, in one write
@@ -319,6 +344,10 @@ class _SelectLink:
     def abort(self) -> None:
         """Close at once, dropping what is queued: the stop deadline passed."""
         self._finish(None)
+
+    def evict(self, error: OverBudget) -> None:
+        """Close at once: the server stayed over `max_buffered` and this connection holds the most."""
+        self._fail(error)
 
     def _close_when_flushed(self) -> None:
         if self._channel is not None and self._channel.is_open:
@@ -414,6 +443,7 @@ class _SelectLink:
             self._traffic.bytes_in += len(data)
             if not self._dispatch(messages):
                 return
+        self._account()
         if not count:
             self._read_ended = True
             self._closing = True
@@ -564,6 +594,7 @@ class _SelectLink:
         self._queued += rest.nbytes
         self._set_events(self._events | _WRITE)
         self._apply_backpressure()
+        self._account()
 
     def on_writable(self) -> None:
         """Send queued bytes until the socket would block or the queue is empty."""
@@ -582,6 +613,7 @@ class _SelectLink:
                 outgoing[0] = chunk[sent:]
                 break
             outgoing.popleft()
+        self._account()
         if self._queued:
             self._apply_backpressure()
             return
@@ -602,17 +634,31 @@ class _SelectLink:
             self._paused = False
             self._set_events(self._events | _READ)
 
+    def _account(self) -> None:
+        """Tell the engine's budget what this connection holds now, if that changed."""
+        held = self._decoder.buffered + self._queued
+        if held != self._held:
+            self._held = held
+            self._engine.budget.update(self, held)
+
+    def pause_reading_for_budget(self, paused: bool) -> None:
+        """Stop or resume reading this connection for the server's memory budget."""
+        self._budget_paused = paused
+        self._set_events(_READ | (_WRITE if self._queued else 0))  # the loop's invariant; _set_events masks
+
     def _set_events(self, events: int) -> None:
         if self._read_ended or self._closing:
             events &= ~_READ
-        if self._paused:
+        if self._paused or self._budget_paused:
             events &= ~_READ
-        if not events:
+        if not events and not (self._budget_paused and not self._queued):
             # Nothing to wait for: keep the socket registered for errors only.
+            # (Paused for the budget, with nothing to write: not watched at all,
+            # or a level-triggered READ would fire on every loop.)
             events = _WRITE if self._queued else _READ
         if events != self._events and self.is_open:
+            self._engine.update_interest(self, events, self._events)
             self._events = events
-            self._engine.update_interest(self, events)
 
     # --- timers ----------------------------------------------------------------
 
@@ -649,8 +695,9 @@ class _SelectLink:
         self.is_open = False
         self._engine.forget(self)
         self.sock.close()
-        self._outgoing.clear()
-        self._queued = 0
+        self._release()
+        self._held = 0
+        self._engine.budget.forget(self)
         self._config.counters.closed(error=error is not None)
         if not self._announced:  # the handshake failed: the handler never saw this peer
             if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
@@ -660,3 +707,13 @@ class _SelectLink:
             self._config.handler.closed(self.peer, error)
         except HandlerFailed as exc:
             logger.error("%s", exc, exc_info=exc.__cause__)
+        finally:
+            self.peer._detach()
+
+    def _release(self) -> None:
+        """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
+        self._outgoing.clear()
+        self._queued = 0
+        self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
+        self._direct = None
+        self._channel = None

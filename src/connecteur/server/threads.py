@@ -26,6 +26,7 @@ from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
 from ..framing import Buffer, Decoder, batch_encoder
+from ._budget import Budget, OverBudget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -40,7 +41,7 @@ from ._engine import (
     refuse_untrusted,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
-from ._peer import Peer
+from ._peer import Peer, closed_locally
 
 __all__ = ["BlockingLink", "ThreadsEngine"]
 
@@ -63,6 +64,7 @@ class ThreadsEngine:
         self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
         self._all_closed = threading.Condition(self._links_lock)
+        self.budget = thread_budget(config)
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -116,7 +118,7 @@ class ThreadsEngine:
         counters = self._config.counters
         sock.setblocking(True)
         _socket.configure_stream(sock)
-        link = BlockingLink(self._config, sock, address, self._forget)
+        link = BlockingLink(self._config, sock, address, self._forget, budget=self.budget)
         counters.opened()
         with self._links_lock:
             self._links.add(link)
@@ -152,12 +154,24 @@ class ThreadsEngine:
             self._all_closed.notify_all()
 
 
+def thread_budget(config: EngineConfig) -> Budget:
+    """A memory budget for connections served by threads: its checks run in a short-lived timer thread."""
+
+    def call_later(seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True  # it ends by itself within `seconds`; a stopping process need not wait
+        timer.start()
+
+    return Budget(config.max_buffered, config.counters, call_later)
+
+
 class BlockingLink:
     """One connection served by a blocking loop (`run`) in its own thread or process.
 
     Args:
         on_end: called with the link once it is closed and reported.
         on_open: called once the handshakes are done, before the handler hears of the peer.
+        budget: the process's memory budget, shared by its connections.
     """
 
     def __init__(
@@ -167,8 +181,15 @@ class BlockingLink:
         address: object,
         on_end: Callable[[BlockingLink], None],
         on_open: Callable[[], object] | None = None,
+        *,
+        budget: Budget,
     ) -> None:
         self._config = config
+        self._budget = budget
+        self._budget_room = threading.Event()  # cleared while paused for the budget
+        self._budget_room.set()
+        self._evicted: OverBudget | None = None
+        self._held = 0  # bytes held, as last told to the budget
         self._on_end = on_end
         self._on_open = on_open
         self._sock = sock
@@ -194,13 +215,13 @@ class BlockingLink:
     def send(self, message: Buffer) -> None:
         """Write one message now; blocks while the peer does not read."""
         if self._closing:
-            raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+            raise closed_locally(self.peer.address)
         self._write(self._config.framing.encode(message))
 
     def _write(self, data: bytes, messages: int = 1) -> None:
         with self._lock:
             if self._closed:
-                raise ConnectionClosed(f"connection to {format_address(self.peer.address)} is closed", by_peer=False)
+                raise closed_locally(self.peer.address)
             channel = self._channel
             if channel is None:
                 self._sock.sendall(data)
@@ -222,6 +243,20 @@ class BlockingLink:
     def abort(self) -> None:
         """Wake the thread and end the connection: the stop deadline passed."""
         self._aborted = True
+        self._budget_room.set()
+        self._shutdown()
+
+    def pause_reading_for_budget(self, paused: bool) -> None:
+        """Stop or resume reading for the process's memory budget (any thread)."""
+        if paused:
+            self._budget_room.clear()
+        else:
+            self._budget_room.set()
+
+    def evict(self, error: OverBudget) -> None:
+        """End the connection: the process stayed over `max_buffered` and this one holds the most."""
+        self._evicted = error
+        self._budget_room.set()
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -259,6 +294,7 @@ class BlockingLink:
                 if error is None and not self._aborted:
                     self._say_goodbye()
                 self._sock.close()
+            self._budget.forget(self)
             counters = self._config.counters
             counters.retire(self._traffic)  # _closed is set: nobody sends any more
             counters.closed(error=error is not None)
@@ -302,6 +338,13 @@ class BlockingLink:
             self._config.handler.closed(self.peer, error)
         except HandlerFailed as exc:
             logger.error("%s", exc, exc_info=exc.__cause__)
+        finally:
+            self.peer._detach()  # a handler that keeps its peers must not keep this link
+            if error is not None:
+                # Its traceback holds this thread's frames, whose locals hold the
+                # error, the decoder and the read buffer: a cycle that would keep
+                # them until the garbage collector runs. Logged and reported: drop it.
+                error.__traceback__ = None
 
     def _serve(self, received: Buffer) -> BaseException | None:
         """The receive loop. Returns the error that ended it, or None after a clean end."""
@@ -312,6 +355,7 @@ class BlockingLink:
         view = memoryview(buffer)
         deadlines = self._deadlines
         while not self._closing:
+            self._budget_room.wait()  # set again within the budget's grace period
             if deadlines.is_active:
                 due = deadlines.next_due()
                 # Never 0.0: that would make the socket non-blocking, not a timeout.
@@ -323,7 +367,9 @@ class BlockingLink:
                     return expired
                 continue
             except OSError as exc:
-                return None if self._aborted or self._closing else exc
+                return self._evicted or (None if self._aborted or self._closing else exc)
+            if self._evicted is not None:
+                return self._evicted
             if self._aborted or self._closing:
                 return None
             data: Buffer = view[:count]
@@ -350,6 +396,9 @@ class BlockingLink:
         self._traffic.bytes_in += len(data)
         if self._deadlines.is_active:  # no clock read without a timeout
             self._deadlines.received(bool(messages), decoder.buffered)
+        if decoder.buffered != self._held:
+            self._held = decoder.buffered
+            self._budget.update(self, self._held)
         return self._dispatch(messages)
 
     def _dispatch(self, messages: list[bytes]) -> OSError | None:

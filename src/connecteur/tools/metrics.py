@@ -44,6 +44,11 @@ COUNTERS: Final = (
         "handshake_errors",
         "Connections closed before the handler saw them: TLS, authentication or PROXY header.",
     ),
+    (
+        "connecteur_connections_evicted",
+        "evicted",
+        "Connections closed because the server held more than max_buffered bytes, largest first.",
+    ),
 )
 """Each counter: its name (``prometheus_client`` adds ``_total``), its `Stats` field, its help text."""
 
