@@ -30,6 +30,7 @@ import itertools
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -88,7 +89,9 @@ class SelectEngine:
         self._links: set[_SelectLink] = set()
         self.budget = Budget(config.max_buffered, config.counters, self._call_later)
         self._later: list[tuple[float, Callable[[], None]]] = []  # run by the None timer entries
-        self._timers: list[tuple[float, int, _SelectLink | None]] = []
+        # (due, tie-breaker, the link's weak reference; None: the engine's own entry). Weak: a
+        # closed connection must not live on in the heap until its entry comes due.
+        self._timers: list[tuple[float, int, weakref.ref[_SelectLink] | None]] = []
         self._sequence = itertools.count()
         self._inbox: deque[Callable[[], None]] = deque()
         self._stop = StopSignal()
@@ -212,19 +215,19 @@ class SelectEngine:
         if len(timers) > 2 * len(self._links) + 64:
             # Entries of closed or re-armed links wait for their due time;
             # with many short connections they would pile up, so sweep them.
-            timers[:] = [entry for entry in timers if entry[2] is None or entry[2].is_timer_live(entry[0])]
+            timers[:] = [entry for entry in timers if _is_live(entry)]
             heapq.heapify(timers)
-        heapq.heappush(timers, (due, next(self._sequence), link))
+        heapq.heappush(timers, (due, next(self._sequence), None if link is None else weakref.ref(link)))
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
         timers = self._timers
         while timers and timers[0][0] <= now:
-            due, _, link = heapq.heappop(timers)
-            if link is None:
+            due, _, ref = heapq.heappop(timers)
+            if ref is None:
                 self._resume_accepting()
                 self._run_later(now)
-            elif link.is_timer_live(due):
+            elif (link := ref()) is not None and link.is_timer_live(due):
                 link.check_timers()
 
     def _call_later(self, seconds: float, action: Callable[[], None]) -> None:
@@ -256,10 +259,20 @@ class SelectEngine:
         self._links.discard(link)
 
 
+def _is_live(entry: tuple[float, int, weakref.ref[_SelectLink] | None]) -> bool:
+    """False for a timer entry of a closed or re-armed link: the sweep drops it."""
+    ref = entry[2]
+    if ref is None:
+        return True
+    link = ref()
+    return link is not None and link.is_timer_live(entry[0])
+
+
 class _SelectLink:
     """One non-blocking connection, driven by the engine's loop."""
 
     __slots__ = (
+        "__weakref__",
         "_announced",
         "_batch",
         "_budget_paused",

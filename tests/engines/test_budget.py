@@ -1,0 +1,127 @@
+"""The server-wide memory budget (`max_buffered`), and buffers freed at close without the garbage collector."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import socket
+import struct
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from connecteur import Server, connect
+from connecteur.framing import LengthPrefixed
+from connecteur.server import Peer
+from tests.support import TIMEOUT, wait_until
+
+MiB = 2**20
+
+
+@pytest.fixture
+def one_process_engine(engine: str) -> str:
+    """The budget is per process: these tests need every connection in the test's process."""
+    if engine == "processes" or "*" in engine:
+        pytest.skip("each process has a budget of its own; these tests count one process's connections")
+    return engine
+
+
+def _header(size: int) -> bytes:
+    return struct.pack("!I", size)
+
+
+@contextlib.contextmanager
+def _raw(server: Server) -> Iterator[socket.socket]:
+    sock = socket.create_connection(server.address, timeout=TIMEOUT)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _is_closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed `sock` (EOF or reset); False if it is still open."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_over_budget_the_largest_holder_is_closed_and_the_others_are_served(
+    serve: Callable[..., Server], one_process_engine: str
+) -> None:
+    """A half-sent 3 MiB message and a whole 2 MiB one under a 4 MiB budget: the half-sent one is
+    closed (it holds the most), the whole one is answered, a newcomer is served."""
+    server = serve(lambda message: message, max_buffered=4 * MiB)
+    with _raw(server) as hoarder, _raw(server) as honest:
+        hoarder.sendall(_header(8 * MiB) + b"h" * (3 * MiB))
+        wait_until(lambda: server.stats.bytes_in >= 3 * MiB, what="the server has read the hoarder's bytes")
+        # In two parts, so that the server holds the first (one read could take the whole message).
+        honest.sendall(_header(2 * MiB) + b"m" * (3 * MiB // 2))
+        wait_until(lambda: server.stats.bytes_in >= 9 * MiB // 2, what="the server has read the honest part")
+        honest.sendall(b"m" * (MiB // 2))  # the server is over: not read until the hoarder goes
+        decoder = LengthPrefixed().decoder()
+        replies: list[bytes] = []
+        while not replies:
+            data = honest.recv(2**20)
+            assert data, "the honest connection was closed"
+            replies += decoder.feed(data)
+        assert replies == [b"m" * (2 * MiB)]
+        wait_until(lambda: _is_closed_by_server(hoarder), what="the hoarder closed")
+        assert server.stats.evicted == 1
+        with connect(server.address, timeout=TIMEOUT) as newcomer:
+            assert newcomer.request(b"hello") == b"hello"
+
+
+def test_under_budget_nobody_is_closed(serve: Callable[..., Server], one_process_engine: str) -> None:
+    """Large messages whose sum stays under the budget are all answered."""
+    server = serve(lambda message: message, max_buffered=8 * MiB)
+    with connect(server.address, timeout=TIMEOUT) as first, connect(server.address, timeout=TIMEOUT) as second:
+        first.send(b"a" * (3 * MiB))
+        second.send(b"b" * (3 * MiB))
+        assert first.recv() == b"a" * (3 * MiB)
+        assert second.recv() == b"b" * (3 * MiB)
+    assert server.stats.evicted == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "1"])
+def test_max_buffered_must_be_a_positive_int(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_buffered"):
+        Server(lambda message: message, "127.0.0.1:0", max_buffered=value)
+
+
+@pytest.mark.parametrize("ending", ["clean", "bad bytes", "inside a large message"])
+def test_a_closed_connection_dies_without_the_garbage_collector(
+    serve: Callable[..., Server], one_process_engine: str, ending: str
+) -> None:
+    """With the cyclic collector off, the peer object (and what it reaches) is freed at close."""
+    peers: list[weakref.ref[Peer]] = []
+
+    class Keep:
+        def connected(self, peer: Peer) -> None:
+            peers.append(weakref.ref(peer))
+
+        def received(self, peer: Peer, message: bytes) -> bytes:
+            return message
+
+    server = serve(Keep())
+    gc.collect()
+    gc.disable()
+    try:
+        with _raw(server) as sock:
+            wait_until(lambda: peers, what="the handler saw the connection")
+            if ending == "bad bytes":
+                sock.sendall(_header(2**32 - 1))
+                wait_until(lambda: _is_closed_by_server(sock), what="the server closed on the bad header")
+            elif ending == "inside a large message":
+                sock.sendall(_header(MiB) + b"x" * 100_000)
+                wait_until(lambda: server.stats.bytes_in >= 100_004, what="the server read the bytes")
+        wait_until(lambda: server.stats.active == 0, what="the connection closed")
+        wait_until(lambda: peers[0]() is None, what="the peer freed by reference counting alone")
+    finally:
+        gc.enable()
