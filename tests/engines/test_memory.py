@@ -20,7 +20,7 @@ import pytest
 
 from connecteur import Peer, Server
 from tests.engines.conftest import VARIANTS
-from tests.memory_support import KIB, MAX_SIZE, ServerProcess, churn, header_flood
+from tests.memory_support import KIB, MAX_SIZE, ServerProcess, budget_flood, churn, has_max_buffered, header_flood
 from tests.support import TIMEOUT, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="reads memory from /proc")
@@ -55,9 +55,24 @@ def test_connect_header_close_churn_stays_flat(engine: str) -> None:
     assert result["growth"] <= 32 * MIB // KIB, f"grew by {result['growth'] / KIB:,.1f} MiB"
 
 
+@pytest.mark.skipif(not has_max_buffered(), reason="Server has no max_buffered yet")
+def test_the_server_stays_within_max_buffered_and_serves_others(engine: str) -> None:
+    """16 connections each send a max-size header and 1 MiB of its body: the server holds ≤ its 4 MiB budget.
+
+    Each decoder grows only with the bytes received, but 16 of them hold
+    16 MiB together: past the budget the server stops reading, closes the
+    connections holding the most, and still answers another client.
+    """
+    budget = 4 * MIB
+    with ServerProcess(engine, timeout=TIMEOUT, max_buffered=budget) as server:
+        result = budget_flood(server, 16, body=MIB, chunk=64 * KIB)
+    assert result["peak"] <= budget // KIB + NOISE_KIB, f"grew by {result['peak'] / KIB:,.1f} MiB"
+    assert result["served"], "another client got no reply"
+
+
 IN_PROCESS = [variant for variant in VARIANTS if variant not in ("processes", "select*2")]
 """The variants whose connections live in this process: the others' live and die with a child process."""
-RELEASE_WAIT = TIMEOUT / 5
+RELEASE_WAIT = TIMEOUT / 10
 """Seconds a closed connection's objects may take to go: a connection's thread still returning (microseconds)."""
 
 
