@@ -21,6 +21,7 @@ __all__ = [
     "machine",
     "mem_available_kib",
     "process_count",
+    "pss_kib",
     "raise_fd_limit",
     "rss_kib",
     "stable_rss_kib",
@@ -121,6 +122,23 @@ def rss_kib(root: int) -> int:
     only its private ones gives what each extra process really costs.
     """
     return _status_kib(root, "VmRSS") + sum(_private_kib(pid) for pid, _ in _tree(root)[1:])
+
+
+def pss_kib(root: int) -> int:
+    """Proportional set size of `root` and its live descendants, summed: from each one's smaps_rollup.
+
+    Each page counts once over the whole tree, split among the processes
+    that share it, so a forked child adds what it really costs, and pages it
+    dirties after the fork (copied on write) count as its own. Linux 4.14+.
+    """
+    total = 0
+    for pid, _ in _tree(root):
+        try:
+            text = (_PROC / str(pid) / "smaps_rollup").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:"))
+    return total
 
 
 def stable_rss_kib(root: int, *, samples: int, interval: float, timeout: float = 10.0) -> tuple[int, bool]:
