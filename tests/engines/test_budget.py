@@ -1,12 +1,10 @@
-"""The server-wide memory budget (`max_buffered`), and buffers freed at close without the garbage collector."""
+"""The server-wide memory budget (`max_buffered`); the memory it bounds is measured in test_memory.py."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import socket
 import struct
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +12,6 @@ import pytest
 
 from connecteur import Server, connect
 from connecteur.framing import LengthPrefixed
-from connecteur.server import Peer
 from tests.support import TIMEOUT, wait_until
 
 MiB = 2**20
@@ -93,35 +90,3 @@ def test_under_budget_nobody_is_closed(serve: Callable[..., Server], one_process
 def test_max_buffered_must_be_a_positive_int(value: Any) -> None:
     with pytest.raises(ValueError, match="max_buffered"):
         Server(lambda message: message, "127.0.0.1:0", max_buffered=value)
-
-
-@pytest.mark.parametrize("ending", ["clean", "bad bytes", "inside a large message"])
-def test_a_closed_connection_dies_without_the_garbage_collector(
-    serve: Callable[..., Server], one_process_engine: str, ending: str
-) -> None:
-    """With the cyclic collector off, the peer object (and what it reaches) is freed at close."""
-    peers: list[weakref.ref[Peer]] = []
-
-    class Keep:
-        def connected(self, peer: Peer) -> None:
-            peers.append(weakref.ref(peer))
-
-        def received(self, peer: Peer, message: bytes) -> bytes:
-            return message
-
-    server = serve(Keep())
-    gc.collect()
-    gc.disable()
-    try:
-        with _raw(server) as sock:
-            wait_until(lambda: peers, what="the handler saw the connection")
-            if ending == "bad bytes":
-                sock.sendall(_header(2**32 - 1))
-                wait_until(lambda: _is_closed_by_server(sock), what="the server closed on the bad header")
-            elif ending == "inside a large message":
-                sock.sendall(_header(MiB) + b"x" * 100_000)
-                wait_until(lambda: server.stats.bytes_in >= 100_004, what="the server read the bytes")
-        wait_until(lambda: server.stats.active == 0, what="the connection closed")
-        wait_until(lambda: peers[0]() is None, what="the peer freed by reference counting alone")
-    finally:
-        gc.enable()

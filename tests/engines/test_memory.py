@@ -9,6 +9,7 @@ collector off, to prove a closed connection's objects are freed at once.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -122,6 +123,14 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+def _bad_bytes(sock: socket.socket) -> None:
+    """A header over max_size: the server's decoder fails, and the server closes."""
+    sock.sendall(struct.pack("!I", 2**32 - 1))
+    with contextlib.suppress(ConnectionResetError):
+        while sock.recv(4096):
+            pass
+
+
 def _holders(canary: object) -> str:
     """What holds the Peer whose data holds `canary`: a clue for whoever breaks the cycle."""
     peers = [o for o in gc.get_referrers(*gc.get_referrers(canary)) if isinstance(o, Peer)]
@@ -130,7 +139,11 @@ def _holders(canary: object) -> str:
 
 
 @pytest.mark.parametrize("engine", IN_PROCESS)
-@pytest.mark.parametrize("close", [_close_cleanly, _close_mid_message, _reset], ids=["clean", "mid-message", "reset"])
+@pytest.mark.parametrize(
+    "close",
+    [_close_cleanly, _close_mid_message, _reset, _bad_bytes],
+    ids=["clean", "mid-message", "reset", "bad-bytes"],
+)
 def test_a_closed_connection_is_freed_without_the_garbage_collector(
     serve: Callable[..., Server], close: Callable[[socket.socket], None]
 ) -> None:
