@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import selectors
 import socket
 import sys
@@ -267,9 +268,15 @@ def test_two_dead_addresses_then_a_live_one_connect_at_once(
     """
     with socket.create_server(("127.0.0.4", 0)) as live:
         address = name([dead("127.0.0.2"), dead("127.0.0.3"), live.getsockname()])
+        descriptors = open_descriptors()
         started = time.monotonic()
         assert open_with(client, address, timeout=TIMEOUT) == live.getsockname()
         assert time.monotonic() - started < TIMEOUT / 2
+        assert open_descriptors() == descriptors  # the losing attempts were closed
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize("client", CLIENTS)
