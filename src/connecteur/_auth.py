@@ -21,7 +21,8 @@ by answering the other's challenge:
 
 The server side (a ``Listener``) verifies first and answers second; the client
 side answers first and verifies second. We always challenge with ``{sha256}``.
-MD5, in either direction, is accepted only with ``allow_legacy=True``.
+MD5, in either direction, is accepted only with ``allow_legacy=True`` (the
+``allow_legacy_auth=True`` of the public API).
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ _LEGACY_DIGESTS: Final = frozenset({b"md5"})
 _MAX_NAME_SIZE: Final = max(len(name) for name in _DIGESTS | _LEGACY_DIGESTS)
 """Bytes: the longest digest name, so a ``}`` is looked for only where one can be."""
 
-_LEGACY_HINT: Final = "pass allow_legacy=True to accept peers older than Python 3.12"
+_LEGACY_HINT: Final = (
+    "pass allow_legacy_auth=True (--allow-legacy-auth on the command line) to accept peers older than Python 3.12"
+)
+"""Names the public parameter (of `connect`, `aio.connect`, `Server`, `aio.serve`), not this class's."""
 _NO_KEY_HINT: Final = "does the peer use an auth key?"
 
 

@@ -8,21 +8,26 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import math
 import os
+import selectors
 import socket
 import stat
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, cast, final
 
 from ._channel import HANDSHAKE_ERRORS, Channel
-from .address import Address, TcpAddress, UnixAddress
+from .address import Address, TcpAddress, UnixAddress, format_address
 from .errors import ConnectionClosed, Timeout
 from .framing import Buffer
 
 __all__ = [
+    "HAPPY_EYEBALLS_DELAY",
+    "ConnectRace",
     "as_timeout",
     "bound_address",
     "check_connected",
@@ -30,8 +35,11 @@ __all__ = [
     "configure_stream",
     "hand_over",
     "handshake",
+    "interleave",
     "listen",
+    "numeric_targets",
     "open_connection",
+    "resolve",
     "socket_address",
     "start_connection",
     "timeouts_as",
@@ -71,27 +79,232 @@ def as_timeout(exc: TimeoutError, what: str, seconds: float | None) -> TimeoutEr
     return Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0)
 
 
-def open_connection(address: Address, timeout: float | None) -> socket.socket:
-    """Connect a blocking stream socket to `address` within `timeout` seconds.
+HAPPY_EYEBALLS_DELAY: Final = 0.25
+"""Seconds between starting a connection attempt to one address of a name and
+the next while the first is still pending: RFC 8305's recommended "Connection
+Attempt Delay". A dead first address then costs a quarter of a second, not
+the whole timeout."""
+
+
+def open_connection(
+    address: Address, timeout: float | None, happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY
+) -> socket.socket:
+    """Connect a blocking stream socket to `address` within `timeout` seconds in all.
+
+    A host name's addresses are raced as RFC 8305 says (`ConnectRace`); one
+    deadline covers every attempt. Resolving the name is not bounded by it:
+    ``getaddrinfo`` cannot be interrupted.
 
     Raises:
-        Timeout: the connection was not established in time.
-        OSError: the connection failed (refused, unreachable, no such file).
+        Timeout: no address connected in time.
+        OSError: every address failed (refused, unreachable, no such file),
+            or the name does not resolve (``socket.gaierror``).
     """
-    with timeouts_as(f"connecting to {address}", timeout):
-        if isinstance(address, UnixAddress):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(address.path)
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            # An empty host means "this machine" for a client.
-            sock = socket.create_connection((address.host or "localhost", address.port), timeout)
+    if isinstance(address, UnixAddress):
+        sock = _connect_unix(address, timeout)
+    else:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        race = ConnectRace(address, resolve(address), happy_eyeballs_delay)
+        try:
+            sock = _run_race(race, deadline, timeout)
+        finally:
+            race.close()
+        sock.settimeout(timeout)
     configure_stream(sock)
     return sock
+
+
+def _connect_unix(address: UnixAddress, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with timeouts_as(f"connecting to {address}", timeout):
+            sock.settimeout(timeout)
+            sock.connect(address.path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _run_race(race: ConnectRace, deadline: float | None, timeout: float | None) -> socket.socket:
+    """Wait on the race's sockets with one selector until one connects, all fail, or `deadline`."""
+    with selectors.DefaultSelector() as selector:
+        while True:
+            now = time.monotonic()
+            for sock in race.start_due(now):
+                selector.register(sock, selectors.EVENT_WRITE)
+            if race.failed:
+                raise race.error()
+            if deadline is not None and now >= deadline:
+                raise race.timed_out(timeout or 0.0)
+            for key, _ in selector.select(_earliest(race.wait_time(now), deadline, now)):
+                selector.unregister(key.fileobj)
+                if (winner := race.finished(cast(socket.socket, key.fileobj))) is not None:
+                    return winner
+
+
+def _earliest(wait: float | None, deadline: float | None, now: float) -> float | None:
+    """The shorter of `wait` and the time left before `deadline` (None: no limit)."""
+    if deadline is None:
+        return wait
+    return deadline - now if wait is None else min(wait, deadline - now)
+
+
+Target = tuple[socket.AddressFamily, Any]
+"""One address of a name: its family and the socket-module address to connect to."""
+
+
+def resolve(address: TcpAddress) -> list[Target]:
+    """The addresses of `address`'s host in the order to try them (blocks on DNS)."""
+    infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
+    return interleave([(family, target) for family, _, _, _, target in infos])
+
+
+def numeric_targets(address: TcpAddress) -> list[Target] | None:
+    """The addresses of an IP literal, without a DNS query; None for a host name."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host or "localhost", address.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        return None
+    return interleave([(family, target) for family, _, _, _, target in infos])
+
+
+def interleave(targets: list[Target]) -> list[Target]:
+    """Alternate the address families, starting with the first address's (RFC 8305 section 4).
+
+    ``getaddrinfo`` sorts by preference (RFC 6724), which often lists every
+    IPv6 address first: if IPv6 is broken, interleaving reaches an IPv4 address
+    after one attempt delay instead of after all of them.
+    """
+    families: dict[int, deque[Target]] = {}
+    for target in targets:
+        families.setdefault(target[0], deque()).append(target)
+    queues = list(families.values())
+    ordered: list[Target] = []
+    while queues:
+        ordered.extend(queue.popleft() for queue in queues)
+        queues = [queue for queue in queues if queue]
+    return ordered
+
+
+_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY})
+
+
+def _start(family: socket.AddressFamily, target: Any) -> socket.socket:
+    """A non-blocking socket connecting to `target`.
+
+    Raises:
+        OSError: the socket cannot be made, or the connect failed at once.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        if code not in _IN_PROGRESS:
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@final
+class ConnectRace:
+    """Staggered connection attempts to the addresses of one name (RFC 8305 section 5).
+
+    The first attempt starts at once; each next one when the previous failed,
+    or `delay` seconds after the last start while attempts are still pending.
+    The first socket to connect wins. Nothing here waits: the caller watches
+    the sockets `start_due` returns for writability (a selector, or an event
+    loop), no longer than `wait_time`, and hands each writable one to
+    `finished`. `close` closes every attempt still pending, the losers.
+
+    Args:
+        address: the name, for messages.
+        targets: its addresses in the order to try them (`resolve`).
+        delay: seconds between starts; None tries one address after another.
+    """
+
+    __slots__ = ("_address", "_delay", "_errors", "_next_start", "_targets", "pending")
+
+    def __init__(self, address: TcpAddress, targets: list[Target], delay: float | None) -> None:
+        self._address = address
+        self._targets = deque(targets)
+        self._delay = math.inf if delay is None else max(delay, 0.0)
+        self._next_start = -math.inf
+        self._errors: list[tuple[Any, OSError]] = []
+        self.pending: dict[socket.socket, Any] = {}
+        """The sockets still connecting, with the address each one tries."""
+
+    @property
+    def failed(self) -> bool:
+        """True when every address has failed: nothing pending, nothing left to try."""
+        return not self._targets and not self.pending
+
+    def start_due(self, now: float) -> list[socket.socket]:
+        """Start the attempts due at `now`; return their sockets, to watch for writability."""
+        started = []
+        while self._targets and (not self.pending or now >= self._next_start):
+            family, target = self._targets.popleft()
+            try:
+                sock = _start(family, target)
+            except OSError as exc:  # no IPv6 here, refused or unreachable at once: the next one starts now
+                self._errors.append((target, exc))
+                continue
+            self.pending[sock] = target
+            started.append(sock)
+            self._next_start = now + self._delay
+        return started
+
+    def wait_time(self, now: float) -> float | None:
+        """Seconds until the next attempt is due (None: none will be, only the pending ones count)."""
+        if not self._targets or math.isinf(self._next_start):
+            return None
+        return max(self._next_start - now, 0.0)
+
+    def finished(self, sock: socket.socket) -> socket.socket | None:
+        """Take a pending socket that showed writable: return it if it connected.
+
+        A failed one is closed and remembered, and the next address becomes
+        due at once.
+        """
+        target = self.pending.pop(sock)
+        try:
+            check_connected(sock)
+        except OSError as exc:
+            sock.close()
+            self._errors.append((target, exc))
+            self._next_start = -math.inf
+            return None
+        return sock
+
+    def close(self) -> None:
+        """Close every attempt still pending."""
+        for sock in self.pending:
+            sock.close()
+        self.pending.clear()
+
+    def error(self) -> OSError:
+        """The error once every address failed: the last failure's kind, each address named.
+
+        An `OSError` built from the last errno is its usual subclass
+        (``ConnectionRefusedError``...), as ``socket.create_connection`` raises.
+        """
+        if not self._errors:  # getaddrinfo raises rather than return no address; an empty list from elsewhere
+            return OSError(errno.EHOSTUNREACH, f"{self._address} has no address to connect to")
+        tried = "; ".join(f"{format_address(target)} {exc.strerror or exc}" for target, exc in self._errors)
+        return OSError(self._errors[-1][1].errno, f"could not connect to {self._address}: {tried}")
+
+    def timed_out(self, seconds: float) -> Timeout:
+        """The `Timeout` for a deadline reached with attempts still pending, each address named."""
+        tried = [format_address(target) for target, _ in self._errors] + [
+            format_address(target) for target in self.pending.values()
+        ]
+        return Timeout(
+            f"connecting to {self._address} timed out after {seconds} s (tried {', '.join(tried)})", seconds=seconds
+        )
 
 
 HANDSHAKE_READ_SIZE: Final = 16 * 2**10
@@ -141,9 +354,6 @@ def handshake(sock: socket.socket, channel: Channel, timeout: float | None) -> B
         raise
     finally:
         sock.settimeout(previous)
-
-
-_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY})
 
 
 def start_connection(address: Address) -> socket.socket:

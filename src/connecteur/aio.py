@@ -29,7 +29,7 @@ from typing import Any, Final, Self, TypeVar, cast, final
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
-from .address import AddressLike, UnixAddress, format_address, parse_address
+from .address import AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Framing, LengthPrefixed
@@ -60,6 +60,7 @@ async def connect(
     auth_key: bytes | None = None,
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
 ) -> Connection:
     """Connect to a server and return an asyncio `Connection`.
 
@@ -67,8 +68,10 @@ async def connect(
         address: ``"host:port"``, ``"[::1]:port"``, ``"unix:/path"`` or a tuple.
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         codec: turns values into messages and back (`connecteur.codecs`).
-        timeout: seconds allowed for connecting and then for each `send`,
-            `recv` or `request`; ``None`` waits for ever.
+        timeout: seconds allowed for connecting (resolving the name and
+            trying every address, together) and then for each whole `send`,
+            `send_many`, `recv` or `request`, however slowly the bytes move;
+            ``None`` waits for ever.
         tls: an `ssl.SSLContext` for the client side: the connection is TLS.
         server_hostname: the name the server's certificate must carry;
             defaults to the host of `address`.
@@ -76,16 +79,22 @@ async def connect(
         allow_legacy_auth: also accept the HMAC-MD5 of Pythons before 3.12.
         handshake_timeout: seconds allowed for the TLS and authentication
             handshakes once connected (None: no limit).
+        happy_eyeballs_delay: when a name has several addresses, seconds to
+            wait for one attempt before starting the next beside it (RFC 8305,
+            IPv6 and IPv4 interleaved); the first to connect wins. ``0``
+            starts them all at once, ``None`` tries them one after another.
 
     Raises:
         AddressError: the address cannot be parsed.
-        Timeout: the connection was not established within `timeout`, or
-            the TLS handshake within `handshake_timeout`.
+        Timeout: no address connected within `timeout` (the message names
+            those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
             challenge within `handshake_timeout`.
         ssl.SSLError: the TLS handshake failed.
         ConnectionClosed: the server closed the connection during the handshake.
-        OSError: the connection failed (refused, unreachable, ...).
+        OSError: every address failed (refused, unreachable, ...): the last
+            failure's kind, such as ``ConnectionRefusedError``, naming each
+            address; ``socket.gaierror`` when the name does not resolve.
     """
     parsed = parse_address(address)
     spec = ChannelSpec.for_client(
@@ -93,14 +102,28 @@ async def connect(
     )
     loop = asyncio.get_running_loop()
     protocol = _ClientProtocol(framing if framing is not None else LengthPrefixed(), spec)
+    race: _socket.ConnectRace | None = None
     try:
         async with asyncio.timeout(timeout):
             if isinstance(parsed, UnixAddress):
                 await loop.create_unix_connection(lambda: protocol, parsed.path)
             else:
-                await loop.create_connection(lambda: protocol, parsed.host or "localhost", parsed.port)
+                race = _socket.ConnectRace(parsed, await _resolve(parsed), happy_eyeballs_delay)
+                sock = await _run_race(race)
+                try:
+                    await loop.create_connection(lambda: protocol, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
     except TimeoutError as exc:
+        if exc.errno is not None:  # ETIMEDOUT from the kernel: the last attempt gave up by itself
+            raise
+        if race is not None:
+            raise race.timed_out(timeout or 0.0) from exc
         raise Timeout(f"connecting to {parsed} timed out after {timeout} s", seconds=timeout or 0.0) from exc
+    finally:
+        if race is not None:
+            race.close()
     try:
         await protocol.wait_open(handshake_timeout)
     except BaseException:
@@ -108,6 +131,50 @@ async def connect(
             protocol.transport.abort()
         raise
     return Connection(protocol, codec=codec, timeout=timeout)
+
+
+async def _resolve(address: TcpAddress) -> list[_socket.Target]:
+    """The addresses to try, in order: an IP literal at once, a name through the loop's resolver."""
+    targets = _socket.numeric_targets(address)
+    if targets is not None:
+        return targets
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        address.host or "localhost", address.port, type=socket.SOCK_STREAM
+    )
+    return _socket.interleave([(family, target) for family, _, _, _, target in infos])
+
+
+async def _run_race(race: _socket.ConnectRace) -> socket.socket:
+    """Drive `race` on the running loop (any loop with ``add_writer``) until a socket connects.
+
+    Raises:
+        OSError: every address failed (`ConnectRace.error`).
+    """
+    loop = asyncio.get_running_loop()
+    writable: dict[socket.socket, asyncio.Future[None]] = {}
+    try:
+        while True:
+            for sock in race.start_due(time.monotonic()):
+                writable[sock] = loop.create_future()
+                loop.add_writer(sock.fileno(), _set_once, writable[sock])
+            if race.failed:
+                raise race.error()
+            await asyncio.wait(
+                writable.values(), timeout=race.wait_time(time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
+            for sock in [sock for sock, future in writable.items() if future.done()]:
+                loop.remove_writer(sock.fileno())
+                del writable[sock]
+                if (winner := race.finished(sock)) is not None:
+                    return winner
+    finally:
+        for sock in writable:
+            loop.remove_writer(sock.fileno())
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
@@ -257,6 +324,12 @@ class Connection:
 
     One task may `send` while another `recv`s; two tasks sending at once
     must take turns themselves (an ``asyncio.Lock``), as must two receivers.
+
+    The timeout bounds each whole call. A `Timeout` (or a cancellation) in
+    `recv` or `send` leaves the connection usable: bytes received are kept,
+    and a message handed to `send` goes out whole. One inside `request`,
+    once the request is handed over, closes it: the late reply would
+    answer the next request.
     """
 
     def __init__(self, protocol: _ClientProtocol, *, codec: Codec | None = None, timeout: float | None) -> None:
@@ -265,6 +338,7 @@ class Connection:
         self._timeout = timeout
         self._write_closed = False
         self._closed = False
+        self._closed_why = "with close()"
         transport = protocol.transport
         assert transport is not None
         self._transport = transport
@@ -277,13 +351,20 @@ class Connection:
         state = "closed" if self._closed else "open"
         return f"<aio.Connection {state} to {format_address(self.address)} framing={self.framing!r}>"
 
-    async def _within_timeout(self, awaitable: Awaitable[_T], what: str) -> _T:
+    def _deadline(self) -> float | None:
+        """When a call starting now must end, on the loop's clock."""
+        return None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
+
+    async def _by(self, deadline: float | None, awaitable: Awaitable[_T], what: str) -> _T:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
                 return await awaitable
         except TimeoutError as exc:
             seconds = self._timeout or 0.0
             raise Timeout(f"{what} {format_address(self.address)} took more than {seconds} s", seconds=seconds) from exc
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(f"this connection was closed {self._closed_why}", by_peer=False)
 
     # --- sending ---------------------------------------------------------------
 
@@ -293,11 +374,17 @@ class Connection:
         Raises:
             CodecError: the codec cannot encode the value (nothing sent).
             FramingError: the framing cannot carry the message (nothing sent).
-            Timeout: the peer did not read enough within the timeout.
+            Timeout: the peer did not read enough within the timeout (the
+                message stays queued whole: the connection is usable).
             ConnectionClosed: this side already closed or half-closed it.
             OSError: the connection broke.
         """
-        await self._write(self.framing.encode(message if self._codec is None else self._codec.encode(message)))
+        await self._send(message, self._deadline())
+
+    async def _send(self, message: Any, deadline: float | None) -> None:
+        await self._write(
+            self.framing.encode(message if self._codec is None else self._codec.encode(message)), deadline
+        )
 
     async def send_many(self, messages: Iterable[Any]) -> None:
         """Send several messages in one write; none is sent if one cannot be framed.
@@ -311,13 +398,14 @@ class Connection:
         """
         frame, codec = self.framing.encode, self._codec
         if codec is None:
-            await self._write(b"".join([frame(message) for message in messages]))
+            data = b"".join([frame(message) for message in messages])
         else:
-            await self._write(b"".join([frame(codec.encode(message)) for message in messages]))
+            data = b"".join([frame(codec.encode(message)) for message in messages])
+        await self._write(data, self._deadline())
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, deadline: float | None) -> None:
         if self._closed:
-            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+            raise self._closed_error()
         if self._write_closed:
             raise ConnectionClosed("cannot send after shutdown_write()", by_peer=False)
         protocol = self._protocol
@@ -329,7 +417,7 @@ class Connection:
             )
         self._transport.write(data if protocol.channel is None else protocol.channel.send(data))
         if protocol.writable is not None:
-            await self._within_timeout(asyncio.shield(protocol.writable), "sending to")
+            await self._by(deadline, asyncio.shield(protocol.writable), "sending to")
 
     # --- receiving -------------------------------------------------------------
 
@@ -342,41 +430,69 @@ class Connection:
             TruncatedMessage: the peer closed inside a message.
             FramingError: the peer's bytes do not follow the framing; messages
                 that came before the bad bytes are returned first.
-            Timeout: no whole message within the timeout (bytes received so
-                far are kept; `recv()` may be called again).
+            Timeout: no whole message within the timeout, however slowly its
+                bytes came (those received so far are kept; `recv()` may be
+                called again).
             CodecError: the message does not decode (it is consumed).
             OSError: the connection broke.
         """
+        message = await self._recv_bytes(self._deadline())
+        return message if self._codec is None else self._codec.decode(message)
+
+    async def _recv_bytes(self, deadline: float | None) -> bytes:
         protocol = self._protocol
         while not protocol.ready:
             if protocol.failure is not None:
                 raise protocol.failure
             if self._closed:
-                raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+                raise self._closed_error()
             if protocol.peer_ended or protocol.lost:
                 raise ConnectionClosed(f"{format_address(self.address)} closed the connection")
             protocol.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._within_timeout(protocol.waiter, "waiting for a message from")
+            try:  # each chunk of bytes wakes us; the deadline stays that of the call
+                await self._by(deadline, protocol.waiter, "waiting for a message from")
             finally:
                 protocol.waiter = None
         message = protocol.ready.popleft()
         protocol.took_one()
-        return message if self._codec is None else self._codec.decode(message)
+        return message
 
     async def request(self, message: Any) -> Any:
         """Send a message and return the next message received: its reply.
 
+        The timeout bounds the whole exchange. When it runs out, or the call
+        is cancelled, after the request was handed over, the reply is still
+        owed and could be taken for the answer to the next request: so the
+        connection is closed, and later calls raise `ConnectionClosed` saying
+        why. To keep waiting for a slow reply, use `send` then `recv`.
+
         Raises:
-            CodecError: the codec cannot encode the request or decode the reply.
+            CodecError: the codec cannot encode the request (nothing sent) or
+                decode the reply (consumed; the connection stays usable).
             FramingError: the framing cannot carry the request, or the peer's
                 bytes do not follow it.
-            Timeout: sending or receiving took longer than the timeout.
+            Timeout: the exchange took longer than the timeout; the
+                connection is closed.
             ConnectionClosed: the peer closed before replying.
             OSError: the connection broke.
         """
-        await self.send(message)
-        return await self.recv()
+        deadline = self._deadline()
+        data = self.framing.encode(message if self._codec is None else self._codec.encode(message))
+        try:
+            await self._write(data, deadline)
+            reply = await self._recv_bytes(deadline)
+        except Timeout as exc:
+            self._abandon(f"when request() timed out after {exc.seconds} s: its late reply would answer the next one")
+            raise Timeout(
+                f"no reply from {format_address(self.address)} within {exc.seconds} s; the connection is closed,"
+                " as the late reply would answer the next request",
+                seconds=exc.seconds,
+            ) from exc
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the reply is owed all the same
+                self._abandon("when request() was cancelled: its late reply would answer the next one")
+            raise
+        return reply if self._codec is None else self._codec.decode(reply)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._messages()
@@ -407,13 +523,18 @@ class Connection:
         if channel is not None:
             self._transport.write(channel.close_write())
 
-    async def close(self) -> None:
-        """Close the connection and wait until the transport is gone. Idempotent."""
+    def _abandon(self, why: str) -> None:
+        """Close the transport now (no waiting), saying why in the errors of later calls."""
         if not self._closed:
             self._closed = True
+            self._closed_why = why
             if not self._write_closed and not self._protocol.lost:
                 self._say_goodbye()
             self._transport.close()
+
+    async def close(self) -> None:
+        """Close the connection and wait until the transport is gone. Idempotent."""
+        self._abandon("with close()")
         closed = self._protocol.closed
         if closed is not None:
             await asyncio.shield(closed)

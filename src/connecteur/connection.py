@@ -52,6 +52,7 @@ def connect(
     auth_key: bytes | None = None,
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
 ) -> Connection:
     """Connect to a server and return a `Connection`.
 
@@ -61,8 +62,10 @@ def connect(
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         codec: turns values into messages and back (`connecteur.codecs`);
             None sends and receives bytes.
-        timeout: seconds allowed for connecting and then for each `send`,
-            `recv` or `request`; ``None`` waits for ever.
+        timeout: seconds allowed for connecting (to every address of the
+            name together) and then for each whole `send`, `send_many`,
+            `recv` or `request`, however slowly the bytes move; ``None``
+            waits for ever.
         tls: an `ssl.SSLContext` for the client side (such as
             ``ssl.create_default_context()``): the connection is TLS, and the
             server's certificate is checked as the context says.
@@ -74,23 +77,29 @@ def connect(
             of ``multiprocessing.connection`` before Python 3.12.
         handshake_timeout: seconds allowed for the TLS and authentication
             handshakes once connected (None: no limit).
+        happy_eyeballs_delay: when a name has several addresses, seconds to
+            wait for one attempt before starting the next beside it (RFC 8305,
+            IPv6 and IPv4 interleaved); the first to connect wins. ``0``
+            starts them all at once, ``None`` tries them one after another.
 
     Raises:
         AddressError: the address cannot be parsed.
-        Timeout: the connection was not established within `timeout`, or
-            the TLS handshake within `handshake_timeout`.
+        Timeout: no address connected within `timeout` (the message names
+            those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
             challenge within `handshake_timeout` (it uses no key).
         ssl.SSLError: the TLS handshake failed (``ssl.SSLCertVerificationError``
             for a certificate that does not verify).
         ConnectionClosed: the server closed the connection during the handshake.
-        OSError: the connection failed (refused, unreachable, ...).
+        OSError: every address failed (refused, unreachable, ...): the last
+            failure's kind, such as ``ConnectionRefusedError``, naming each
+            address; ``socket.gaierror`` when the name does not resolve.
     """
     where = parse_address(address)
     spec = ChannelSpec.for_client(
         where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
-    sock = _socket.open_connection(where, timeout)
+    sock = _socket.open_connection(where, timeout, happy_eyeballs_delay)
     try:
         channel = spec.open(where)
         received = b"" if channel is None else _socket.handshake(sock, channel, handshake_timeout)
@@ -144,14 +153,19 @@ class Connection:
         framing: how messages are laid out; defaults to `LengthPrefixed()`.
         codec: turns values into messages and back (`connecteur.codecs`);
             None sends and receives bytes.
-        timeout: seconds allowed for each `send`, `recv` or `request`;
-            ``None`` waits for ever.
+        timeout: seconds allowed for each whole `send`, `send_many`, `recv`
+            or `request`; ``None`` waits for ever.
+
+    A `Timeout` in `recv` leaves the connection usable (nothing is lost); one
+    in `send`, `send_many` or `request` closes it: the stream stopped inside a
+    message, or the late reply would answer the next request.
     """
 
     __slots__ = (
         "_buffer",
         "_channel",
         "_closed",
+        "_closed_why",
         "_codec",
         "_crypto_lock",
         "_decoder",
@@ -195,6 +209,7 @@ class Connection:
         self._peer_ended = False
         self._write_closed = False
         self._closed = False
+        self._closed_why = "with close()"
         self._channel: Channel | None = None
         self._crypto_lock = threading.Lock()
 
@@ -211,12 +226,13 @@ class Connection:
 
     @property
     def timeout(self) -> float | None:
-        """Seconds allowed for each `send`, `recv` or `request` (None: for ever); settable."""
+        """Seconds allowed for each whole `send`, `send_many`, `recv` or `request` (None: for ever); settable."""
         return self._timeout
 
     @timeout.setter
     def timeout(self, seconds: float | None) -> None:
-        self._sock.settimeout(seconds)
+        if not self._closed:  # a closed socket has no timeout to set; the next call raises ConnectionClosed
+            self._sock.settimeout(seconds)
         self._timeout = seconds
 
     # --- sending ---------------------------------------------------------------
@@ -225,8 +241,8 @@ class Connection:
         """Send one whole message; return once it has left the process.
 
         `message` is bytes, or with a codec a value it encodes. Loops over
-        partial sends. If the timeout runs out part-way, the
-        stream is left mid-message, so the connection is closed.
+        partial sends; the timeout bounds them all together. If it runs out
+        part-way, the stream is left mid-message, so the connection is closed.
 
         Raises:
             CodecError: the codec cannot encode the value (nothing sent).
@@ -241,12 +257,13 @@ class Connection:
         """Send several messages, coalesced into as few system calls as possible.
 
         Every message is encoded before anything is sent, so a message the
-        framing refuses sends none of them.
+        framing refuses sends none of them. The timeout bounds the whole call.
 
         Raises:
             CodecError: the codec cannot encode a value (nothing sent).
             FramingError: the framing cannot carry a message (nothing sent).
-            Timeout: the messages could not be sent within the timeout.
+            Timeout: the messages could not be sent within the timeout (the
+                connection is closed).
             ConnectionClosed: this side already closed or half-closed it.
             OSError: the connection broke.
         """
@@ -264,10 +281,20 @@ class Connection:
                 batch, size = [], 0
         if batch:
             chunks.append(b"".join(batch))
-        for chunk in chunks:
-            self._send_bytes(chunk)
+        deadline = self._deadline()
+        for index, chunk in enumerate(chunks):
+            # The socket's timeout bounds one sendall(); the later chunks get what remains.
+            self._send_bytes(chunk, deadline if index else None)
 
-    def _send_bytes(self, data: bytes) -> None:
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    def _send_bytes(self, data: bytes, deadline: float | None = None) -> None:
+        """Send all of `data`, by `deadline` if given, else within the socket's timeout.
+
+        CPython's ``sendall`` treats the socket's timeout as a deadline for
+        the whole call, however the peer reads.
+        """
         self._check_can_send()
         if self._channel is not None:
             # With TLS, a recv() in another thread may be decrypting: OpenSSL
@@ -275,17 +302,43 @@ class Connection:
             with self._crypto_lock:
                 data = self._channel.send(data)
         try:
-            self._sock.sendall(data)
+            if deadline is None:
+                self._sock.sendall(data)
+            else:
+                self._sendall_by(data, deadline)
         except TimeoutError as exc:  # not a `with timeouts_as(...)`: it cost ~1 µs a message
             error = _socket.as_timeout(exc, f"sending to {format_address(self.address)}", self._timeout)
             if error is exc:
                 raise
-            self.close()
+            self._abandon("when a send timed out: the stream stopped inside a message")
             raise error from exc
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # KeyboardInterrupt: the stream may stop inside a message
+                self._abandon("when a send was interrupted: the stream may have stopped inside a message")
+            raise
+
+    def _sendall_by(self, data: bytes, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(remaining)
+        try:
+            self._sock.sendall(data)
+        finally:
+            self._sock.settimeout(self._timeout)
+
+    def _abandon(self, why: str) -> None:
+        """Close the connection, saying why in the errors of later calls."""
+        if not self._closed:
+            self._closed_why = why
+            self.close()
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(f"this connection was closed {self._closed_why}", by_peer=False)
 
     def _check_can_send(self) -> None:
         if self._closed:
-            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
+            raise self._closed_error()
         if self._write_closed:
             raise ConnectionClosed("cannot send after shutdown_write()", by_peer=False)
 
@@ -301,8 +354,9 @@ class Connection:
             MessageTooLarge: the peer announced a message over `max_size`.
             FramingError: the peer's bytes do not follow the framing. Messages
                 that arrived before the bad bytes are returned first.
-            Timeout: no whole message arrived within the timeout; the bytes
-                received so far are kept, so `recv()` may be called again.
+            Timeout: no whole message arrived within the timeout, however
+                slowly its bytes came; those received so far are kept, so
+                `recv()` may be called again (the connection stays usable).
             CodecError: the message does not decode (it is consumed; the
                 connection stays usable).
             OSError: the connection broke (reset).
@@ -310,24 +364,29 @@ class Connection:
         message = self._recv_bytes()
         return message if self._codec is None else self._codec.decode(message)
 
-    def _recv_bytes(self) -> bytes:
+    def _recv_bytes(self, deadline: float | None = None) -> bytes:
+        """The next message, by `deadline` if given, else within the timeout from now."""
         if self._ready:
             return self._ready.popleft()
         if self._closed:
-            raise ConnectionClosed("this connection was closed with close()", by_peer=False)
-        # The socket already carries the full timeout for the first read; only
-        # a message that needs several reads shortens it to what remains.
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        first = True
+            raise self._closed_error()
+        # The socket carries the full timeout, right for a recv()'s first read:
+        # only a message that needs several reads, or a request()'s reply,
+        # shortens it to what remains of the deadline.
+        shorten = deadline is not None
+        if deadline is None:
+            deadline = self._deadline()
+        shortened = False
         try:
             while not self._ready:
                 self._check_can_recv()
-                if not first and deadline is not None:
+                if shorten and deadline is not None:
                     self._sock.settimeout(self._remaining(deadline))
-                first = False
+                    shortened = True
+                shorten = True
                 self._receive_some()
         finally:
-            if not first and deadline is not None:
+            if shortened:
                 self._sock.settimeout(self._timeout)
         return self._ready.popleft()
 
@@ -387,17 +446,41 @@ class Connection:
     def request(self, message: Any) -> Any:
         """Send a message and return the next message received: its reply.
 
+        The timeout bounds the whole exchange, sending and receiving
+        together. When it runs out (or the call is interrupted) after the
+        request went out, the reply is still owed: it could arrive later and
+        be taken for the answer to the next request. So the connection is
+        closed, and later calls raise `ConnectionClosed` saying why. To keep
+        waiting for a slow reply instead, use `send` then `recv`: a `recv`
+        timeout leaves the connection usable.
+
         Raises:
-            CodecError: the codec cannot encode the request or decode the reply.
+            CodecError: the codec cannot encode the request (nothing sent) or
+                decode the reply (consumed; the connection stays usable).
             FramingError: the framing cannot carry the request, or the peer's
                 bytes do not follow it (`MessageTooLarge`, `TruncatedMessage`).
-            Timeout: sending or receiving took longer than the timeout.
+            Timeout: the exchange took longer than the timeout; the
+                connection is closed.
             ConnectionClosed: the peer closed before replying, or this side
                 had closed the connection.
             OSError: the connection broke.
         """
+        deadline = self._deadline()
         self.send(message)
-        return self.recv()
+        try:
+            reply = self._recv_bytes(deadline)
+        except Timeout as exc:
+            self._abandon(f"when request() timed out after {exc.seconds} s: its late reply would answer the next one")
+            raise Timeout(
+                f"no reply from {format_address(self.address)} within {exc.seconds} s; the connection is closed,"
+                " as the late reply would answer the next request",
+                seconds=exc.seconds,
+            ) from exc
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # KeyboardInterrupt: the reply is owed all the same
+                self._abandon("when request() was interrupted: its late reply would answer the next one")
+            raise
+        return reply if self._codec is None else self._codec.decode(reply)
 
     def __iter__(self) -> Iterator[Any]:
         """Yield messages until the peer closes cleanly.

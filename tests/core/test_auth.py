@@ -7,7 +7,10 @@ with `hmac` from the protocol's description, independently of `_auth`.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import inspect
+import io
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -16,7 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connecteur import AuthenticationError
+import connecteur
+from connecteur import AuthenticationError, aio, cli
 from connecteur._auth import Authenticator
 from connecteur.framing import LengthPrefixed
 from tests.support import cuts, one_byte_at_a_time
@@ -224,7 +228,7 @@ def test_the_legacy_md5_vectors() -> None:
 
 def test_a_legacy_challenge_is_refused_by_default() -> None:
     client = Authenticator(KEY, server_side=False)
-    with pytest.raises(AuthenticationError, match=r"legacy 20-byte HMAC-MD5 challenge.*allow_legacy=True"):
+    with pytest.raises(AuthenticationError, match=r"legacy 20-byte HMAC-MD5 challenge.*allow_legacy_auth=True"):
         client.receive(frame(b"#CHALLENGE#" + LEGACY_NONCE))
     assert client.data_to_send() == b""  # the answering side just closes, as multiprocessing does
 
@@ -232,9 +236,25 @@ def test_a_legacy_challenge_is_refused_by_default() -> None:
 def test_a_legacy_response_is_refused_by_default_with_failure_queued() -> None:
     server = Authenticator(KEY, server_side=True, _nonce=NONCE)
     server.data_to_send()
-    with pytest.raises(AuthenticationError, match="legacy HMAC-MD5; pass allow_legacy=True"):
+    with pytest.raises(AuthenticationError, match="legacy HMAC-MD5; pass allow_legacy_auth=True"):
         server.receive(frame(hmac.new(KEY, b"{sha256}" + NONCE, "md5").digest()))
     assert server.data_to_send() == frame(b"#FAILURE#")
+
+
+def test_the_legacy_hint_names_the_real_parameter_and_option() -> None:
+    """The refusal says what to pass, and every public entry point takes it (it named allow_legacy, which none does)."""
+    client = Authenticator(KEY, server_side=False)
+    with pytest.raises(AuthenticationError) as info:
+        client.receive(frame(b"#CHALLENGE#" + LEGACY_NONCE))
+    named = re.search(r"pass (\w+)=True \((--[\w-]+) on the command line\)", str(info.value))
+    assert named is not None, str(info.value)
+    parameter, option = named.groups()
+    for entry in (connecteur.connect, connecteur.Server, aio.connect, aio.serve):
+        assert parameter in inspect.signature(entry).parameters, entry
+    for command in ("serve", "send", "chat"):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert cli.main([command, "--help"]) == 0
+        assert option in out.getvalue(), command
 
 
 def test_an_md5_prefixed_challenge_needs_allow_legacy() -> None:

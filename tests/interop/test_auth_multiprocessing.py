@@ -164,7 +164,7 @@ def test_a_multiprocessing_listener_with_another_key_fails_on_both_sides() -> No
 @pytest.mark.skipif(not IS_LEGACY_PYTHON, reason="this Python's multiprocessing speaks the {sha256} form")
 def test_a_legacy_multiprocessing_client_is_refused_without_allow_legacy() -> None:
     """Its raw HMAC-MD5 response is refused with a hint; it sees #FAILURE#."""
-    with mp_client(KEY) as (sock, peer), pytest.raises(AuthenticationError, match="allow_legacy=True"):
+    with mp_client(KEY) as (sock, peer), pytest.raises(AuthenticationError, match="allow_legacy_auth=True"):
         run_handshake(sock, Authenticator(KEY, server_side=True))
     assert isinstance(peer.error(), multiprocessing.AuthenticationError)
 
