@@ -44,6 +44,7 @@ COUNTERS: Final = (
         "handshake_errors",
         "Connections closed before the handler saw them: TLS, authentication or PROXY header.",
     ),
+    ("connecteur_worker_restarts", "worker_restarts", "Worker processes started in place of one that died."),
 )
 """Each counter: its name (``prometheus_client`` adds ``_total``), its `Stats` field, its help text."""
 
