@@ -11,12 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 
 from connecteur import Connection, Server, WorkersFailed, connect
 from connecteur.server.workers import DEATH_WINDOW, MAX_DEATHS, RESTART_BACKOFF_MAX, _Slot
 from tests.support import TIMEOUT, child_pids, kill_children, wait_until
+
+QUEUED = 32
+"""Connections made while a worker cannot accept: the kernel's hash leaves none
+in its queue once in 2**32 runs."""
 
 
 def whoami(message: bytes) -> bytes:
@@ -125,6 +130,28 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(engine: str, caplog: py
     (record,) = [r for r in caplog.records if "replacing" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.name == "connecteur.server"
     assert record.getMessage() == f"worker 0 (pid {victim}) was killed by SIGKILL; replacing it now"
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="without SO_REUSEPORT, workers share one queue")
+def test_connections_queued_for_a_killed_worker_are_served_by_its_replacement() -> None:
+    """The parent keeps each worker's listening socket: what waits in a dead worker's queue is not reset."""
+    with Server(whoami, "127.0.0.1:0", workers=2) as server:
+        victim, survivor = sorted(_workers(2))
+        os.kill(victim, signal.SIGSTOP)  # it accepts nothing: its share of the connections waits in its queue
+        conns = []
+        try:
+            for _ in range(QUEUED):
+                conns.append(connect(server.address, timeout=TIMEOUT))
+                conns[-1].send(b"who")
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        try:
+            replies = Counter(int(conn.recv()) for conn in conns)
+        finally:
+            for conn in conns:
+                conn.close()
+        (replacement,) = _workers(2, gone=victim) - {survivor}
+    assert replies.keys() == {survivor, replacement}, replies
 
 
 def test_workers_that_keep_dying_stop_serve_forever_with_an_error() -> None:
