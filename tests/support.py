@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -49,3 +50,30 @@ def recv_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live child processes of `pid`, forked by any of its threads (Linux's /proc)."""
+    children: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                children.update(int(child) for child in file.read().split())
+        except FileNotFoundError:  # that thread ended meanwhile
+            continue
+    return children
+
+
+def kill_children(pid: int, count: int, timeout: float = TIMEOUT) -> list[int]:
+    """SIGKILL `count` children of `pid` one after another, as they appear; return their pids."""
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(killed) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s killing children: only {killed} appeared")
+        for child in child_pids(pid) - set(killed):
+            if len(killed) < count:
+                os.kill(child, signal.SIGKILL)
+                killed.append(child)
+        time.sleep(0.005)
+    return killed

@@ -25,6 +25,7 @@ from .errors import MessageTooLarge as MessageTooLarge
 from .errors import ProxyProtocolError as ProxyProtocolError
 from .errors import Timeout as Timeout
 from .errors import TruncatedMessage as TruncatedMessage
+from .errors import WorkersFailed as WorkersFailed
 from .server import Peer as Peer
 from .server import Server as Server
 from .server import Stats as Stats
@@ -44,6 +45,7 @@ __all__ = [
     "Stats",
     "Timeout",
     "TruncatedMessage",
+    "WorkersFailed",
     "aio",
     "codecs",
     "connect",

@@ -2,8 +2,9 @@
 
 Every error says whose fault it is: the peer's bad bytes (`FramingError` and
 its children), the peer going away (`ConnectionClosed`), time running out
-(`Timeout`), or the caller asking for something impossible (`AddressError`, and
-`FramingError` raised by `encode()`). Each inherits the matching builtin so that
+(`Timeout`), the caller asking for something impossible (`AddressError`, and
+`FramingError` raised by `encode()`), or a server's worker processes that keep
+dying (`WorkersFailed`). Each inherits the matching builtin so that
 code written against the standard library still catches it.
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "ProxyProtocolError",
     "Timeout",
     "TruncatedMessage",
+    "WorkersFailed",
 ]
 
 
@@ -129,3 +131,26 @@ class ProxyProtocolError(ConnecteurError, ValueError):
 
 class AddressError(ConnecteurError, ValueError):
     """An address string or tuple that cannot be parsed (the caller's mistake)."""
+
+
+class WorkersFailed(ConnecteurError, RuntimeError):
+    """A server's worker processes kept dying, so it stopped rather than replace them for ever.
+
+    Raised by `Server.serve_forever` (and by `Server.stop` after `Server.start`)
+    once workers died too often outside a stop; each death is logged with its
+    exit status or signal. Something outside the handler's reach kills them (the
+    OOM killer, a crashing extension, an operator's ``kill``), so a supervisor that
+    restarts the whole service (systemd's ``Restart=on-failure``) is the next
+    step: ``connecteur serve`` exits with status 1 for it. A `RuntimeError`, not
+    an `OSError`: no system call failed, and `OSError` from `serve_forever`
+    means the address could not be bound.
+
+    Attributes:
+        deaths: the workers that died within `seconds`.
+        seconds: the window they died in.
+    """
+
+    def __init__(self, message: str, *, deaths: int, seconds: float) -> None:
+        super().__init__(message)
+        self.deaths = deaths
+        self.seconds = seconds

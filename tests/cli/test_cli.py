@@ -14,7 +14,8 @@ import pytest
 
 from connecteur.cli import main
 from connecteur.framing import Netstring
-from tests.support import TIMEOUT
+from connecteur.server.workers import MAX_DEATHS
+from tests.support import TIMEOUT, kill_children
 
 COMMAND = [sys.executable, "-m", "connecteur"]
 
@@ -141,6 +142,18 @@ def test_busy_port_is_one_line_and_status_1() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert_one_line_error(run("serve", f"127.0.0.1:{port}"), 1, f"127.0.0.1:{port}")
+
+
+def test_serve_exits_1_when_its_workers_keep_dying(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    """Never 0: a supervisor restarting on failure (systemd's Restart=on-failure) must restart it."""
+    served = serve_cli("--workers", "2")
+    kill_children(served.process.pid, MAX_DEATHS)
+    _, stderr = served.process.communicate(timeout=TIMEOUT)
+    assert served.process.returncode == 1, stderr
+    *deaths, last = stderr.splitlines()
+    assert re.fullmatch(r"connecteur: server stopped: 5 workers died within 10 s; the last, .* by SIGKILL", last)
+    assert len(deaths) == MAX_DEATHS and all("was killed by SIGKILL" in line for line in deaths), stderr
+    assert "Traceback" not in stderr
 
 
 def test_framing_error_from_the_server_is_one_line_and_status_1() -> None:

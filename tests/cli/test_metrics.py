@@ -112,6 +112,7 @@ def test_scraped_counters_match_the_traffic(serve_metrics: Callable[..., Served]
         "connecteur_connection_errors_total": 0,
         "connecteur_handshake_errors_total": 0,
         "connecteur_connections_evicted_total": 0,
+        "connecteur_worker_restarts_total": 0,
         "connecteur_connections_active": 0,
         "connecteur_server_info": 1,
     }

@@ -29,6 +29,16 @@ def test_add_traffic_takes_only_messages_and_bytes() -> None:
     assert (stats.messages_in, stats.messages_out, stats.bytes_in, stats.bytes_out) == (4, 3, 40, 30)
 
 
+def test_a_retired_process_keeps_its_counts_once_and_its_open_connections_become_errors() -> None:
+    counters = Counters()
+    counters.report_elsewhere(101, Stats(accepted=3, active=2, messages_out=5, errors=1))
+    counters.retire_elsewhere(101)
+    counters.retire_elsewhere(101)  # a second retire adds nothing
+    counters.report_elsewhere(102, Stats(accepted=1, active=1, messages_out=1))  # its replacement
+    stats = counters.snapshot()
+    assert (stats.accepted, stats.active, stats.messages_out, stats.errors) == (4, 1, 6, 3)
+
+
 def test_counts_of_many_writers_are_exact_while_snapshots_run() -> None:
     """Each thread adds to its own Traffic with no lock; a reader snapshotting meanwhile loses nothing."""
     counters, rounds, writers = Counters(), 20_000, 4

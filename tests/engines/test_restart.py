@@ -21,6 +21,10 @@ from tests.support import TIMEOUT, wait_until
 
 COMMAND = [sys.executable, "-m", "connecteur"]
 
+PROBES = 32
+"""Connections made during a hand-over: without it, the kernel's hash would send
+all of them to the newer server once in 2**32 runs."""
+
 # What systemd does before exec: the socket becomes descriptor 3, LISTEN_PID names
 # the process itself (exec keeps the pid). Python, since dash cannot name fd >= 10.
 ACTIVATE = (
@@ -182,3 +186,63 @@ def test_zero_downtime_restart_refuses_nothing_and_loses_no_reply(engine: str) -
     assert failures == [], failures[:3]
     assert outcomes["old"] == served_by_old  # none after its stop
     assert old.stats.accepted == outcomes["old"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the hand-over is Linux's reuseport BPF")
+@pytest.mark.parametrize("engine", ["select", "asyncio"])
+def test_once_stop_begins_the_newer_server_gets_every_new_connection(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over itself, made visible: the old server still listens but cannot accept.
+
+    The test above would pass without the hand-over: its old server closes its
+    listener microseconds after its last accept, a window its clients rarely
+    hit. Here a handler blocks the old server's loop, so its listener stays open
+    while `stop()` waits; connections made then would be spread over both
+    sockets by the kernel's hash (about half to each) and the old server's
+    would wait in its queue. After the hand-over, every one goes to the new server.
+    """
+    blocked, release = threading.Event(), threading.Event()
+
+    def old_handler(message: bytes) -> bytes:
+        if message == b"block":
+            blocked.set()
+            release.wait(TIMEOUT)
+        return b"old:" + message
+
+    old = connecteur.Server(old_handler, "127.0.0.1:0", engine=engine, reuse_port=True)
+    old.start()
+    port = old.address[1]
+    new = connecteur.Server(lambda m: b"new:" + m, ("127.0.0.1", port), engine=engine, reuse_port=True)
+    handed_over = threading.Event()
+    hand_over = old._hand_over
+
+    def spy() -> None:  # so that the probes start once the hand-over is done, not by guesswork
+        hand_over()
+        handed_over.set()
+
+    monkeypatch.setattr(old, "_hand_over", spy)
+    stopper = threading.Thread(target=old.stop, kwargs={"timeout": TIMEOUT})
+    blocker = connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT)
+    probes: list[connecteur.Connection] = []
+    try:
+        blocker.send(b"block")
+        assert blocked.wait(TIMEOUT)
+        new.start()
+        stopper.start()
+        handed_over.wait(TIMEOUT)
+        for _ in range(PROBES):
+            probes.append(connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT))
+            probes[-1].send(b"probe")
+        release.set()  # the old server then serves what waits in its queue (a graceful stop)
+        replies = Counter(probe.recv().split(b":")[0].decode() for probe in probes)
+        assert blocker.recv() == b"old:block"
+    finally:
+        release.set()
+        for conn in [blocker, *probes]:
+            conn.close()
+        if stopper.ident is not None:
+            stopper.join(TIMEOUT)
+        old.stop()
+        new.stop()
+    assert replies == {"new": PROBES}, f"connections made after the hand-over went to the old server: {dict(replies)}"

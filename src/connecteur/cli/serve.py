@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
 from ..address import Address, TcpAddress, format_address
+from ..errors import WorkersFailed
 from ..server import DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
@@ -129,7 +130,7 @@ def _start_metrics(args: argparse.Namespace, server: Server, where: dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until a signal; return 0 after a graceful stop."""
+    """Serve until a signal; return 0 after a graceful stop, exit 1 if the workers kept dying."""
     configure_logging(args.log_format, verbose=args.verbose)
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
@@ -165,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         server.serve_forever(ready=ready)
     except OSError as exc:
         fail(f"cannot listen on {args.address}: {exc.strerror or exc}")
+    except WorkersFailed as exc:  # status 1, so that a supervisor restarts the service
+        fail(f"server stopped: {exc}")
     finally:
         if exporter is not None:
             exporter.close()

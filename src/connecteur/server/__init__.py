@@ -22,6 +22,7 @@ from .. import _socket
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT, ChannelSpec
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
+from ..errors import WorkersFailed
 from ..framing import Framing, LengthPrefixed
 from ._engine import DEFAULT_MAX_BUFFERED, DEFAULT_MESSAGE_TIMEOUT, Counters, Engine, EngineConfig, Stats, logger
 from ._handler import Handler, MessageHandler, PeerHandler
@@ -142,7 +143,8 @@ class Server:
             (``pip install 'connecteur[uvloop]'``).
         workers: processes serving the port, each with its own engine, to use
             every core (the select and asyncio engines). Handler state is then per
-            worker; `stats` adds up every worker's counters.
+            worker; `stats` adds up every worker's counters. A worker that dies
+            is replaced; 5 deaths within 10 s stop the server (`WorkersFailed`).
         max_connections: connections served at once (per worker); beyond it, a new
             connection is closed as soon as it is accepted.
         idle_timeout: close a connection when no whole message has moved in
@@ -263,6 +265,7 @@ class Server:
         self._bound: object = None
         self._engine: Engine | None = None
         self._thread: threading.Thread | None = None
+        self._failure: Exception | None = None  # what stopped a background server by itself
 
     def __repr__(self) -> str:
         where = self._bound if self._bound is not None else self._address
@@ -296,13 +299,16 @@ class Server:
     def start(self) -> None:
         """Bind and serve in a background thread; return once listening.
 
+        Should the server stop by itself (its workers kept dying, see
+        `WorkersFailed`), the error is logged then, and `stop()` raises it.
+
         Raises:
             RuntimeError: the server was already started.
             OSError: the address cannot be bound.
         """
         engine, listener = self._prepare()
         self._thread = threading.Thread(
-            target=self._run, args=(engine, listener), name="connecteur server", daemon=True
+            target=self._run_in_background, args=(engine, listener), name="connecteur server", daemon=True
         )
         self._thread.start()
         forked = getattr(engine, "forked", None)
@@ -323,6 +329,9 @@ class Server:
         Raises:
             RuntimeError: the server was already started.
             OSError: the address cannot be bound.
+            WorkersFailed: with `workers`, workers kept dying (each is
+                replaced, up to a limit): the server stopped, the other
+                workers gracefully.
         """
         engine, listener = self._prepare()
         with self._signals_stop(engine):
@@ -337,6 +346,10 @@ class Server:
         closes or the time is up, so every message already received is
         answered; then every connection is closed. Idempotent; a server that
         never started does nothing.
+
+        Raises:
+            WorkersFailed: the server, started with `start()`, had stopped by
+                itself because its workers kept dying (raised once).
         """
         if self._engine is None:
             return
@@ -345,6 +358,9 @@ class Server:
         self._engine.request_stop(time.monotonic() + seconds)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Self:
         self.start()
@@ -353,7 +369,11 @@ class Server:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        except Exception:
+            if exc is None:  # else the block's own error says more; the server's was logged
+                raise
 
     # --- internals -------------------------------------------------------------
 
@@ -382,6 +402,7 @@ class Server:
                 workers=self.workers,
                 address=bound,
                 backlog=self._backlog,
+                stop_timeout=self._stop_timeout,
             )
         else:
             self._engine = _make_engine(self.engine, self._config, self.loop)
@@ -398,11 +419,20 @@ class Server:
         """Workers each bind the port themselves where the kernel balances them."""
         return self.workers > 1 and isinstance(self._address, TcpAddress) and hasattr(socket, "SO_REUSEPORT")
 
+    def _run_in_background(self, engine: Engine, listener: socket.socket) -> None:
+        """`_run` in `start()`'s thread: an error is logged now, and raised by `stop()`."""
+        try:
+            self._run(engine, listener)
+        except WorkersFailed as exc:
+            logger.error("the server stopped: %s", exc)  # each death was logged already
+            self._failure = exc
+        except Exception as exc:
+            logger.exception("the %s engine failed", self.engine)
+            self._failure = exc
+
     def _run(self, engine: Engine, listener: socket.socket) -> None:
         try:
             engine.serve(listener)
-        except Exception:
-            logger.exception("the %s engine failed", self.engine)
         finally:
             if isinstance(self._address, UnixAddress) and not self._adopted_socket:
                 # An adopted socket's file belongs to whoever made it (systemd).

@@ -144,6 +144,8 @@ class Stats:
         evicted: connections closed because the server held more than
             `max_buffered` bytes for too long, largest first (also counted in
             `errors`).
+        worker_restarts: pre-forked workers (``workers=N``) started to replace
+            one that died outside a stop.
     """
 
     accepted: int = 0
@@ -156,6 +158,7 @@ class Stats:
     errors: int = 0
     handshake_errors: int = 0
     evicted: int = 0
+    worker_restarts: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         """Add two snapshots field by field (to sum several processes)."""
@@ -194,7 +197,7 @@ class Counters:
         self._traffic: set[Traffic] = set()  # live; a retired one is added to the fields below
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
-        self.handshake_errors = self.evicted = 0
+        self.handshake_errors = self.evicted = self.worker_restarts = 0
 
     def opened(self) -> None:
         """Count a connection admitted."""
@@ -252,6 +255,31 @@ class Counters:
         with self._lock:
             self._elsewhere[key] = stats
 
+    def retire_elsewhere(self, key: int) -> None:
+        """Keep the latest counters another process reported, and stop waiting for more: it ended.
+
+        Its connections ended with it: those it still reported open are no
+        longer active, and count as closed by an error (a worker killed takes
+        its connections with it; one that stopped gracefully reports none).
+        """
+        with self._lock:
+            stats = self._elsewhere.pop(key, None)
+            if stats is None:
+                return
+            self.accepted += stats.accepted
+            self.rejected += stats.rejected
+            self.messages_in += stats.messages_in
+            self.messages_out += stats.messages_out
+            self.bytes_in += stats.bytes_in
+            self.bytes_out += stats.bytes_out
+            self.errors += stats.errors + stats.active
+            self.handshake_errors += stats.handshake_errors
+
+    def worker_restarted(self) -> None:
+        """Count a worker started in place of one that died."""
+        with self._lock:
+            self.worker_restarts += 1
+
     def add_traffic(self, stats: Stats) -> None:
         """Add the messages and bytes of `stats`: the report of a child process that ended."""
         with self._lock:
@@ -270,7 +298,7 @@ class Counters:
                 self.messages_out + sum(t.messages_out for t in live),
                 self.bytes_in + sum(t.bytes_in for t in live),
                 self.bytes_out + sum(t.bytes_out for t in live),
-                self.errors, self.handshake_errors, self.evicted,
+                self.errors, self.handshake_errors, self.evicted, self.worker_restarts,
             )  # fmt: skip
             return sum(self._elsewhere.values(), own)
 

@@ -9,9 +9,19 @@ elsewhere they share the inherited listening socket.
 
 The parent only supervises. Each worker reports its counters as JSON lines on
 a pipe every `REPORT_INTERVAL` seconds and when it stops; `server.stats` adds
-up the latest report of every worker. A stop is a line on each worker's
-control pipe giving the seconds left; if the parent dies, that pipe's end of
-file stops the worker too, so no worker is orphaned.
+up the latest report of every worker, and keeps a dead worker's last one. A
+stop is a line on each worker's control pipe giving the seconds left; if the
+parent dies, that pipe's end of file stops the worker too, so no worker is
+orphaned.
+
+A worker that dies outside a stop (the end of file on its reports pipe says
+so at once) is logged with its exit status or signal, counted in
+`Stats.worker_restarts` and replaced, from the same listening socket: the
+parent keeps every worker's socket open until the stop, so the connections the
+kernel queues on a dead worker's socket wait for its replacement instead of
+being reset. The first death of a slot is replaced at once, repeated ones
+after a growing delay (`RESTART_BACKOFF`); `MAX_DEATHS` deaths within
+`DEATH_WINDOW` stop the server, and `serve` raises `WorkersFailed`.
 
 What is shared: the port only. Handler state lives in each worker.
 """
@@ -25,12 +35,14 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from .. import _socket
 from ..address import Address, TcpAddress
+from ..errors import WorkersFailed
 from ._engine import Counters, Engine, EngineConfig, StopSignal, logger
 from ._fork import Reports, become_child, fork, write_report
 
@@ -38,7 +50,8 @@ __all__ = ["WorkersEngine"]
 
 REPORT_INTERVAL: Final = 0.2
 """Seconds between a worker's reports of its counters: fresh enough for a
-monitor, rare enough to cost nothing."""
+monitor, rare enough to cost nothing. What a killed worker counted since its
+last report is lost."""
 
 ORPHAN_GRACE: Final = 1.0
 """Seconds a worker takes to stop gracefully when its parent vanished or it got
@@ -46,6 +59,27 @@ SIGTERM directly: no parent is there to give it the server's stop timeout."""
 
 KILL_GRACE: Final = 2.0
 """Seconds a worker has past the stop deadline before SIGKILL."""
+
+RESTART_BACKOFF: Final = 0.1
+"""Seconds before replacing a worker that died young (within `DEATH_WINDOW` of
+its start) in place of another that died young, doubled for each further one
+in a row, up to `RESTART_BACKOFF_MAX`: a worker that dies as it starts must not
+make the parent fork in a busy loop. A slot's first death is replaced at once,
+so that one crash costs no capacity."""
+
+RESTART_BACKOFF_MAX: Final = 1.0
+"""The longest a slot stays empty, in seconds: the connections the kernel
+queues on its socket meanwhile wait that long (they are not refused)."""
+
+MAX_DEATHS: Final = 5
+"""Workers dying within `DEATH_WINDOW` that stop the server with `WorkersFailed`.
+With `DEATH_WINDOW`, systemd's default start limit (``StartLimitBurst=5`` within
+``StartLimitIntervalSec=10s``): a server whose workers die that often is not
+serving; better to stop, say so, and let a supervisor restart it whole."""
+
+DEATH_WINDOW: Final = 10.0
+"""Seconds over which `MAX_DEATHS` is counted; also how long a worker must live
+for its death to count as a first one again (immediate replacement)."""
 
 EngineFactory = Callable[[EngineConfig], Engine]
 
@@ -59,8 +93,26 @@ class _Worker:
     reports: Reports = field(default_factory=Reports)
 
 
+@dataclass
+class _Slot:
+    """One of the N places a worker serves from; its listening socket outlives its workers."""
+
+    listener: socket.socket
+    started: float = 0.0  # time.monotonic() when its current worker was forked
+    deaths_in_a_row: int = 0  # of workers that died within DEATH_WINDOW of their start
+    restart_at: float | None = None  # when to fork a replacement; None: none pending
+
+    def died(self, now: float) -> float:
+        """Count its worker's death; return the seconds to wait before replacing it."""
+        young = now - self.started < DEATH_WINDOW
+        self.deaths_in_a_row = self.deaths_in_a_row + 1 if young else 1
+        if self.deaths_in_a_row == 1:
+            return 0.0
+        return min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2.0 ** (self.deaths_in_a_row - 2))
+
+
 class WorkersEngine:
-    """N forked workers, each with its own engine; see the module's description."""
+    """N forked workers, each with its own engine, replaced when they die; see the module's description."""
 
     def __init__(
         self,
@@ -70,12 +122,14 @@ class WorkersEngine:
         workers: int,
         address: Address | None,
         backlog: int,
+        stop_timeout: float,
     ) -> None:
         if not hasattr(os, "fork"):
             raise RuntimeError("workers need os.fork(), which this platform lacks")
         self._config = config
         self._make_engine = make_engine
         self._count = workers
+        self._stop_timeout = stop_timeout
         # Every worker's socket joins the port's SO_REUSEPORT group now, before
         # any worker runs, so that the kernel spreads connections from the start.
         self._own_listeners: list[socket.socket] = []
@@ -86,10 +140,14 @@ class WorkersEngine:
             ]
         self._selector = selectors.DefaultSelector()
         self._stop = StopSignal()
+        self._slots: list[_Slot] = []
         self._workers: dict[int, _Worker] = {}  # by reports pipe
+        self._deaths: deque[float] = deque()  # when workers died outside a stop, the last DEATH_WINDOW seconds
+        self._failure: WorkersFailed | None = None
         # Set once every worker is forked: `Server.start()` waits for it, so that
         # no thread of the caller is inside OpenSSL (or holds any lock) while
-        # this thread forks, which could leave a child stuck on that lock.
+        # this thread forks, which could leave a child stuck on that lock. (A
+        # replacement is forked while they run, as the processes engine does.)
         self.forked = threading.Event()
 
     def request_stop(self, deadline: float) -> None:
@@ -101,38 +159,60 @@ class WorkersEngine:
         return self._stop.wakeup_fd
 
     def serve(self, listener: socket.socket) -> None:
-        """Fork the workers, supervise them until a stop, then stop them gracefully."""
+        """Fork the workers, replace those that die, and stop them gracefully at a stop.
+
+        Raises:
+            WorkersFailed: `MAX_DEATHS` workers died within `DEATH_WINDOW`
+                seconds; the others were stopped gracefully first.
+            OSError: the first workers could not be forked.
+        """
         self._selector.register(self._stop.reader, selectors.EVENT_READ)
+        listeners = [listener, *self._own_listeners]
+        # Without SO_REUSEPORT (or with an adopted socket), every worker shares the one listener.
+        self._slots = [_Slot(listeners[min(index, len(listeners) - 1)]) for index in range(self._count)]
         try:
-            listeners = [listener, *self._own_listeners]
             try:
                 for index in range(self._count):
-                    self._start_worker(index, listeners[index] if index < len(listeners) else listener)
+                    self._start_worker(index)
             finally:
                 self.forked.set()
-            for each in listeners:
-                each.close()
-            while self._stop.deadline is None and self._workers:
-                self._supervise(None)
+            while self._stop.deadline is None:
+                self._supervise(self._until_next_restart())
+                self._restart_due()
+            self._close_listeners()  # the workers' copies are the last: they drain their queues
             self._stop_workers()
         finally:
+            if self._workers:  # an error: these deaths are no cause for replacements
+                self._stop.request(time.monotonic())
             for worker in list(self._workers.values()):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)
                 self._reap(worker)
             self._selector.close()
             self._stop.close()
-            for each in self._own_listeners:
-                each.close()
+            self._close_listeners()
+        if self._failure is not None:
+            raise self._failure
 
-    def _start_worker(self, index: int, listener: socket.socket) -> None:
+    def _close_listeners(self) -> None:
+        for slot in self._slots:
+            slot.listener.close()
+
+    def _start_worker(self, index: int) -> None:
+        slot = self._slots[index]
         reports_read, reports_write = os.pipe()
         control_read, control_write = os.pipe()
-        pid = fork()
+        try:
+            pid = fork()
+        except OSError:
+            for fd in (reports_read, reports_write, control_read, control_write):
+                os.close(fd)
+            raise
         if pid == 0:  # never returns
-            _run_worker(self, index, listener, control_read, reports_write)
+            _run_worker(self, index, slot.listener, control_read, reports_write)
         os.close(reports_write)
         os.close(control_read)
+        slot.started = time.monotonic()
         self._workers[reports_read] = _Worker(index, pid, reports_read, control_write)
         self._selector.register(reports_read, selectors.EVENT_READ)
 
@@ -147,9 +227,27 @@ class WorkersEngine:
             if data:
                 worker.reports.feed(data)
                 if worker.reports.latest is not None:
-                    self._config.counters.report_elsewhere(worker.index, worker.reports.latest)
+                    self._config.counters.report_elsewhere(worker.pid, worker.reports.latest)
             else:
                 self._reap(worker)
+
+    def _until_next_restart(self) -> float | None:
+        """Seconds until the next replacement is due, None when none is pending."""
+        due = [slot.restart_at for slot in self._slots if slot.restart_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for index, slot in enumerate(self._slots):
+            if slot.restart_at is None or slot.restart_at > now or self._stop.deadline is not None:
+                continue
+            slot.restart_at = None
+            try:
+                self._start_worker(index)
+            except OSError as exc:  # out of processes or memory: as good as a death
+                self._died(index, f"worker {index}", f"could not be forked ({exc})")
+            else:
+                self._config.counters.worker_restarted()
 
     def _stop_workers(self) -> None:
         deadline = self._stop.deadline or time.monotonic()
@@ -161,15 +259,47 @@ class WorkersEngine:
             self._supervise(remaining)
 
     def _reap(self, worker: _Worker) -> None:
-        """The worker closed its reports pipe: wait for it and say why it ended."""
+        """The worker closed its reports pipe: wait for it, keep its counts, say why it ended."""
         self._selector.unregister(worker.reports_pipe)
         os.close(worker.reports_pipe)
         os.close(worker.control_pipe)
         del self._workers[worker.reports_pipe]
         _, status = os.waitpid(worker.pid, 0)
+        self._config.counters.retire_elsewhere(worker.pid)
         code = os.waitstatus_to_exitcode(status)
-        if code != 0 or self._stop.deadline is None:
-            logger.error("worker %d (pid %d) ended with exit status %d", worker.index, worker.pid, code)
+        who = f"worker {worker.index} (pid {worker.pid})"
+        if self._stop.deadline is None:
+            self._died(worker.index, who, _how_it_ended(code))
+        elif code != 0:
+            logger.error("%s %s while stopping", who, _how_it_ended(code))
+
+    def _died(self, index: int, who: str, ended: str) -> None:
+        """A worker died outside a stop: replace it, or stop the server if too many did."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths[0] <= now - DEATH_WINDOW:
+            self._deaths.popleft()
+        if len(self._deaths) >= MAX_DEATHS:
+            logger.error("%s %s; stopping the server: too many deaths", who, ended)
+            message = f"{len(self._deaths)} workers died within {DEATH_WINDOW:g} s; the last, {who}, {ended}"
+            self._failure = WorkersFailed(message, deaths=len(self._deaths), seconds=DEATH_WINDOW)
+            self._stop.request(now + self._stop_timeout)
+            return
+        slot = self._slots[index]
+        delay = slot.died(now)
+        slot.restart_at = now + delay
+        when = "now" if delay == 0 else f"in {delay:g} s ({slot.deaths_in_a_row} early deaths in a row)"
+        logger.error("%s %s; replacing it %s", who, ended, when)
+
+
+def _how_it_ended(code: int) -> str:
+    """A worker's end, from `os.waitstatus_to_exitcode`: its exit status or its signal's name."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
 
 
 def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, control: int, reports: int) -> None:

@@ -49,6 +49,7 @@ COUNTERS: Final = (
         "evicted",
         "Connections closed because the server held more than max_buffered bytes, largest first.",
     ),
+    ("connecteur_worker_restarts", "worker_restarts", "Worker processes started in place of one that died."),
 )
 """Each counter: its name (``prometheus_client`` adds ``_total``), its `Stats` field, its help text."""
 
