@@ -130,7 +130,7 @@ def _instructions(target: str, workload: str, count: int, scratch: Path) -> int:
     """Total user-space instructions of `target` serving `count` messages of `workload`, start to exit."""
     out = scratch / f"{target}-{workload}-{count}.callgrind"
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-    command += ["-m", "connecteur.tools._bench_servers", target, "--cpu", "0"]
+    command += ["-m", "connecteur.bench.servers", target, "--cpu", "0"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None

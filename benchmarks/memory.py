@@ -54,7 +54,7 @@ from tests.memory_support import (
     header_flood,
 )
 
-from connecteur.tools._bench_proc import machine
+from connecteur.bench.proc import machine
 
 MIB = 1024 * KIB
 VARIANTS = ["select", "threads", "processes", "asyncio", "asyncio@uvloop", "select*2"]

@@ -8,7 +8,7 @@ test dependencies.
 The server runs in a process of its own so that what is measured is the
 server's memory alone, from outside, as an operator would see it: VmRSS for
 one process; for the processes engine and ``workers``, the PSS summed over
-the process tree (`connecteur.tools._bench_proc.pss_kib`), since forked
+the process tree (`connecteur.bench.proc.pss_kib`), since forked
 children share pages and their RSS would count those pages once per child.
 
 The subprocess (this file run as a script) prints one JSON line, ``{"port":
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from connecteur.tools._bench_proc import pss_kib, rss_kib
+from connecteur.bench.proc import pss_kib, rss_kib
 
 HEADER: Final = struct.Struct("!I")
 MAX_SIZE: Final = 16 * 2**20

@@ -23,10 +23,17 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from ..tools import _bench_check as check
-from ..tools import _bench_report as report
-from ..tools import bench
-from ..tools.bench import DEFAULT_WORKLOADS, FULL, QUICK, TARGETS, WORKLOADS, BenchError, Progress, available_targets
+from ..bench import check, orchestrator, report
+from ..bench.orchestrator import (
+    DEFAULT_WORKLOADS,
+    FULL,
+    QUICK,
+    TARGETS,
+    WORKLOADS,
+    BenchError,
+    Progress,
+    available_targets,
+)
 from ._options import fail
 
 __all__ = ["add_parser", "run"]
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             results = check.plan(quick=args.quick)
         else:
-            results = bench.prepare(
+            results = orchestrator.prepare(
                 args.targets, args.workload, QUICK if args.quick else FULL, reference=args.reference
             )
     except BenchError as exc:
@@ -117,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     progress: Progress = report.RichProgress(sys.stderr) if fancy else report.PlainProgress(sys.stderr)
     try:
         with progress:
-            bench.run(results, progress=progress)
+            orchestrator.run(results, progress=progress)
     except BenchError as exc:
         fail(f"bench: {exc}")
     print()
@@ -166,7 +173,7 @@ def _resolve_options(args: argparse.Namespace) -> None:
             fail(f"bench: {option} {path}: no directory {path.parent}", status=2)
 
 
-def _print_plan(results: bench.Results) -> None:
+def _print_plan(results: orchestrator.Results) -> None:
     settings, machine = results.settings, results.machine
     print(f"connecteur bench, {settings.name} run: {', '.join(results.targets)}")
     print(f"workloads: {', '.join(results.workloads)}; reference: {results.reference}")

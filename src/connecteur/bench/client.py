@@ -1,11 +1,11 @@
 """The client side of `connecteur bench`: the workloads, run in a process of their own.
 
-``python -m connecteur.tools._bench_client [--cpu N]`` pins itself to CPU N,
+``python -m connecteur.bench.client [--cpu N]`` pins itself to CPU N,
 then reads one job per line on stdin (JSON: a `Job`) and writes one JSON line
 per job on stdout: ``{"result": {...}}`` or ``{"error": "..."}``.
 
-rr, pipeline, bulk, many and idle are here; scale is in `_bench_scale`,
-client in `_bench_connection`, and what they all share in `_bench_job`.
+rr, pipeline, bulk, many and idle are here; scale is in the `scale` module,
+client in `connection`, and what they all share in `job`.
 
 The client must not be the bottleneck (except in the client workload, which
 measures connecteur's own client), so it works on raw sockets and knows
@@ -34,9 +34,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Final
 
-from . import _bench_proc
-from ._bench_connection import client
-from ._bench_job import (
+from . import proc
+from .connection import client
+from .job import (
     IO_TIMEOUT,
     PIPELINE_BATCH,
     RECV_SIZE,
@@ -50,7 +50,7 @@ from ._bench_job import (
     recv_exactly,
     wrong_echo,
 )
-from ._bench_scale import scale
+from .scale import scale
 
 __all__ = ["BULK_WINDOW", "PIPELINE_WINDOW", "WORKLOADS", "main", "run"]
 
@@ -253,13 +253,13 @@ def idle(job: Job) -> Figures:
     with _connections(replace(job, connections=2)):
         pass
     samples, interval = job.rss_samples, 0.05
-    before, settled_before = _bench_proc.stable_rss_kib(job.server_pid, samples=samples, interval=interval)
+    before, settled_before = proc.stable_rss_kib(job.server_pid, samples=samples, interval=interval)
     began = time.perf_counter()
     with _connections(job) as socks:
         opened = time.perf_counter() - began
-        after, settled_after = _bench_proc.stable_rss_kib(job.server_pid, samples=samples, interval=interval)
-        threads = _bench_proc.thread_count(job.server_pid)
-        processes = _bench_proc.process_count(job.server_pid)
+        after, settled_after = proc.stable_rss_kib(job.server_pid, samples=samples, interval=interval)
+        threads = proc.thread_count(job.server_pid)
+        processes = proc.process_count(job.server_pid)
     return {
         "connections": len(socks),
         "rss_before_kib": before,
@@ -291,13 +291,13 @@ def run(job: Job) -> Figures:
     measurement adds up (or, for a reaped child, land whole in the parent's).
     The idle workload's server serves no other job: no wait.
     """
-    before = _bench_proc.task_counts(job.server_pid)
+    before = proc.task_counts(job.server_pid)
     result = WORKLOADS[job.workload](job)
     if job.workload == "idle":
         return result
     deadline = time.monotonic() + IO_TIMEOUT
     while True:
-        processes, threads = _bench_proc.task_counts(job.server_pid)
+        processes, threads = proc.task_counts(job.server_pid)
         if processes <= before[0] and threads <= before[1]:
             return result
         if time.monotonic() > deadline:
@@ -310,7 +310,7 @@ def run(job: Job) -> Figures:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the jobs of stdin until it closes."""
-    parser = argparse.ArgumentParser(prog="python -m connecteur.tools._bench_client")
+    parser = argparse.ArgumentParser(prog="python -m connecteur.bench.client")
     parser.add_argument("--cpu", type=int, help="the CPU to run on")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: `connecteur bench` stops us

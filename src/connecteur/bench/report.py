@@ -15,8 +15,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Final, Self, TextIO
 
-from ._bench_job import CLIENT_BOUND_SHARE
-from .bench import TARGETS, WORKLOADS, Figures, Progress, Results
+from .job import CLIENT_BOUND_SHARE
+from .orchestrator import TARGETS, WORKLOADS, Figures, Progress, Results
 
 __all__ = [
     "COLUMNS",

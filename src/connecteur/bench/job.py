@@ -1,7 +1,7 @@
 """What every workload of the `connecteur bench` client shares: the job, the messages, the meter.
 
-The workloads live in `_bench_client` (rr, pipeline, bulk, many, idle),
-`_bench_scale` (scale) and `_bench_connection` (client); this module is
+The workloads live in the modules `client` (rr, pipeline, bulk, many, idle),
+`scale` (scale) and `connection` (client); this module is
 what they all build on, so that none of them imports another.
 """
 
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from . import _bench_proc
+from . import proc
 
 __all__ = [
     "CLIENT_BOUND_SHARE",
@@ -108,14 +108,14 @@ class Meter:
 
     def __init__(self, server_pid: int) -> None:
         self._pid = server_pid
-        self._server_cpu = _bench_proc.cpu_seconds(server_pid)
+        self._server_cpu = proc.cpu_seconds(server_pid)
         self._client_cpu = time.process_time()
         self.start = time.perf_counter()
 
     def figures(self, end: float, messages: int) -> Figures:
         """The figures of an interval that ended at `end` (a `perf_counter` time) after `messages`."""
         client_cpu = time.process_time() - self._client_cpu
-        server_cpu = _bench_proc.cpu_seconds(self._pid) - self._server_cpu
+        server_cpu = proc.cpu_seconds(self._pid) - self._server_cpu
         seconds = end - self.start
         return {
             "messages": messages,

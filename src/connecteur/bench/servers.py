@@ -1,6 +1,6 @@
 """The servers `connecteur bench` measures, each run as its own process.
 
-``python -m connecteur.tools._bench_servers TARGET [--cpu N]`` pins itself to
+``python -m connecteur.bench.servers TARGET [--cpu N]`` pins itself to
 CPU N (before any thread starts, so every thread and child inherits it),
 serves echo on 127.0.0.1 with a free port, prints ``serving echo on
 HOST:PORT`` and runs until SIGTERM.
@@ -49,8 +49,8 @@ from multiprocessing.connection import Connection, Listener
 from typing import Final, cast
 
 from ..server import Server
-from . import _bench_proc
-from .apps import echo
+from ..tools.apps import echo
+from . import proc
 
 __all__ = ["ENGINES", "PEERS", "main"]
 
@@ -99,7 +99,7 @@ def _ready_once_forked(server: Server, workers: int) -> None:
         recent: deque[tuple[int, int]] = deque(maxlen=SETTLED_COUNTS)  # (processes, threads)
         while len(recent) < SETTLED_COUNTS or len(set(recent)) > 1 or recent[0][0] != workers + 1:
             time.sleep(0.01)
-            recent.append(_bench_proc.task_counts(os.getpid()))
+            recent.append(proc.task_counts(os.getpid()))
         _ready(server.address)
 
     threading.Thread(target=wait, name="ready", daemon=True).start()
@@ -345,7 +345,7 @@ PEERS: Final[dict[str, Callable[[], None]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one target's server until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m connecteur.tools._bench_servers")
+    parser = argparse.ArgumentParser(prog="python -m connecteur.bench.servers")
     parser.add_argument("target", choices=[*ENGINES, *PEERS])
     parser.add_argument("--cpu", type=int, help="the CPU to run on")
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """`connecteur bench`: connecteur's engines and standard-library peers, measured in one run.
 
 `prepare` checks what can run here and plans it; `run` measures. Every
-server runs in a process of its own (`_bench_servers`), the client in another
-(`_bench_client`), and this process only orchestrates: it starts them, hands
+server runs in a process of its own (`servers`), the client in another
+(`client`), and this process only orchestrates: it starts them, hands
 the client one job at a time, and collects the figures. With two CPUs or
 more, the servers are pinned to one and the client to another, so a figure is
 one server against one client, neither sharing a core or a GIL; a target with
@@ -14,7 +14,7 @@ spell of a shared machine hits every target alike; each figure is the median
 round. The idle workload gets a fresh server per target, so its memory is not
 what earlier workloads left behind. A pair of target and workload the plan
 skips does not run, and a server with nothing to run is not started (``--check``,
-in `_bench_check`, skips most pairs). Linux only: figures come from /proc.
+in the `check` module, skips most pairs). Linux only: figures come from /proc.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Final, Literal, Self
 
-from . import _bench_proc
-from ._bench_client import BULK_WINDOW, PIPELINE_WINDOW
-from ._bench_job import IO_TIMEOUT, Figures, Job
-from ._bench_processes import Client, Server, ServerFailed, running_client, running_servers
-from ._bench_scale import SCALE_CONNECTIONS, SCALE_WINDOW
+from . import proc
+from .client import BULK_WINDOW, PIPELINE_WINDOW
+from .job import IO_TIMEOUT, Figures, Job
+from .processes import Client, Server, ServerFailed, running_client, running_servers
+from .scale import SCALE_CONNECTIONS, SCALE_WINDOW
 
 __all__ = [
     "DEFAULT_WORKLOADS",
@@ -208,7 +208,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     checks: list[dict[str, object]] = field(default_factory=list)
-    """The verdicts of ``--check``, when it ran (see `_bench_check`)."""
+    """The verdicts of ``--check``, when it ran (see the `check` module)."""
 
     def is_skipped(self, target: str, workload: str) -> bool:
         """Whether the plan leaves this workload out for this target."""
@@ -290,7 +290,7 @@ def prepare(targets: Sequence[str], workloads: Sequence[str], settings: Settings
     if unpinned and server_cpu is not None:
         pinning += f"; {', '.join(unpinned)} not pinned: each of its workers needs a CPU"
     results = Results(
-        list(targets), list(workloads), settings, reference, _bench_proc.machine(), (server_cpu, client_cpu), pinning
+        list(targets), list(workloads), settings, reference, proc.machine(), (server_cpu, client_cpu), pinning
     )
     results.notes += notes
     _skip_what_cannot_fit(results)
@@ -339,7 +339,7 @@ def run(results: Results, *, progress: Progress | None = None) -> Results:
 def _fit_fd_limit(settings: Settings, notes: list[str]) -> Settings:
     """Raise RLIMIT_NOFILE for the workloads' connections, or plan fewer."""
     wanted = max(settings.many_connections, settings.idle_connections)
-    allowed = _bench_proc.raise_fd_limit(wanted + SPARE_FDS) - SPARE_FDS
+    allowed = proc.raise_fd_limit(wanted + SPARE_FDS) - SPARE_FDS
     if allowed >= wanted:
         return settings
     notes.append(f"RLIMIT_NOFILE allows {allowed + SPARE_FDS} descriptors: at most {allowed} connections")
@@ -372,7 +372,7 @@ def _skip_what_cannot_fit(results: Results) -> None:
 def _processes_problem(connections: int) -> str | None:
     """Why a process per connection would not fit here, if so."""
     needed = connections * CHILD_KIB_ESTIMATE
-    available = _bench_proc.mem_available_kib()
+    available = proc.mem_available_kib()
     if available is not None and needed > available // 2:
         return (
             f"{connections:,} connections fork as many processes, ~{needed / 2**20:.1f} GiB: "

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from .. import connection
-from ._bench_job import HEADER, SMALL, Figures, Job, wrong_echo
+from .. import Connection, connect
+from .job import HEADER, SMALL, Figures, Job, wrong_echo
 
 __all__ = ["CLIENT_SLICES", "client"]
 
@@ -37,7 +37,7 @@ RoundTrips = Callable[[int], None]
 """Runs that many round trips, checking every reply."""
 
 
-def _connection_round_trips(conn: connection.Connection) -> RoundTrips:
+def _connection_round_trips(conn: Connection) -> RoundTrips:
     send, recv = conn.send, conn.recv
 
     def round_trips(count: int) -> None:
@@ -123,7 +123,7 @@ def client(job: Job) -> Figures:
     client's, `ratio` the first over the second; each with its CPU per round
     trip (`client_cpu_us_per_message`, `socket_client_cpu_us_per_message`).
     """
-    with connection.connect(f"{job.host}:{job.port}") as conn, _plain_connect(job) as sock:
+    with connect(f"{job.host}:{job.port}") as conn, _plain_connect(job) as sock:
         clients = ((_connection_round_trips(conn), _Tally()), (_socket_round_trips(sock), _Tally()))
         for round_trips, _ in clients:  # warm-up
             round_trips(ROUND_TRIPS_PER_LOOK)

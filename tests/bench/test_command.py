@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from connecteur.bench.orchestrator import DEFAULT_WORKLOADS, TARGETS, WORKLOADS, available_targets
 from connecteur.cli import bench as bench_cli
 from connecteur.cli import main
-from connecteur.tools.bench import DEFAULT_WORKLOADS, TARGETS, WORKLOADS, available_targets
 from tests.support import TIMEOUT, wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="connecteur bench reads /proc: Linux only")
@@ -59,7 +59,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int,
 def test_quick_measures_every_target_and_workload_and_leaves_no_process(tmp_path: Path) -> None:
     """The default targets and workloads, each with a positive headline figure, in under 30 s.
 
-    The default workloads are all but scale and client, which run on request (test_bench_workloads.py).
+    The default workloads are all but scale and client, which run on request (test_workloads.py).
     """
     output = tmp_path / "bench.json"
     env, tag = tagged_environment()

@@ -1,7 +1,7 @@
 """The processes of `connecteur bench`: a server per target, and the client.
 
-Each is ``python -m connecteur.tools._bench_servers`` or ``_bench_client``,
-started with the directory this connecteur came from first on its path, and
+Each is ``python -m connecteur.bench.servers`` or ``python -m
+connecteur.bench.client``, started with the directory this connecteur came from first on its path, and
 pinned by itself to its CPU (before any thread starts, so every thread and
 child inherits it), except a server with several workers: each needs a CPU,
 so it is not pinned at all. Stopping is part of each one's context: nothing
@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Final
 
-from ._bench_job import IO_TIMEOUT, Figures, Job
+from .job import IO_TIMEOUT, Figures, Job
 
 __all__ = ["Client", "Server", "ServerFailed", "running_client", "running_servers"]
 
@@ -37,7 +37,7 @@ class ServerFailed(Exception):
 
 def _python(module: str, cpu: int | None, *args: str) -> list[str]:
     pin = [] if cpu is None else ["--cpu", str(cpu)]
-    return [sys.executable, "-m", f"connecteur.tools.{module}", *args, *pin]
+    return [sys.executable, "-m", f"connecteur.bench.{module}", *args, *pin]
 
 
 def _environment() -> dict[str, str]:
@@ -55,7 +55,7 @@ class Server:
         self.target = target
         self._stderr = stderr
         self._proc = subprocess.Popen(
-            _python("_bench_servers", cpu, target),
+            _python("servers", cpu, target),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -179,7 +179,7 @@ class Client:
 def running_client(cpu: int | None) -> Iterator[Client]:
     """The client process, stopped on exit: the end of its input, or SIGKILL after an exception."""
     proc = subprocess.Popen(
-        _python("_bench_client", cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_environment(), text=True
+        _python("client", cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_environment(), text=True
     )
     try:
         yield Client(proc)

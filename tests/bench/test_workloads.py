@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from connecteur.bench import check as bench_check
+from connecteur.bench import servers
+from connecteur.bench.orchestrator import TARGETS
+from connecteur.bench.scale import SCALE_CONNECTIONS
 from connecteur.cli import main
-from connecteur.tools import _bench_check, _bench_servers
-from connecteur.tools._bench_scale import SCALE_CONNECTIONS
-from connecteur.tools.bench import TARGETS
-from tests.cli.test_bench import COMMAND, processes_tagged, tagged_environment
+from tests.bench.test_command import COMMAND, processes_tagged, tagged_environment
 from tests.support import TIMEOUT
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="connecteur bench reads /proc: Linux only")
@@ -26,10 +27,10 @@ def run_bench(*arguments: str, env: dict[str, str] | None = None) -> subprocess.
 
 
 def test_the_engine_targets_workers_agree_with_the_servers() -> None:
-    """What bench pins (a target with one worker) is what _bench_servers starts with one worker."""
-    for name, (_, _, workers) in _bench_servers.ENGINES.items():
+    """What bench pins (a target with one worker) is what `servers` starts with one worker."""
+    for name, (_, _, workers) in servers.ENGINES.items():
         assert TARGETS[name].workers == workers
-    assert TARGETS["select*2"].workers == 2 and "recv-into" in _bench_servers.PEERS
+    assert TARGETS["select*2"].workers == 2 and "recv-into" in servers.PEERS
 
 
 def test_recv_into_and_two_select_workers_start_echo_and_stop_cleanly(tmp_path: Path) -> None:
@@ -90,15 +91,15 @@ def test_check_quick_prints_a_line_per_check_and_exits_0(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "Performance targets, indicative only: a quick run is too short to decide them" in lines
-    for check in _bench_check.CHECKS:
+    for check in bench_check.CHECKS:
         (line,) = [line for line in lines if line.startswith(check.id + " ")]
         assert re.search(r" (HOLDS|MISSED)( \(client-bound\))?$", line), line
-    checks = _bench_check.CHECKS
+    checks = bench_check.CHECKS
     needed = {(c.target, c.workload) for c in checks} | {(c.baseline, c.workload) for c in checks if c.baseline}
-    skipped = len(_bench_check.TARGETS) * len({c.workload for c in checks}) - len(needed)
+    skipped = len(bench_check.TARGETS) * len({c.workload for c in checks}) - len(needed)
     assert f"skipped: {skipped} pairs: not needed by --check" in lines
     assert len([line for line in result.stderr.splitlines() if line.startswith("[")]) == len(needed)  # one each
     document = json.loads(output.read_text())
-    assert [verdict["id"] for verdict in document["checks"]] == [check.id for check in _bench_check.CHECKS]
+    assert [verdict["id"] for verdict in document["checks"]] == [check.id for check in bench_check.CHECKS]
     assert {verdict["outcome"] for verdict in document["checks"]} <= {"HOLDS", "MISSED"}
     assert processes_tagged(tag) == []

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Final
 
-from . import bench
-from .bench import FULL, QUICK, WORKLOADS, Results
+from . import orchestrator
+from .orchestrator import FULL, QUICK, WORKLOADS, Results
 
 __all__ = [
     "CHECKS",
@@ -122,7 +122,7 @@ def plan(*, quick: bool) -> Results:
     """
     needed = _needed()
     workloads = [name for name in WORKLOADS if name in {workload for _, workload in needed}]
-    results = bench.prepare(TARGETS, workloads, QUICK_SETTINGS if quick else SETTINGS, reference="select")
+    results = orchestrator.prepare(TARGETS, workloads, QUICK_SETTINGS if quick else SETTINGS, reference="select")
     for target in TARGETS:
         for workload in workloads:
             if (target, workload) not in needed:

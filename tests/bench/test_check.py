@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from connecteur.tools import _bench_check as check
-from connecteur.tools._bench_job import Figures
-from connecteur.tools.bench import QUICK, TARGETS, WORKLOADS, Results
+from connecteur.bench import check
+from connecteur.bench.job import Figures
+from connecteur.bench.orchestrator import QUICK, TARGETS, WORKLOADS, Results
 
 CPU_KEY = "server_cpu_us_per_message"
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Final, final
 
-from ._bench_job import (
+from .job import (
     IO_TIMEOUT,
     PIPELINE_BATCH,
     RECV_SIZE,
