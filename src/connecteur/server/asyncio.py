@@ -42,9 +42,11 @@ from ._engine import (
     StopSignal,
     accept_ready,
     channel_opened,
+    log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
+    shut_down,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer
@@ -94,6 +96,7 @@ class AsyncioEngine:
         self._loop_thread = 0
         self._all_closed: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # referenced until done, or they may vanish
+        self._abandoned = False  # see abandon()
 
     # --- Engine interface --------------------------------------------------------
 
@@ -114,6 +117,16 @@ class AsyncioEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """The loop is stuck in a handler past the stop deadline: shut everything down (see `Engine`).
+
+        When the handler returns, the loop aborts every transport and ends.
+        """
+        self._abandoned = True
+        log_abandoned(self._loop_thread, "the asyncio engine's thread")
+        # list(): one step under the GIL, while the loop may still change the set.
+        shut_down([self._listener, *(link.sock for link in list(self._links))])
 
     def _wake_loop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -141,7 +154,7 @@ class AsyncioEngine:
         loop.add_reader(self._stop.reader, self._stop.drain)  # signal wake-ups (wakeup_fd)
         try:
             await self._stopping.wait()
-            self._stop_accepting(drain_backlog=True)
+            self._stop_accepting(drain_backlog=not self._abandoned)
             await self._wait_for_links()
         finally:
             self._stop_accepting(drain_backlog=False)
@@ -159,6 +172,9 @@ class AsyncioEngine:
     def _accept_some(self) -> None:
         listener, loop = self._listener, self._loop
         assert listener is not None and loop is not None
+        if self._abandoned:  # shut down: accept() would fail
+            self._stop_accepting(drain_backlog=False)
+            return
         if accept_ready(listener, self._admit, ACCEPT_BATCH):
             loop.remove_reader(listener)  # out of descriptors: do not spin
             loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
@@ -172,7 +188,7 @@ class AsyncioEngine:
             return False
         loop = self._loop
         assert loop is not None
-        link = _AioLink(self, address)
+        link = _AioLink(self, address, sock)
         self._links.add(link)
         self._config.counters.opened()
         self.keep(loop.create_task(self._connect(link, sock)))
@@ -223,8 +239,9 @@ class AsyncioEngine:
 class _AioLink(asyncio.BufferedProtocol):
     """One connection: the protocol callbacks, the handler calls, the reply chain."""
 
-    def __init__(self, engine: AsyncioEngine, address: object) -> None:
+    def __init__(self, engine: AsyncioEngine, address: object, sock: socket.socket) -> None:
         self._engine = engine
+        self.sock = sock  # the transport's; only for abandon() to shut down
         self._config = engine._config
         self._traffic = engine._traffic
         self._decoder = self._config.framing.decoder()
@@ -275,6 +292,13 @@ class _AioLink(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close at once: the stop deadline passed."""
+        if self._pending:
+            logger.warning(
+                "stop deadline passed with %d replies of handler %s still pending for %s: closing",
+                self._pending,
+                self._config.handler.name,
+                format_address(self.peer.address),
+            )
         if self._transport is not None:
             self._transport.abort()
 

@@ -15,8 +15,9 @@ child. `server.stats` counts a connection's messages when the connection ends.
 Stopping: the parent stops accepting (serving what is still in the backlog),
 lets children run until their peer's EOF or the stop deadline, then sends
 SIGTERM (the child shuts its connection down and reports), and SIGKILL to any
-child still there a moment later. Children ignore SIGINT: a Ctrl-C reaches the
-whole process group, and the parent decides how to stop.
+child still there `KILL_GRACE` later: one whose handler blocks, logged.
+Children ignore SIGINT: a Ctrl-C reaches the whole process group, and the
+parent decides how to stop.
 
 Needs ``os.fork`` (Linux, macOS, the BSDs); not available on Windows.
 """
@@ -55,8 +56,9 @@ from .threads import BlockingLink
 
 __all__ = ["ProcessesEngine"]
 
-KILL_GRACE: Final = 1.0
-"""Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL."""
+KILL_GRACE: Final = 0.2
+"""Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL:
+milliseconds are enough unless its handler blocks, and the stop keeps its deadline."""
 
 
 @dataclass
@@ -86,6 +88,9 @@ class ProcessesEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and kills late children itself (see `Engine`)."""
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and fork until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -193,6 +198,13 @@ class ProcessesEngine:
         if self._children:
             self._kill_children(signal.SIGTERM)
             self._reap_until(time.monotonic() + KILL_GRACE)
+        for child in self._children.values():  # SIGKILL follows
+            logger.warning(
+                "stop deadline passed with handler %s still running for %s (process %d): killing it",
+                self._config.handler.name,
+                format_address(child.address),
+                child.pid,
+            )
 
     def _reap_until(self, deadline: float) -> None:
         while self._children and (remaining := deadline - time.monotonic()) > 0:

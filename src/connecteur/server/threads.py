@@ -35,6 +35,7 @@ from ._engine import (
     StopSignal,
     accept_ready,
     channel_opened,
+    log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
@@ -48,9 +49,10 @@ RECV_SIZE: Final = 64 * 2**10
 """64 KiB read buffer per connection: one thread per connection already costs
 more than this, and it holds many small messages per read."""
 
-JOIN_GRACE: Final = 1.0
+JOIN_GRACE: Final = 0.2
 """Seconds to wait, after the stop deadline, for threads to notice their
-sockets were shut down; a thread still inside a handler then is abandoned."""
+sockets were shut down (milliseconds, unless inside a handler); a thread
+still inside a handler then is abandoned, so that the stop keeps its deadline."""
 
 
 class ThreadsEngine:
@@ -71,6 +73,9 @@ class ThreadsEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and abandons late connection threads itself (see `Engine`)."""
 
     def serve(self, listener: socket.socket) -> None:
         """Accept until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -142,8 +147,10 @@ class ThreadsEngine:
         for link in late:
             link.abort()
         with self._all_closed:
-            if not self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE):
-                logger.warning("%d connection threads still busy in their handler at stop", len(self._links))
+            self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE)
+            late = list(self._links)
+        for link in late:  # daemon threads: they do not keep the process alive
+            log_abandoned(link.thread_id, "its thread")
 
     def _forget(self, link: BlockingLink) -> None:
         """Called by a connection's thread as it ends."""
@@ -178,7 +185,7 @@ class BlockingLink:
         self._closing = False  # peer.close() asked
         self._aborted = False  # the stop deadline passed
         self._closed = False
-        self._thread_id = 0
+        self.thread_id = 0  # the connection's own thread, once it runs
         self._deadlines = self._config.deadlines()
         # The own thread counts what it reads; senders what they send, under _lock.
         self._traffic = self._config.counters.traffic()
@@ -216,7 +223,7 @@ class BlockingLink:
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
         self._closing = True
-        if threading.get_ident() != self._thread_id:
+        if threading.get_ident() != self.thread_id:
             self._shutdown()
 
     def abort(self) -> None:
@@ -233,7 +240,7 @@ class BlockingLink:
 
     def run(self) -> None:
         """Serve the connection until it ends, then report and clean up."""
-        self._thread_id = threading.get_ident()
+        self.thread_id = threading.get_ident()
         handler, peer = self._config.handler, self.peer
         error: BaseException | None = None
         try:

@@ -44,8 +44,10 @@ ORPHAN_GRACE: Final = 1.0
 """Seconds a worker takes to stop gracefully when its parent vanished or it got
 SIGTERM directly: no parent is there to give it the server's stop timeout."""
 
-KILL_GRACE: Final = 2.0
-"""Seconds a worker has past the stop deadline before SIGKILL."""
+KILL_GRACE: Final = 0.2
+"""Seconds a worker has past the stop deadline before SIGKILL. A worker whose
+loop is stuck in a handler gives up on it by itself halfway (logging the
+handler) and exits; so the stop keeps its deadline."""
 
 EngineFactory = Callable[[EngineConfig], Engine]
 
@@ -99,6 +101,9 @@ class WorkersEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and kills late workers itself (see `Engine`)."""
 
     def serve(self, listener: socket.socket) -> None:
         """Fork the workers, supervise them until a stop, then stop them gracefully."""
@@ -159,6 +164,10 @@ class WorkersEngine:
         final = deadline + KILL_GRACE
         while self._workers and (remaining := final - time.monotonic()) > 0:
             self._supervise(remaining)
+        for worker in self._workers.values():  # SIGKILL follows
+            logger.warning(
+                "worker %d (pid %d) had not stopped after the stop deadline: killing it", worker.index, worker.pid
+            )
 
     def _reap(self, worker: _Worker) -> None:
         """The worker closed its reports pipe: wait for it and say why it ended."""
@@ -180,7 +189,7 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         counters = Counters()
         engine = parent._make_engine(replace(parent._config, counters=counters))
         stopped = threading.Event()
-        threading.Thread(target=_obey_parent, args=(engine, control), daemon=True).start()
+        threading.Thread(target=_obey_parent, args=(engine, control, stopped, counters, reports), daemon=True).start()
         threading.Thread(target=_report, args=(counters, reports, stopped), daemon=True).start()
         # A SIGTERM to the whole process group (systemd, `timeout`) stops gracefully too.
         signal.signal(signal.SIGTERM, lambda signum, frame: engine.request_stop(time.monotonic() + ORPHAN_GRACE))
@@ -196,8 +205,13 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         os._exit(status)
 
 
-def _obey_parent(engine: Engine, control: int) -> None:
-    """Stop when the parent says so (seconds left), or at once if the parent is gone."""
+def _obey_parent(engine: Engine, control: int, stopped: threading.Event, counters: Counters, reports: int) -> None:
+    """Stop when the parent says so (seconds left), or soon if the parent is gone.
+
+    If the engine has not stopped shortly after the deadline, a handler
+    blocks its loop: give up on it (logged, its connections shut down),
+    report, and exit, before the parent's SIGKILL.
+    """
     pending = b""
     while b"\n" not in pending:
         data = os.read(control, 64)
@@ -206,6 +220,11 @@ def _obey_parent(engine: Engine, control: int) -> None:
         pending += data
     seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else ORPHAN_GRACE
     engine.request_stop(time.monotonic() + seconds)
+    if not stopped.wait(seconds + KILL_GRACE / 2):
+        engine.abandon()
+        with contextlib.suppress(OSError):
+            write_report(reports, counters.snapshot())
+        os._exit(0)
 
 
 def _report(counters: Counters, reports: int, stopped: threading.Event) -> None:
