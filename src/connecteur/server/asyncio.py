@@ -97,6 +97,7 @@ class AsyncioEngine:
         self._all_closed: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # referenced until done, or they may vanish
         self._abandoned = False  # see abandon()
+        self._waiting: asyncio.Timeout | None = None  # the stop's wait for the connections to end
 
     # --- Engine interface --------------------------------------------------------
 
@@ -129,10 +130,25 @@ class AsyncioEngine:
         shut_down([self._listener, *(link.sock for link in list(self._links))])
 
     def _wake_loop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None:
+        loop = self._loop
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already closed
-                loop.call_soon_threadsafe(stopping.set)
+                loop.call_soon_threadsafe(self._on_stop_request)
+
+    def _on_stop_request(self) -> None:
+        """On the loop: start stopping, or bring forward the deadline the stop already waits for."""
+        if self._stopping is not None:
+            self._stopping.set()
+        waiting = self._waiting
+        if waiting is not None and not waiting.expired():
+            with contextlib.suppress(RuntimeError):  # expiring already: it cannot be moved
+                waiting.reschedule(self._loop_deadline())
+
+    def _loop_deadline(self) -> float:
+        """The stop deadline, on the loop's clock (deadlines use time.monotonic())."""
+        assert self._loop is not None
+        deadline = self._stop.deadline or time.monotonic()
+        return self._loop.time() + max(0.0, deadline - time.monotonic())
 
     async def run(self, listener: socket.socket) -> None:
         """Serve on the running loop until a stop is requested, then stop gracefully."""
@@ -220,14 +236,14 @@ class AsyncioEngine:
         listener.close()
 
     async def _wait_for_links(self) -> None:
-        deadline = self._stop.deadline or time.monotonic()
         all_closed = self._all_closed
         assert all_closed is not None
         if self._links:
             all_closed.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with asyncio.timeout_at(self._loop_deadline()) as self._waiting:
                     await all_closed.wait()
+            self._waiting = None
 
     def forget(self, link: _AioLink) -> None:
         """A connection ended."""

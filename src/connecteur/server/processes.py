@@ -192,12 +192,12 @@ class ProcessesEngine:
         counters.handshake_failed(report.handshake_errors)
 
     def _wait_for_children(self) -> None:
-        """Reap children as they end, until none is left or the stop deadline passes."""
-        deadline = self._stop.deadline or time.monotonic()
-        self._reap_until(deadline)
+        """Reap children as they end, until none is left or the stop deadline (which a new request may advance)."""
+        self._reap_until(lambda: self._stop.deadline or time.monotonic())
         if self._children:
             self._kill_children(signal.SIGTERM)
-            self._reap_until(time.monotonic() + KILL_GRACE)
+            until = time.monotonic() + KILL_GRACE
+            self._reap_until(lambda: until)
         for child in self._children.values():  # SIGKILL follows
             logger.warning(
                 "stop deadline passed with handler %s still running for %s (process %d): killing it",
@@ -206,8 +206,8 @@ class ProcessesEngine:
                 child.pid,
             )
 
-    def _reap_until(self, deadline: float) -> None:
-        while self._children and (remaining := deadline - time.monotonic()) > 0:
+    def _reap_until(self, due: Callable[[], float]) -> None:
+        while self._children and (remaining := due() - time.monotonic()) > 0:
             for key, _ in self._selector.select(remaining):
                 self._on_readable(key.fileobj)
 

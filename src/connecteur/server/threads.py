@@ -64,7 +64,6 @@ class ThreadsEngine:
         self._links: set[BlockingLink] = set()
         self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
-        self._all_closed = threading.Condition(self._links_lock)
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -139,24 +138,30 @@ class ThreadsEngine:
     # --- stopping --------------------------------------------------------------
 
     def _finish_links(self) -> None:
-        """Let each connection run until its peer's EOF or the stop deadline."""
-        deadline = self._stop.deadline or time.monotonic()
-        with self._all_closed:
-            self._all_closed.wait_for(lambda: not self._links, max(0.0, deadline - time.monotonic()))
-            late = list(self._links)
-        for link in late:
+        """Let each connection run until its peer's EOF or the stop deadline (which a new request may advance)."""
+        self._wait_for_links(lambda: self._stop.deadline or time.monotonic())
+        for link in self._live_links():
             link.abort()
-        with self._all_closed:
-            self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE)
-            late = list(self._links)
-        for link in late:  # daemon threads: they do not keep the process alive
+        until = time.monotonic() + JOIN_GRACE
+        self._wait_for_links(lambda: until)
+        for link in self._live_links():  # daemon threads: they do not keep the process alive
             log_abandoned(link.thread_id, "its thread")
+
+    def _wait_for_links(self, due: Callable[[], float]) -> None:
+        """Wait until every connection has ended, or until `due()`; woken by stop requests and link ends."""
+        while self._links and (remaining := due() - time.monotonic()) > 0:
+            self._stop.wait(remaining)
+
+    def _live_links(self) -> list[BlockingLink]:
+        with self._links_lock:
+            return list(self._links)
 
     def _forget(self, link: BlockingLink) -> None:
         """Called by a connection's thread as it ends."""
-        with self._all_closed:
+        with self._links_lock:
             self._links.discard(link)
-            self._all_closed.notify_all()
+            if not self._links:
+                self._stop.wake()  # _finish_links may be waiting for the last one
 
 
 class BlockingLink:

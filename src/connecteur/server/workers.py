@@ -19,7 +19,9 @@ What is shared: the port only. Handler state lives in each worker.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -157,13 +159,18 @@ class WorkersEngine:
                 self._reap(worker)
 
     def _stop_workers(self) -> None:
-        deadline = self._stop.deadline or time.monotonic()
-        for worker in self._workers.values():
-            with contextlib.suppress(OSError):
-                os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
-        final = deadline + KILL_GRACE
-        while self._workers and (remaining := final - time.monotonic()) > 0:
-            self._supervise(remaining)
+        """Tell each worker the time left, again if a new request advances the deadline; kill the late ones."""
+        told: float | None = None
+        while self._workers:
+            deadline = self._stop.deadline or time.monotonic()
+            if deadline != told:
+                told = deadline
+                for worker in self._workers.values():
+                    with contextlib.suppress(OSError):
+                        os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
+            if (remaining := deadline + KILL_GRACE - time.monotonic()) <= 0:
+                break
+            self._supervise(remaining)  # woken by reports, ends, and stop requests
         for worker in self._workers.values():  # SIGKILL follows
             logger.warning(
                 "worker %d (pid %d) had not stopped after the stop deadline: killing it", worker.index, worker.pid
@@ -206,25 +213,34 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
 
 
 def _obey_parent(engine: Engine, control: int, stopped: threading.Event, counters: Counters, reports: int) -> None:
-    """Stop when the parent says so (seconds left), or soon if the parent is gone.
+    """Stop when the parent says so (seconds left, each line; a later line may advance it), or soon if it is gone.
 
     If the engine has not stopped shortly after the deadline, a handler
     blocks its loop: give up on it (logged, its connections shut down),
     report, and exit, before the parent's SIGKILL.
     """
-    pending = b""
-    while b"\n" not in pending:
+    deadline = math.inf
+    pending: bytes | None = b""  # None: the parent is gone
+    while not stopped.is_set():
+        wait = None if deadline == math.inf else deadline + KILL_GRACE / 2 - time.monotonic()
+        if wait is not None and wait <= 0:
+            engine.abandon()
+            with contextlib.suppress(OSError):
+                write_report(reports, counters.snapshot())
+            os._exit(0)
+        if pending is None:
+            stopped.wait(wait)
+            continue
+        if not select.select([control], [], [], wait)[0]:
+            continue
         data = os.read(control, 64)
+        *lines, pending = (pending + data).split(b"\n")
+        seconds = [float(line) for line in lines]
         if not data:
-            break
-        pending += data
-    seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else ORPHAN_GRACE
-    engine.request_stop(time.monotonic() + seconds)
-    if not stopped.wait(seconds + KILL_GRACE / 2):
-        engine.abandon()
-        with contextlib.suppress(OSError):
-            write_report(reports, counters.snapshot())
-        os._exit(0)
+            pending, seconds = None, [ORPHAN_GRACE]
+        if seconds:
+            deadline = min(deadline, time.monotonic() + min(seconds))
+            engine.request_stop(deadline)
 
 
 def _report(counters: Counters, reports: int, stopped: threading.Event) -> None:
