@@ -247,6 +247,9 @@ class Server:
         self._deadline: float | None = None  # the stop's, once one is asked
         self._lock = threading.Lock()
         self._abandoned = False  # the engine's thread was given up at the deadline
+        # Set when the engine's thread ends or is given up: what stop() waits for. Not a
+        # join(), so that a stop waiting for a later deadline returns with one that abandons.
+        self._ended = threading.Event()
         self._address_released = False
         self._wake: Callable[[], None] = _nothing  # wakes serve_forever's wait
 
@@ -351,7 +354,7 @@ class Server:
         self._request_stop(time.monotonic() + seconds)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            self._await_engine(thread.join)
+            self._await_engine(self._ended.wait)
 
     def __enter__(self) -> Self:
         self.start()
@@ -421,6 +424,7 @@ class Server:
             logger.exception("the %s engine failed", self.engine)
         finally:
             self._release_address()
+            self._ended.set()
             self._wake()
 
     def _request_stop(self, deadline: float) -> None:
@@ -434,7 +438,7 @@ class Server:
     def _await_engine(self, wait: Callable[[float | None], object]) -> None:
         """Wait for the engine's thread to end, with `wait(seconds)`; past the deadline, abandon it.
 
-        `wait` returns when the thread ends, or earlier (a wake-up: look again).
+        `wait` returns when the thread ends or is abandoned, or earlier (a wake-up: look again).
         """
         thread = self._thread
         assert thread is not None
@@ -457,6 +461,7 @@ class Server:
         assert self._engine is not None
         self._engine.abandon()
         self._release_address()
+        self._ended.set()
         self._wake()
 
     def _release_address(self) -> None:
