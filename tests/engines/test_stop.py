@@ -117,3 +117,26 @@ def test_a_stop_with_an_earlier_deadline_hurries_one_under_way(serve: Serve, cap
             server.stop(timeout=0)
             first.join(TIMEOUT)
     assert not [message for message in caplog.messages if "stop deadline passed" in message]  # none given up on
+
+
+def test_stop_keeps_its_deadline_while_a_reply_waits_for_a_peer_that_does_not_read(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A reply stuck in a blocking send (threads, processes) ends at the deadline: the shutdown does not wait for it."""
+    answered = tmp_path / "answered"
+
+    def large(message: bytes) -> bytes:
+        answered.touch()  # seen from any process
+        return b"x" * (8 * 2**20)
+
+    server = serve(large)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(TIMEOUT)
+        client.connect(server.address)
+        client.sendall(server.framing.encode(b"go") * 4)  # 32 MiB of replies, never read
+        wait_until(answered.exists, what="the requests to be answered")
+        started = time.monotonic()
+        server.stop(timeout=0.5)
+        assert time.monotonic() - started < TIMEOUT  # a generous bound: without the fix, it never ends
+        assert server.stats.active == 0  # closed by the engine, not left behind

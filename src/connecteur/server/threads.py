@@ -237,9 +237,17 @@ class BlockingLink:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
+        # Without waiting for _lock: a send holding it may block for ever on a
+        # peer that does not read, and this shutdown is what ends that send.
+        # While a send holds it the socket stays open (it is closed under _lock).
+        locked = self._lock.acquire(blocking=False)
+        try:
             if not self._closed:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            if locked:
+                self._lock.release()
 
     # --- the connection's own thread -------------------------------------------
 
