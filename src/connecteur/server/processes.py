@@ -142,15 +142,20 @@ class ProcessesEngine:
             reader, writer = os.pipe()
         except OSError as exc:
             return self._cannot_serve(sock, address, exc)
+        # SIGTERM (the stop deadline's) waits, blocked, until the child has its
+        # handler; by default it would kill a child just forked, unreported.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             pid = fork()
         except OSError as exc:  # EAGAIN: the process limit
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             os.close(reader)
             os.close(writer)
             return self._cannot_serve(sock, address, exc)
         if pid == 0:  # the child never returns
             os.close(reader)
             _run_child(self._config, sock, address, writer)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(writer)
         sock.close()
         counters.opened()
@@ -241,6 +246,7 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
             on_open = functools.partial(signal.alarm, 0)
         link = BlockingLink(replace(config, counters=counters), sock, address, lambda link: None, on_open)
         signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the parent around fork()
         counters.opened()
         link.run()
         write_report(pipe, counters.snapshot())
