@@ -3,7 +3,8 @@
 The HOWTO's three ways to run a server (a thread per client, a process per
 client, non-blocking sockets multiplexed with select) are engines behind the
 internal `Engine` interface; `Server` binds the socket, picks the engine,
-runs it in the background or in the foreground, and stops it gracefully.
+runs it in a background thread (`serve_forever` waits for a signal meanwhile),
+and stops it gracefully, by a deadline that holds even if a handler blocks.
 """
 
 from __future__ import annotations
@@ -440,9 +441,7 @@ class Server:
 
         `wait` returns when the thread ends or is abandoned, or earlier (a wake-up: look again).
         """
-        thread = self._thread
-        assert thread is not None
-        while thread.is_alive() and not self._abandoned:
+        while not self._ended.is_set():  # not thread.is_alive(): the thread may linger a moment after setting it
             if self._deadline is None:
                 wait(None)
                 continue
@@ -455,7 +454,7 @@ class Server:
     def _abandon(self) -> None:
         """The engine's thread is stuck past the deadline (in a handler): give up on it, once."""
         with self._lock:
-            if self._abandoned or self._thread is None or not self._thread.is_alive():
+            if self._abandoned or self._ended.is_set():
                 return
             self._abandoned = True
         assert self._engine is not None
