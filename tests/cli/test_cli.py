@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -206,3 +207,28 @@ def test_codecs_on_the_command_line(serve_cli) -> None:  # type: ignore[no-untyp
     text = serve_cli("--codec", "text", "--app", "upper")
     assert run("send", text.address, "--codec", "text", "héllo").stdout == "HÉLLO\n"
     assert_one_line_error(run("send", text.address, "--codec", "yaml"), 2, "'yaml'", "json, text, msgpack")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda stop: stop.name)
+def test_a_second_signal_stops_serve_at_once(serve_cli, stop: signal.Signals) -> None:  # type: ignore[no-untyped-def]
+    """An idle client holds the graceful stop (5 s); the second signal ends it now, and the status says so."""
+    served = serve_cli()
+    host, port = served.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as client:
+        served.process.send_signal(stop)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:  # until the graceful stop has begun: the listener is closed
+            try:
+                socket.create_connection((host, int(port)), timeout=TIMEOUT).close()
+            except (ConnectionRefusedError, ConnectionResetError):
+                break
+            time.sleep(0.01)
+        served.process.send_signal(stop)
+        status = served.process.wait(TIMEOUT)
+        client.settimeout(TIMEOUT)
+        assert client.recv(1) == b""
+    assert served.process.stderr is not None
+    if stop == signal.SIGINT:
+        assert (status, served.process.stderr.read()) == (130, "connecteur: interrupted\n")
+    else:
+        assert (status, served.process.stderr.read()) == (-signal.SIGTERM, "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from connecteur import ConnectionClosed, Server, connect
+from connecteur.tools.apps import echo
 from tests.support import TIMEOUT, wait_until
 
 
@@ -126,3 +128,18 @@ def test_a_child_stuck_in_its_handshake_is_ended_by_the_watchdog(monkeypatch: py
         assert time.monotonic() - started < 0.5 + 1 + TIMEOUT / 2
         assert server.stats.active == 0
         assert client.recv(1) == b""
+
+
+def test_a_child_terminated_as_it_starts_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM at the stop deadline can reach a child just forked: it waits until the child's handler is in place."""
+    caplog.set_level(logging.ERROR, logger="connecteur.server")
+    server = Server(echo, "127.0.0.1:0", engine="processes")
+    server.start()
+    clients = [socket.create_connection(server.address, timeout=TIMEOUT) for _ in range(20)]
+    try:
+        server.stop(timeout=0)  # the backlog's connections are forked, then terminated at once
+    finally:
+        for client in clients:
+            client.close()
+    assert [record.getMessage() for record in caplog.records] == []
+    assert server.stats.errors == 0

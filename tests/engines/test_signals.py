@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from connecteur.address import format_address
+from connecteur.framing import LengthPrefixed
 from tests.engines.conftest import VARIANTS, engine_options
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, recv_until_closed, wait_until
 
 SCRIPT = """
 import json, signal, sys, threading
@@ -81,3 +85,107 @@ def test_serve_forever_gives_the_wakeup_fd_back(variant: str) -> None:
         timeout=TIMEOUT * 3,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+
+
+BLOCKED_SCRIPT = """
+import json, logging, pathlib, sys, threading
+from connecteur import Server
+
+logging.basicConfig(format="%(message)s")
+
+
+class Blocking:
+    def received(self, peer, message):
+        pathlib.Path(sys.argv[2]).touch()
+        threading.Event().wait(float(sys.argv[3]))  # "for ever": nothing sets it
+        return message
+
+
+server = Server(Blocking(), "127.0.0.1:0", stop_timeout=0.5, **json.loads(sys.argv[1]))
+server.serve_forever(ready=lambda: print(server.address[1], flush=True))
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serve_forever_returns_at_the_stop_deadline_while_a_handler_blocks(variant: str, tmp_path: Path) -> None:
+    """One SIGTERM: the stop gives up on the blocked handler at its deadline, logs it, and serve_forever returns."""
+    entered = tmp_path / "entered"
+    block = TIMEOUT * 6  # a stop that waited for the handler would outlast communicate() below
+    process = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_SCRIPT, json.dumps(engine_options(variant)), str(entered), str(block)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(LengthPrefixed().encode(b"block"))
+            wait_until(entered.exists, what="the handler to block")
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=TIMEOUT)
+            assert (process.returncode, out) == (0, "stopped\n"), err
+            assert recv_until_closed(client) == b""
+            peer = format_address(client.getsockname())
+        assert "stop deadline passed with handler __main__.Blocking" in err and peer in err, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+FORCED_SCRIPT = """
+import json, sys
+from connecteur import Server
+from connecteur.tools.apps import echo
+
+server = Server(echo, "127.0.0.1:0", stop_timeout=float(sys.argv[2]), **json.loads(sys.argv[1]))
+try:
+    server.serve_forever(ready=lambda: print(server.address[1], flush=True))
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda stop: stop.name)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_second_signal_ends_the_stop_at_once(variant: str, stop: signal.Signals) -> None:
+    """The first signal starts a graceful stop, held by an idle client; the second ends it now.
+
+    Once everything is closed, the second signal takes its default course:
+    SIGINT raises KeyboardInterrupt, SIGTERM ends the process.
+    """
+    grace = TIMEOUT * 6  # the graceful stop would outlast communicate() below
+    process = subprocess.Popen(
+        [sys.executable, "-c", FORCED_SCRIPT, json.dumps(engine_options(variant)), str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            process.send_signal(stop)
+
+            def refused() -> bool:  # the graceful stop has begun: the listener is closed
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+                except (ConnectionRefusedError, ConnectionResetError):  # reset: caught as it closed
+                    return True
+                return False
+
+            wait_until(refused, what="the graceful stop to begin")
+            process.send_signal(stop)
+            out, err = process.communicate(timeout=TIMEOUT)
+            assert recv_until_closed(client) == b""
+        if stop == signal.SIGINT:
+            assert (process.returncode, out, err) == (0, "KeyboardInterrupt\n", "")
+        else:
+            assert (process.returncode, out, err) == (-signal.SIGTERM, "", "")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -39,7 +39,13 @@ MESSAGE_TIMEOUT = DEFAULT_MESSAGE_TIMEOUT
 
 def add_parser(commands: Any) -> None:
     """Add ``serve`` to the subcommands."""
-    parser = commands.add_parser("serve", help="run a server", description="Run a server until SIGINT or SIGTERM.")
+    parser = commands.add_parser(
+        "serve",
+        help="run a server",
+        description="Run a server until SIGINT or SIGTERM, then stop gracefully; a second signal stops it at once.",
+        epilog="Exit status: 0 after a graceful stop; after a second signal, 130 for SIGINT, and for SIGTERM "
+        "the process ends by that signal (143 in a shell).",
+    )
     parser.add_argument("address", nargs="?", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
     parser.add_argument(
         "--systemd", action="store_true", help="serve the socket passed by systemd socket activation, not ADDRESS"
@@ -130,7 +136,16 @@ def _start_metrics(args: argparse.Namespace, server: Server, where: dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until a signal; return 0 after a graceful stop, exit 1 if the workers kept dying."""
+    """Serve until a signal; return 0 after a graceful stop, exit 1 if the workers kept dying.
+
+    A graceful stop returns 0 even if it gave up on a handler at the
+    deadline (logged): it ended when it said it would. A second signal
+    forces the stop and is then re-raised (`Server.serve_forever`): SIGINT
+    becomes `KeyboardInterrupt`, which `main` turns into status 130, and
+    SIGTERM ends the process by its default action, which supervisors
+    (systemd counts it a clean stop) and shells (status 143) understand,
+    so a cut-short stop is told from a clean one.
+    """
     configure_logging(args.log_format, verbose=args.verbose)
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"

@@ -3,7 +3,8 @@
 The HOWTO's three ways to run a server (a thread per client, a process per
 client, non-blocking sockets multiplexed with select) are engines behind the
 internal `Engine` interface; `Server` binds the socket, picks the engine,
-runs it in the background or in the foreground, and stops it gracefully.
+runs it in a background thread (`serve_forever` waits for a signal meanwhile),
+and stops it gracefully, by a deadline that holds even if a handler blocks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_addre
 from ..codecs import Codec
 from ..errors import WorkersFailed
 from ..framing import Framing, LengthPrefixed
-from ._engine import DEFAULT_MAX_BUFFERED, DEFAULT_MESSAGE_TIMEOUT, Counters, Engine, EngineConfig, Stats, logger
+from ._engine import (
+    DEFAULT_MAX_BUFFERED,
+    DEFAULT_MESSAGE_TIMEOUT,
+    Counters,
+    Engine,
+    EngineConfig,
+    Stats,
+    StopSignal,
+    logger,
+)
 from ._handler import Handler, MessageHandler, PeerHandler
 from ._peer import Peer
 
@@ -41,6 +51,11 @@ __all__ = [
 
 ENGINES: Final = ("select", "threads", "processes", "asyncio")
 """The engine names `Server` accepts."""
+
+ABANDON_GRACE: Final = 0.25
+"""Seconds past the stop deadline after which `stop()` gives up on an engine
+whose thread has not ended, stuck in a handler: more than the engines take to
+close what is left at the deadline, little enough that the stop keeps it."""
 
 DEFAULT_BACKLOG: Final = 128
 """Pending connections the kernel queues before ``accept()``; the usual
@@ -265,7 +280,15 @@ class Server:
         self._bound: object = None
         self._engine: Engine | None = None
         self._thread: threading.Thread | None = None
-        self._failure: Exception | None = None  # what stopped a background server by itself
+        self._failure: Exception | None = None  # what stopped the engine by itself, raised once
+        self._deadline: float | None = None  # the stop's, once one is asked
+        self._lock = threading.Lock()
+        self._abandoned = False  # the engine's thread was given up at the deadline
+        # Set when the engine's thread ends or is given up: what stop() waits for. Not a
+        # join(), so that a stop waiting for a later deadline returns with one that abandons.
+        self._ended = threading.Event()
+        self._address_released = False
+        self._wake: Callable[[], None] = _nothing  # wakes serve_forever's wait
 
     def __repr__(self) -> str:
         where = self._bound if self._bound is not None else self._address
@@ -307,24 +330,24 @@ class Server:
             OSError: the address cannot be bound.
         """
         engine, listener = self._prepare()
-        self._thread = threading.Thread(
-            target=self._run_in_background, args=(engine, listener), name="connecteur server", daemon=True
-        )
-        self._thread.start()
-        forked = getattr(engine, "forked", None)
-        if isinstance(forked, threading.Event):
-            forked.wait()  # workers: see WorkersEngine.forked
+        self._start_thread(engine, listener)
 
     def serve_forever(self, *, ready: Callable[[], object] | None = None) -> None:
-        """Bind and serve in this thread until SIGINT or SIGTERM, then stop gracefully.
+        """Serve until SIGINT or SIGTERM (or `stop()` from another thread), then stop gracefully.
 
         Args:
             ready: called once the server listens, when `address` is known
                 (to print it, or to tell a supervisor).
 
-        A second signal hurries the stop: connections still open are closed
-        at once. Signals are only caught when called from the main thread;
-        elsewhere, call `stop()` from another thread.
+        The engine runs in a background thread while this one waits, so that
+        the stop keeps its deadline even when a handler blocks. A second
+        signal forces the stop: every connection is closed at once, and
+        once everything is closed the signal takes its usual course, as if it had not been
+        caught: SIGINT raises `KeyboardInterrupt` (Python's default handler),
+        SIGTERM ends the process (its default action), unless the application
+        had installed handlers of its own, which are then called. Signals are
+        only caught when called from the main thread; elsewhere, call
+        `stop()` from another thread.
 
         Raises:
             RuntimeError: the server was already started.
@@ -334,10 +357,25 @@ class Server:
                 workers gracefully.
         """
         engine, listener = self._prepare()
-        with self._signals_stop(engine):
-            if ready is not None:
-                ready()
-            self._run(engine, listener)
+        waiter = StopSignal()
+        forced: list[int] = []  # the signal that forced the stop, if one did
+        try:
+            with self._signals_stop(waiter, forced):
+                self._wake = waiter.wake
+                self._start_thread(engine, listener)
+                try:
+                    if ready is not None:
+                        ready()
+                    self._await_engine(waiter.wait)
+                except BaseException:
+                    self.stop(0)
+                    raise
+        finally:
+            self._wake = _nothing
+            waiter.close()
+        self._raise_failure()
+        if forced:
+            signal.raise_signal(forced[0])  # the handlers in place before serve_forever are back
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully, within `timeout` seconds (default: `stop_timeout`).
@@ -347,6 +385,12 @@ class Server:
         answered; then every connection is closed. Idempotent; a server that
         never started does nothing.
 
+        Returns by the deadline (plus `ABANDON_GRACE`) even while a handler
+        blocks: the connections are then closed, the handler still running
+        is logged (a warning naming it and its peer), and the thread running
+        it is left behind until the handler returns; what it sends then goes
+        nowhere. The forked engines kill their processes instead.
+
         Raises:
             WorkersFailed: the server, started with `start()`, had stopped by
                 itself because its workers kept dying (raised once).
@@ -355,12 +399,11 @@ class Server:
             return
         self._hand_over()
         seconds = self._stop_timeout if timeout is None else timeout
-        self._engine.request_stop(time.monotonic() + seconds)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
+        self._request_stop(time.monotonic() + seconds)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            self._await_engine(self._ended.wait)
+        self._raise_failure()
 
     def __enter__(self) -> Self:
         self.start()
@@ -419,27 +462,89 @@ class Server:
         """Workers each bind the port themselves where the kernel balances them."""
         return self.workers > 1 and isinstance(self._address, TcpAddress) and hasattr(socket, "SO_REUSEPORT")
 
-    def _run_in_background(self, engine: Engine, listener: socket.socket) -> None:
-        """`_run` in `start()`'s thread: an error is logged now, and raised by `stop()`."""
+    def _start_thread(self, engine: Engine, listener: socket.socket) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(engine, listener), name="connecteur server", daemon=True
+        )
+        self._thread.start()
+        forked = getattr(engine, "forked", None)
+        if isinstance(forked, threading.Event):
+            forked.wait()  # workers: see WorkersEngine.forked
+
+    def _run(self, engine: Engine, listener: socket.socket) -> None:
+        """The engine's thread: serve; an error is logged now and raised by `serve_forever` or `stop()`."""
         try:
-            self._run(engine, listener)
-        except WorkersFailed as exc:
-            logger.error("the server stopped: %s", exc)  # each death was logged already
+            engine.serve(listener)
+        except WorkersFailed as exc:  # each death was logged, and the last said the server stops
             self._failure = exc
         except Exception as exc:
             logger.exception("the %s engine failed", self.engine)
             self._failure = exc
-
-    def _run(self, engine: Engine, listener: socket.socket) -> None:
-        try:
-            engine.serve(listener)
         finally:
-            if isinstance(self._address, UnixAddress) and not self._adopted_socket:
-                # An adopted socket's file belongs to whoever made it (systemd).
-                _socket.unlink_unix_socket(self._address.path)
+            self._release_address()
+            self._ended.set()
+            self._wake()
+
+    def _raise_failure(self) -> None:
+        """Raise, once, what stopped the engine by itself."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _request_stop(self, deadline: float) -> None:
+        """Ask the engine to stop by `deadline`; an earlier deadline than one already set wins."""
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+        assert self._engine is not None
+        self._engine.request_stop(deadline)
+        self._wake()
+
+    def _await_engine(self, wait: Callable[[float | None], object]) -> None:
+        """Wait for the engine's thread to end, with `wait(seconds)`; past the deadline, abandon it.
+
+        `wait` returns when the thread ends or is abandoned, or earlier (a wake-up: look again).
+        """
+        while not self._ended.is_set():  # not thread.is_alive(): the thread may linger a moment after setting it
+            if self._deadline is None:
+                wait(None)
+                continue
+            remaining = self._deadline + ABANDON_GRACE - time.monotonic()
+            if remaining <= 0:
+                self._abandon()
+                return
+            wait(remaining)
+
+    def _abandon(self) -> None:
+        """The engine's thread is stuck past the deadline (in a handler): give up on it, once."""
+        with self._lock:
+            if self._abandoned or self._ended.is_set():
+                return
+            self._abandoned = True
+        assert self._engine is not None
+        self._engine.abandon()
+        self._release_address()
+        self._ended.set()
+        self._wake()
+
+    def _release_address(self) -> None:
+        """Remove the Unix socket's file, once: when the engine ends or is abandoned, whichever comes first.
+
+        Not later: a new server may have bound the path by then.
+        """
+        with self._lock:
+            if self._address_released:
+                return
+            self._address_released = True
+        if isinstance(self._address, UnixAddress) and not self._adopted_socket:
+            # An adopted socket's file belongs to whoever made it (systemd).
+            _socket.unlink_unix_socket(self._address.path)
 
     @contextlib.contextmanager
-    def _signals_stop(self, engine: Engine) -> Iterator[None]:
+    def _signals_stop(self, waiter: StopSignal, forced: list[int]) -> Iterator[None]:
+        """Let SIGINT and SIGTERM stop the server (from the main thread only); a second one, at once.
+
+        The signal that forced the stop is put in `forced`.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -448,18 +553,25 @@ class Server:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             nonlocal signals
             signals += 1
-            grace = self._stop_timeout if signals == 1 else 0.0
             if signals == 1:
                 self._hand_over()
-            engine.request_stop(time.monotonic() + grace)
+                self._request_stop(time.monotonic() + self._stop_timeout)
+            else:
+                if not forced:
+                    forced.append(signum)
+                self._request_stop(time.monotonic())
 
         handler: Callable[[int, FrameType | None], None] = on_signal
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        # So that a signal taken by another thread still wakes the engine's wait at once.
-        previous_fd = signal.set_wakeup_fd(engine.wakeup_fd(), warn_on_full_buffer=False)
+        # So that a signal taken by another thread still wakes the wait at once.
+        previous_fd = signal.set_wakeup_fd(waiter.wakeup_fd, warn_on_full_buffer=False)
         try:
             yield
         finally:
-            signal.set_wakeup_fd(previous_fd)  # the engine's own is closed by now
+            signal.set_wakeup_fd(previous_fd)
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _nothing() -> None:
+    """No one is waiting to be woken."""

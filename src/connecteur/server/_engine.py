@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import signal
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
@@ -20,7 +21,7 @@ from .._channel import Channel, ChannelSpec
 from ..address import format_address
 from ..framing import Framing
 from ._deadlines import Deadlines
-from ._handler import Handler, logger
+from ._handler import Handler, logger, running_handler
 from ._peer import Peer
 
 __all__ = [
@@ -36,9 +37,11 @@ __all__ = [
     "Traffic",
     "accept_ready",
     "channel_opened",
+    "log_abandoned",
     "logger",
     "refuse_if_full",
     "refuse_untrusted",
+    "shut_down",
 ]
 
 
@@ -355,6 +358,18 @@ class Engine(Protocol):
         """
         ...
 
+    def abandon(self) -> None:
+        """`serve` has not returned shortly after the stop deadline: give up on it, from another thread.
+
+        An engine whose `serve` runs handlers on its own thread (select,
+        asyncio) may be stuck in one, and Python cannot interrupt it: log the
+        handler, shut down the listener and every connection so that the
+        peers see them end now, and let `serve` end by itself whenever the
+        handler returns. Engines that never run handlers on that thread
+        have nothing to do. Safe from any thread.
+        """
+        ...
+
 
 def refuse_if_full(config: EngineConfig, sock: socket.socket, address: object) -> bool:
     """Close `sock` at once, count it and log it, if the server is at `max_connections`."""
@@ -431,6 +446,12 @@ class StopSignal:
         """The descriptor to give `signal.set_wakeup_fd`: it makes `reader` readable."""
         return self._writer.fileno()
 
+    def wait(self, timeout: float | None) -> None:
+        """Wait up to `timeout` seconds (None: for ever) for a wake-up, and consume it."""
+        with contextlib.suppress(InterruptedError):  # a signal: its handler has run, let the caller look
+            select.select([self.reader], [], [], timeout)
+        self.drain()
+
     def close(self) -> None:
         """Close both sockets, first taking the wakeup fd back from the signal module if it is ours.
 
@@ -445,6 +466,33 @@ class StopSignal:
                 signal.set_wakeup_fd(previous)
         self.reader.close()
         self._writer.close()
+
+
+def shut_down(sockets: Iterable[socket.socket | None]) -> None:
+    """Shut down `sockets` from a thread that does not own them, so that their peers see the end now.
+
+    Not ``close()``: the owning thread (stuck in a handler) may still use
+    them, and a descriptor number closed under it could be reused by an
+    unrelated file meanwhile. It closes them itself when it runs again.
+    """
+    for sock in sockets:
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed already, or never connected
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def log_abandoned(thread_id: int, what: str) -> None:
+    """Log that `what` (a thread) did not end by the stop deadline, naming the handler it is inside."""
+    running = running_handler(thread_id)
+    if running is None:
+        logger.warning("stop deadline passed and %s had not ended; it is left to end by itself", what)
+    else:
+        logger.warning(
+            "stop deadline passed with %s still running: its connection is shut down, %s stays "
+            "until the handler returns, and what it sends then goes nowhere",
+            running,
+            what,
+        )
 
 
 class PendingAdmissions:

@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from typing import Any, Final, Protocol, final
 
 from ..address import format_address
 from ..codecs import Codec
 from ..errors import CodecError, FramingError
 from ..framing import Buffer, Framing
-
-if TYPE_CHECKING:
-    from . import Peer
+from ._peer import Peer
 
 logger: Final = logging.getLogger("connecteur.server")
 """Where servers log: a handler's bug with its traceback, network trouble in one line."""
 
-__all__ = ["Handler", "HandlerFailed", "MessageHandler", "PeerHandler", "frame_replies", "log_closing", "logger"]
+__all__ = [
+    "Handler",
+    "HandlerFailed",
+    "MessageHandler",
+    "PeerHandler",
+    "Running",
+    "frame_replies",
+    "log_closing",
+    "logger",
+    "running_handler",
+]
 
 MessageHandler = Callable[[bytes], "bytes | None"]
 """The simplest handler: receives a message, returns a reply or ``None``."""
@@ -248,6 +257,15 @@ class Handler:
         except Exception as exc:
             raise HandlerFailed("closed", exc) from exc
 
+    @property
+    def name(self) -> str:
+        """The user's handler as a log names it: ``module.function``, or ``module.Class``."""
+        handler = self._function or getattr(self._received or self._connected or self._closed, "__self__", None)
+        if handler is None:
+            return "handler"
+        named = handler if hasattr(handler, "__qualname__") else type(handler)
+        return f"{getattr(named, '__module__', '?')}.{getattr(named, '__qualname__', repr(named))}"
+
     def encode_value(self, value: Any) -> Buffer:
         """What `peer.send(value)` sends: the codec's bytes, or `value` itself.
 
@@ -255,3 +273,76 @@ class Handler:
             CodecError: the codec cannot encode `value` (nothing is sent).
         """
         return value if self._codec is None else self._codec.encode(value)
+
+
+# Handler's methods that call the user's code, and the hook each serves.
+_HOOK_CODES: Final = {
+    Handler.connected.__code__: "connected",
+    Handler.received_maybe_async.__code__: "received",
+    Handler.answer_plain.__code__: "received",
+    Handler.check_reply.__code__: "received",  # a codec's encode
+    Handler.closed.__code__: "closed",
+}
+
+
+@final
+class Running:
+    """A handler call a thread is inside: what `running_handler` finds.
+
+    Attributes:
+        hook: ``"connected"``, ``"received"`` or ``"closed"``.
+        name: the user's function running, ``module.qualname``.
+        peer: the connection it runs for, when the stack tells.
+    """
+
+    __slots__ = ("hook", "name", "peer")
+
+    def __init__(self, hook: str, name: str, peer: Peer | None) -> None:
+        self.hook = hook
+        self.name = name
+        self.peer = peer
+
+    def __str__(self) -> str:
+        where = "" if self.peer is None else f" for {format_address(self.peer.address)}"
+        return f"handler {self.name} ({self.hook}){where}"
+
+
+def running_handler(thread_id: int) -> Running | None:
+    """The handler call thread `thread_id` is inside now, or None if it is in none.
+
+    Read from the thread's stack (``sys._current_frames``), so that engines
+    pay nothing per call for knowing it; used only when a stop deadline
+    passed and the thread has not ended. The thread may move on meanwhile:
+    the answer is what it was doing a moment ago.
+    """
+    frame = sys._current_frames().get(thread_id)
+    inner = None
+    while frame is not None:
+        hook = _HOOK_CODES.get(frame.f_code)
+        if hook is not None:
+            code = (inner or frame).f_code
+            module = (inner or frame).f_globals.get("__name__", "?")
+            name = f"{module}.{code.co_qualname}" if inner is not None else _handler_name(frame)
+            return Running(hook, name, _peer_of(frame))
+        inner, frame = frame, frame.f_back
+    return None
+
+
+def _handler_name(frame: Any) -> str:
+    """The name of a handler that has no Python frame of its own (a builtin): `Handler.name`."""
+    handler = frame.f_locals.get("self")
+    return handler.name if isinstance(handler, Handler) else "handler"
+
+
+def _peer_of(frame: Any) -> Peer | None:
+    """The peer of the innermost frame, from `frame` outwards, that has one: a ``peer`` argument or ``self.peer``.
+
+    Reads other threads' locals: only where a stop deadline passed, never per call.
+    """
+    while frame is not None:
+        found = frame.f_locals
+        peer = found.get("peer", getattr(found.get("self"), "peer", None))
+        if isinstance(peer, Peer):
+            return peer
+        frame = frame.f_back
+    return None

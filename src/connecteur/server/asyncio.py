@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
 from .._channel import HANDSHAKE_ERRORS
+from ..address import format_address
 from ..errors import FramingError
 from ..framing import BodyPool, Buffer, batch_encoder
 from ._budget import Budget, OverBudget
@@ -42,9 +43,11 @@ from ._engine import (
     StopSignal,
     accept_ready,
     channel_opened,
+    log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
+    shut_down,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer, closed_locally
@@ -95,6 +98,8 @@ class AsyncioEngine:
         self._loop_thread = 0
         self._all_closed: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # referenced until done, or they may vanish
+        self._abandoned = False  # see abandon()
+        self._waiting: asyncio.Timeout | None = None  # the stop's wait for the connections to end
 
     # --- Engine interface --------------------------------------------------------
 
@@ -122,11 +127,36 @@ class AsyncioEngine:
         assert loop is not None
         loop.call_later(seconds, action)
 
+    def abandon(self) -> None:
+        """The loop is stuck in a handler past the stop deadline: shut everything down (see `Engine`).
+
+        When the handler returns, the loop aborts every transport and ends.
+        """
+        self._abandoned = True
+        log_abandoned(self._loop_thread, "the asyncio engine's thread")
+        # list(): one step under the GIL, while the loop may still change the set.
+        shut_down([self._listener, *(link.sock for link in list(self._links))])
+
     def _wake_loop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None:
+        loop = self._loop
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already closed
-                loop.call_soon_threadsafe(stopping.set)
+                loop.call_soon_threadsafe(self._on_stop_request)
+
+    def _on_stop_request(self) -> None:
+        """On the loop: start stopping, or bring forward the deadline the stop already waits for."""
+        if self._stopping is not None:
+            self._stopping.set()
+        waiting = self._waiting
+        if waiting is not None and not waiting.expired():
+            with contextlib.suppress(RuntimeError):  # expiring already: it cannot be moved
+                waiting.reschedule(self._loop_deadline())
+
+    def _loop_deadline(self) -> float:
+        """The stop deadline, on the loop's clock (deadlines use time.monotonic())."""
+        assert self._loop is not None
+        deadline = self._stop.deadline or time.monotonic()
+        return self._loop.time() + max(0.0, deadline - time.monotonic())
 
     async def run(self, listener: socket.socket) -> None:
         """Serve on the running loop until a stop is requested, then stop gracefully."""
@@ -148,7 +178,7 @@ class AsyncioEngine:
         loop.add_reader(self._stop.reader, self._stop.drain)  # signal wake-ups (wakeup_fd)
         try:
             await self._stopping.wait()
-            self._stop_accepting(drain_backlog=True)
+            self._stop_accepting(drain_backlog=not self._abandoned)
             await self._wait_for_links()
         finally:
             self._stop_accepting(drain_backlog=False)
@@ -166,6 +196,9 @@ class AsyncioEngine:
     def _accept_some(self) -> None:
         listener, loop = self._listener, self._loop
         assert listener is not None and loop is not None
+        if self._abandoned:  # shut down: accept() would fail
+            self._stop_accepting(drain_backlog=False)
+            return
         if accept_ready(listener, self._admit, ACCEPT_BATCH):
             loop.remove_reader(listener)  # out of descriptors: do not spin
             loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
@@ -179,7 +212,7 @@ class AsyncioEngine:
             return False
         loop = self._loop
         assert loop is not None
-        link = _AioLink(self, address)
+        link = _AioLink(self, address, sock)
         self._links.add(link)
         self._config.counters.opened()
         self.keep(loop.create_task(self._connect(link, sock)))
@@ -211,14 +244,14 @@ class AsyncioEngine:
         listener.close()
 
     async def _wait_for_links(self) -> None:
-        deadline = self._stop.deadline or time.monotonic()
         all_closed = self._all_closed
         assert all_closed is not None
         if self._links:
             all_closed.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with asyncio.timeout_at(self._loop_deadline()) as self._waiting:
                     await all_closed.wait()
+            self._waiting = None
 
     def forget(self, link: _AioLink) -> None:
         """A connection ended."""
@@ -230,8 +263,9 @@ class AsyncioEngine:
 class _AioLink(asyncio.BufferedProtocol):
     """One connection: the protocol callbacks, the handler calls, the reply chain."""
 
-    def __init__(self, engine: AsyncioEngine, address: object) -> None:
+    def __init__(self, engine: AsyncioEngine, address: object, sock: socket.socket) -> None:
         self._engine = engine
+        self.sock = sock  # the transport's; only for abandon() to shut down
         self._config = engine._config
         self._traffic = engine._traffic
         self._decoder = self._config.framing.decoder()
@@ -284,6 +318,13 @@ class _AioLink(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close at once: the stop deadline passed."""
+        if self._pending:
+            logger.warning(
+                "stop deadline passed with %d replies of handler %s still pending for %s: closing",
+                self._pending,
+                self._config.handler.name,
+                format_address(self.peer.address),
+            )
         if self._transport is not None:
             self._transport.abort()
 

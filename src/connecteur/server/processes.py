@@ -15,8 +15,9 @@ child. `server.stats` counts a connection's messages when the connection ends.
 Stopping: the parent stops accepting (serving what is still in the backlog),
 lets children run until their peer's EOF or the stop deadline, then sends
 SIGTERM (the child shuts its connection down and reports), and SIGKILL to any
-child still there a moment later. Children ignore SIGINT: a Ctrl-C reaches the
-whole process group, and the parent decides how to stop.
+child still there `KILL_GRACE` later: one whose handler blocks, logged.
+Children ignore SIGINT: a Ctrl-C reaches the whole process group, and the
+parent decides how to stop.
 
 Needs ``os.fork`` (Linux, macOS, the BSDs); not available on Windows.
 """
@@ -55,8 +56,9 @@ from .threads import BlockingLink, thread_budget
 
 __all__ = ["ProcessesEngine"]
 
-KILL_GRACE: Final = 1.0
-"""Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL."""
+KILL_GRACE: Final = 0.2
+"""Seconds a child has, after SIGTERM at the stop deadline, before SIGKILL:
+milliseconds are enough unless its handler blocks, and the stop keeps its deadline."""
 
 
 @dataclass
@@ -86,6 +88,9 @@ class ProcessesEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and kills late children itself (see `Engine`)."""
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and fork until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -137,15 +142,20 @@ class ProcessesEngine:
             reader, writer = os.pipe()
         except OSError as exc:
             return self._cannot_serve(sock, address, exc)
+        # SIGTERM (the stop deadline's) waits, blocked, until the child has its
+        # handler; by default it would kill a child just forked, unreported.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             pid = fork()
         except OSError as exc:  # EAGAIN: the process limit
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             os.close(reader)
             os.close(writer)
             return self._cannot_serve(sock, address, exc)
         if pid == 0:  # the child never returns
             os.close(reader)
             _run_child(self._config, sock, address, writer)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(writer)
         sock.close()
         counters.opened()
@@ -187,15 +197,22 @@ class ProcessesEngine:
         counters.handshake_failed(report.handshake_errors)
 
     def _wait_for_children(self) -> None:
-        """Reap children as they end, until none is left or the stop deadline passes."""
-        deadline = self._stop.deadline or time.monotonic()
-        self._reap_until(deadline)
+        """Reap children as they end, until none is left or the stop deadline (which a new request may advance)."""
+        self._reap_until(lambda: self._stop.deadline or time.monotonic())
         if self._children:
             self._kill_children(signal.SIGTERM)
-            self._reap_until(time.monotonic() + KILL_GRACE)
+            until = time.monotonic() + KILL_GRACE
+            self._reap_until(lambda: until)
+        for child in self._children.values():  # SIGKILL follows
+            logger.warning(
+                "stop deadline passed with handler %s still running for %s (process %d): killing it",
+                self._config.handler.name,
+                format_address(child.address),
+                child.pid,
+            )
 
-    def _reap_until(self, deadline: float) -> None:
-        while self._children and (remaining := deadline - time.monotonic()) > 0:
+    def _reap_until(self, due: Callable[[], float]) -> None:
+        while self._children and (remaining := due() - time.monotonic()) > 0:
             for key, _ in self._selector.select(remaining):
                 self._on_readable(key.fileobj)
 
@@ -231,6 +248,7 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
         budget = thread_budget(config)  # this process's: one connection, so max_buffered caps its message
         link = BlockingLink(config, sock, address, lambda link: None, on_open, budget=budget)
         signal.signal(signal.SIGTERM, lambda signum, frame: link.abort())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the parent around fork()
         counters.opened()
         link.run()
         write_report(pipe, counters.snapshot())

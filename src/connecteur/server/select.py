@@ -48,9 +48,11 @@ from ._engine import (
     StopSignal,
     accept_ready,
     channel_opened,
+    log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
+    shut_down,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
 from ._peer import Peer, closed_locally
@@ -97,6 +99,7 @@ class SelectEngine:
         self._stop = StopSignal()
         self._loop_thread = 0
         self._listener: socket.socket | None = None
+        self._abandoned = False  # see abandon()
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -105,6 +108,18 @@ class SelectEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """The loop is stuck in a handler past the stop deadline: shut everything down (see `Engine`).
+
+        When the handler returns, the loop finishes the events it had in
+        hand (their replies go nowhere: the sockets are shut down), closes
+        every socket and ends.
+        """
+        self._abandoned = True
+        log_abandoned(self._loop_thread, "the select engine's thread")
+        # list(): one step under the GIL, while the loop may still change the set.
+        shut_down([self._listener, *(link.sock for link in list(self._links))])
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and serve until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -131,7 +146,7 @@ class SelectEngine:
         poll, objects, timers = self._poller.poll, self._poller.objects, self._timers
         while True:
             if self._stop.deadline is not None:
-                self._stop_accepting()
+                self._stop_accepting(drain_backlog=not self._abandoned)
                 if not self._links or time.monotonic() >= self._stop.deadline:
                     return
             timeout = None
@@ -174,6 +189,9 @@ class SelectEngine:
     def _accept_some(self) -> None:
         listener = self._listener
         assert listener is not None
+        if self._abandoned:  # shut down: accept() would fail
+            self._stop_accepting(drain_backlog=False)
+            return
         if accept_ready(listener, self._admit, ACCEPT_BATCH):
             # Out of descriptors: stop watching the listener, or it would
             # show readable at once and spin.

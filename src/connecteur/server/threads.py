@@ -36,6 +36,7 @@ from ._engine import (
     StopSignal,
     accept_ready,
     channel_opened,
+    log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
@@ -49,9 +50,10 @@ RECV_SIZE: Final = 64 * 2**10
 """64 KiB read buffer per connection: one thread per connection already costs
 more than this, and it holds many small messages per read."""
 
-JOIN_GRACE: Final = 1.0
+JOIN_GRACE: Final = 0.2
 """Seconds to wait, after the stop deadline, for threads to notice their
-sockets were shut down; a thread still inside a handler then is abandoned."""
+sockets were shut down (milliseconds, unless inside a handler); a thread
+still inside a handler then is abandoned, so that the stop keeps its deadline."""
 
 
 class ThreadsEngine:
@@ -63,7 +65,6 @@ class ThreadsEngine:
         self._links: set[BlockingLink] = set()
         self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
-        self._all_closed = threading.Condition(self._links_lock)
         self.budget = thread_budget(config)
 
     def request_stop(self, deadline: float) -> None:
@@ -73,6 +74,9 @@ class ThreadsEngine:
     def wakeup_fd(self) -> int:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
+
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and abandons late connection threads itself (see `Engine`)."""
 
     def serve(self, listener: socket.socket) -> None:
         """Accept until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -136,22 +140,30 @@ class ThreadsEngine:
     # --- stopping --------------------------------------------------------------
 
     def _finish_links(self) -> None:
-        """Let each connection run until its peer's EOF or the stop deadline."""
-        deadline = self._stop.deadline or time.monotonic()
-        with self._all_closed:
-            self._all_closed.wait_for(lambda: not self._links, max(0.0, deadline - time.monotonic()))
-            late = list(self._links)
-        for link in late:
+        """Let each connection run until its peer's EOF or the stop deadline (which a new request may advance)."""
+        self._wait_for_links(lambda: self._stop.deadline or time.monotonic())
+        for link in self._live_links():
             link.abort()
-        with self._all_closed:
-            if not self._all_closed.wait_for(lambda: not self._links, JOIN_GRACE):
-                logger.warning("%d connection threads still busy in their handler at stop", len(self._links))
+        until = time.monotonic() + JOIN_GRACE
+        self._wait_for_links(lambda: until)
+        for link in self._live_links():  # daemon threads: they do not keep the process alive
+            log_abandoned(link.thread_id, "its thread")
+
+    def _wait_for_links(self, due: Callable[[], float]) -> None:
+        """Wait until every connection has ended, or until `due()`; woken by stop requests and link ends."""
+        while self._links and (remaining := due() - time.monotonic()) > 0:
+            self._stop.wait(remaining)
+
+    def _live_links(self) -> list[BlockingLink]:
+        with self._links_lock:
+            return list(self._links)
 
     def _forget(self, link: BlockingLink) -> None:
         """Called by a connection's thread as it ends."""
-        with self._all_closed:
+        with self._links_lock:
             self._links.discard(link)
-            self._all_closed.notify_all()
+            if not self._links:
+                self._stop.wake()  # _finish_links may be waiting for the last one
 
 
 def thread_budget(config: EngineConfig) -> Budget:
@@ -199,7 +211,7 @@ class BlockingLink:
         self._closing = False  # peer.close() asked
         self._aborted = False  # the stop deadline passed
         self._closed = False
-        self._thread_id = 0
+        self.thread_id = 0  # the connection's own thread, once it runs
         self._deadlines = self._config.deadlines()
         # The own thread counts what it reads; senders what they send, under _lock.
         self._traffic = self._config.counters.traffic()
@@ -237,7 +249,7 @@ class BlockingLink:
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
         self._closing = True
-        if threading.get_ident() != self._thread_id:
+        if threading.get_ident() != self.thread_id:
             self._shutdown()
 
     def abort(self) -> None:
@@ -260,15 +272,23 @@ class BlockingLink:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
+        # Without waiting for _lock: a send holding it may block for ever on a
+        # peer that does not read, and this shutdown is what ends that send.
+        # While a send holds it the socket stays open (it is closed under _lock).
+        locked = self._lock.acquire(blocking=False)
+        try:
             if not self._closed:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            if locked:
+                self._lock.release()
 
     # --- the connection's own thread -------------------------------------------
 
     def run(self) -> None:
         """Serve the connection until it ends, then report and clean up."""
-        self._thread_id = threading.get_ident()
+        self.thread_id = threading.get_ident()
         handler, peer = self._config.handler, self.peer
         error: BaseException | None = None
         try:

@@ -29,7 +29,9 @@ What is shared: the port only. Handler state lives in each worker.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -57,8 +59,10 @@ ORPHAN_GRACE: Final = 1.0
 """Seconds a worker takes to stop gracefully when its parent vanished or it got
 SIGTERM directly: no parent is there to give it the server's stop timeout."""
 
-KILL_GRACE: Final = 2.0
-"""Seconds a worker has past the stop deadline before SIGKILL."""
+KILL_GRACE: Final = 0.2
+"""Seconds a worker has past the stop deadline before SIGKILL. A worker whose
+loop is stuck in a handler gives up on it by itself halfway (logging the
+handler) and exits; so the stop keeps its deadline."""
 
 RESTART_BACKOFF: Final = 0.1
 """Seconds before replacing a worker that died young (within `DEATH_WINDOW` of
@@ -158,6 +162,9 @@ class WorkersEngine:
         """A descriptor for `signal.set_wakeup_fd`, watched by the loop (see `Engine`)."""
         return self._stop.wakeup_fd
 
+    def abandon(self) -> None:
+        """Nothing to do: this thread runs no handler, and kills late workers itself (see `Engine`)."""
+
     def serve(self, listener: socket.socket) -> None:
         """Fork the workers, replace those that die, and stop them gracefully at a stop.
 
@@ -250,13 +257,22 @@ class WorkersEngine:
                 self._config.counters.worker_restarted()
 
     def _stop_workers(self) -> None:
-        deadline = self._stop.deadline or time.monotonic()
-        for worker in self._workers.values():
-            with contextlib.suppress(OSError):
-                os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
-        final = deadline + KILL_GRACE
-        while self._workers and (remaining := final - time.monotonic()) > 0:
-            self._supervise(remaining)
+        """Tell each worker the time left, again if a new request advances the deadline; kill the late ones."""
+        told: float | None = None
+        while self._workers:
+            deadline = self._stop.deadline or time.monotonic()
+            if deadline != told:
+                told = deadline
+                for worker in self._workers.values():
+                    with contextlib.suppress(OSError):
+                        os.write(worker.control_pipe, b"%f\n" % max(0.0, deadline - time.monotonic()))
+            if (remaining := deadline + KILL_GRACE - time.monotonic()) <= 0:
+                break
+            self._supervise(remaining)  # woken by reports, ends, and stop requests
+        for worker in self._workers.values():  # SIGKILL follows
+            logger.warning(
+                "worker %d (pid %d) had not stopped after the stop deadline: killing it", worker.index, worker.pid
+            )
 
     def _reap(self, worker: _Worker) -> None:
         """The worker closed its reports pipe: wait for it, keep its counts, say why it ended."""
@@ -310,7 +326,7 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         counters = Counters()
         engine = parent._make_engine(replace(parent._config, counters=counters))
         stopped = threading.Event()
-        threading.Thread(target=_obey_parent, args=(engine, control), daemon=True).start()
+        threading.Thread(target=_obey_parent, args=(engine, control, stopped, counters, reports), daemon=True).start()
         threading.Thread(target=_report, args=(counters, reports, stopped), daemon=True).start()
         # A SIGTERM to the whole process group (systemd, `timeout`) stops gracefully too.
         signal.signal(signal.SIGTERM, lambda signum, frame: engine.request_stop(time.monotonic() + ORPHAN_GRACE))
@@ -326,16 +342,35 @@ def _run_worker(parent: WorkersEngine, index: int, listener: socket.socket, cont
         os._exit(status)
 
 
-def _obey_parent(engine: Engine, control: int) -> None:
-    """Stop when the parent says so (seconds left), or at once if the parent is gone."""
-    pending = b""
-    while b"\n" not in pending:
+def _obey_parent(engine: Engine, control: int, stopped: threading.Event, counters: Counters, reports: int) -> None:
+    """Stop when the parent says so (seconds left, each line; a later line may advance it), or soon if it is gone.
+
+    If the engine has not stopped shortly after the deadline, a handler
+    blocks its loop: give up on it (logged, its connections shut down),
+    report, and exit, before the parent's SIGKILL.
+    """
+    deadline = math.inf
+    pending: bytes | None = b""  # None: the parent is gone
+    while not stopped.is_set():
+        wait = None if deadline == math.inf else deadline + KILL_GRACE / 2 - time.monotonic()
+        if wait is not None and wait <= 0:
+            engine.abandon()
+            with contextlib.suppress(OSError):
+                write_report(reports, counters.snapshot())
+            os._exit(0)
+        if pending is None:
+            stopped.wait(wait)
+            continue
+        if not select.select([control], [], [], wait)[0]:
+            continue
         data = os.read(control, 64)
+        *lines, pending = (pending + data).split(b"\n")
+        seconds = [float(line) for line in lines]
         if not data:
-            break
-        pending += data
-    seconds = float(pending.split(b"\n")[0]) if b"\n" in pending else ORPHAN_GRACE
-    engine.request_stop(time.monotonic() + seconds)
+            pending, seconds = None, [ORPHAN_GRACE]
+        if seconds:
+            deadline = min(deadline, time.monotonic() + min(seconds))
+            engine.request_stop(deadline)
 
 
 def _report(counters: Counters, reports: int, stopped: threading.Event) -> None:
