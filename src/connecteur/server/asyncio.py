@@ -50,8 +50,8 @@ from ._engine import (
     shut_down,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
+from ._limits import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
 from ._peer import Peer, closed_locally
-from .select import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
 
 __all__ = ["LOOPS", "AsyncioEngine", "loop_factory"]
 

@@ -38,6 +38,7 @@ from typing import Final
 
 from .. import _socket
 from ..address import format_address
+from ._blocking import BlockingLink, thread_budget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -52,7 +53,6 @@ from ._engine import (
     refuse_untrusted,
 )
 from ._fork import Reports, become_child, fork, write_report
-from .threads import BlockingLink, thread_budget
 
 __all__ = ["ProcessesEngine"]
 

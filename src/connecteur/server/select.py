@@ -33,7 +33,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final
 
 from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
@@ -55,23 +54,14 @@ from ._engine import (
     shut_down,
 )
 from ._handler import HandlerFailed, frame_replies, log_closing
+from ._limits import HARD_CAP as HARD_CAP
+from ._limits import HIGH_WATER as HIGH_WATER
+from ._limits import LOW_WATER as LOW_WATER
+from ._limits import RECV_SIZE as RECV_SIZE
 from ._peer import Peer, closed_locally
 from ._poller import READ, READABLE, WRITABLE, WRITE, Poller
 
 __all__ = ["SelectEngine"]
-
-RECV_SIZE: Final = 256 * 2**10
-"""256 KiB: the one read buffer all connections share; large enough for bulk
-transfers in few reads, allocated once per engine."""
-
-HIGH_WATER: Final = 1 * 2**20
-"""1 MiB queued for a peer that does not read: stop reading its requests."""
-
-LOW_WATER: Final = 256 * 2**10
-"""Read that peer again once its queue is back under 256 KiB."""
-
-HARD_CAP: Final = 16 * 2**20
-"""16 MiB queued for one peer (by `peer.send()`, which cannot wait): disconnect it."""
 
 _ACCEPT = object()  # selector data of the listening socket
 _WAKE = object()  # selector data of the wake-up socket
