@@ -33,8 +33,7 @@ from .address import AddressLike, TcpAddress, UnixAddress, format_address, parse
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import Buffer, Framing, LengthPrefixed
-from .server import DEFAULT_MESSAGE_TIMEOUT, Stats, engine_config
-from .server._engine import EngineConfig
+from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
 __all__ = ["AioServer", "Connection", "connect", "serve"]

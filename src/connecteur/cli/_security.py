@@ -14,11 +14,11 @@ import os
 import ssl
 from typing import Any, Literal
 
-from .._channel import PROXY_PROTOCOLS
 from ..address import Address
 from ..connection import Connection, connect
 from ..errors import ConnecteurError
 from ..framing import Framing
+from ..server import PROXY_PROTOCOLS
 from ._options import fail
 
 __all__ = ["AUTH_KEY_VARIABLE", "add_security_options", "connect_or_fail", "security_options"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from .._channel import DEFAULT_HANDSHAKE_TIMEOUT
 from ..address import Address, TcpAddress, format_address
 from ..errors import WorkersFailed
-from ..server import DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
+from ..server import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS

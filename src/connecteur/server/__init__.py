@@ -20,7 +20,9 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self, final
 
 from .. import _socket
-from .._channel import DEFAULT_HANDSHAKE_TIMEOUT, ChannelSpec
+from .._channel import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
+from .._channel import PROXY_PROTOCOLS as PROXY_PROTOCOLS
+from .._channel import ChannelSpec
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..errors import WorkersFailed
@@ -30,14 +32,16 @@ from ._engine import (
     DEFAULT_MESSAGE_TIMEOUT,
     Counters,
     Engine,
-    EngineConfig,
     Stats,
     StopSignal,
     logger,
 )
+from ._engine import EngineConfig as EngineConfig
 from ._handler import Handler, MessageHandler, PeerHandler
 from ._peer import Peer
 
+# Also importable from here, outside __all__, for modules that may not import private ones:
+# DEFAULT_HANDSHAKE_TIMEOUT and PROXY_PROTOCOLS (the command line), EngineConfig (aio).
 __all__ = [
     "DEFAULT_MAX_BUFFERED",
     "DEFAULT_MESSAGE_TIMEOUT",

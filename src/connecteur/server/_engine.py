@@ -1,4 +1,8 @@
-"""What every engine shares: its configuration, counters, and accept policy.
+"""What every engine shares: its configuration, counters, and policies.
+
+The accept policy and the waker (`accept_ready`, `StopSignal`) are in
+`connecteur._loop`, which the fault proxy uses too; they are imported here
+so that the engines find everything they share in one place.
 
 An engine runs the accept loop and the per-connection loops; it never parses
 bytes (decoders do) and never decides policy on its own (this module does).
@@ -7,9 +11,6 @@ bytes (decoders do) and never decides policy on its own (this module does).
 from __future__ import annotations
 
 import contextlib
-import errno
-import select
-import signal
 import socket
 import threading
 from collections import deque
@@ -18,6 +19,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
 from .._channel import Channel, ChannelSpec
+from .._loop import ACCEPT_BACKOFF as ACCEPT_BACKOFF
+from .._loop import ACCEPT_BATCH as ACCEPT_BATCH
+from .._loop import RESOURCE_ERRNOS as RESOURCE_ERRNOS
+from .._loop import StopSignal as StopSignal
+from .._loop import accept_error_is_fatal_for_now as accept_error_is_fatal_for_now
+from .._loop import accept_ready as accept_ready
 from ..address import format_address
 from ..framing import Framing
 from ._deadlines import Deadlines
@@ -45,23 +52,6 @@ __all__ = [
 ]
 
 
-ACCEPT_BATCH: Final = 64
-"""Connections accepted per readiness event before serving the others again:
-enough to drain a burst, few enough that a flood cannot starve open peers."""
-
-ACCEPT_BACKOFF: Final = 0.1
-"""Seconds to stop accepting after the process ran out of descriptors or
-memory; retrying at once would spin on the same error (trio's survey)."""
-
-# accept() errors that concern only the connection being accepted: skip it.
-_PER_CONNECTION_ERRNOS: Final = frozenset(
-    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
-     errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH}
-)  # fmt: skip
-# Errors that say the process is out of something (descriptors, memory): back off, never spin.
-RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
 DEFAULT_MESSAGE_TIMEOUT: Final = 60.0
 """Seconds a message may take from its first byte to its last, by default: the
 slowloris defence (a peer trickling a message, or a header and nothing more,
@@ -77,51 +67,6 @@ LAST_ACCEPTS: Final = 4096
 """At a graceful stop, connections still waiting in the backlog are accepted
 and served (up to this many) rather than reset by closing the listener: their
 clients connected and may have sent requests already."""
-
-
-def accept_ready(listener: socket.socket, admit: Callable[[socket.socket, Any], bool], limit: int) -> bool:
-    """Accept up to `limit` waiting connections from a non-blocking listener.
-
-    Every engine accepts through here, so all share one policy. `admit`
-    returns True when it could not take the connection for lack of a
-    resource (a thread, a process), which pauses accepting like EMFILE.
-
-    Returns:
-        True when accepting must pause for `ACCEPT_BACKOFF` seconds (the
-        process is out of descriptors, memory, threads or processes), False
-        otherwise.
-    """
-    for _ in range(limit):
-        try:
-            sock, address = listener.accept()
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if accept_error_is_fatal_for_now(exc):
-                return True
-            continue
-        if admit(sock, address):
-            return True
-    return False
-
-
-def accept_error_is_fatal_for_now(exc: OSError) -> bool:
-    """Classify an ``accept()`` error.
-
-    Returns:
-        False when only that connection failed (skip it and go on accepting);
-        True when the process is out of descriptors or memory: stop accepting
-        for `ACCEPT_BACKOFF` seconds. The error is logged in that case.
-
-    Raises:
-        OSError: any other error is a bug or a closed listener: re-raised.
-    """
-    if exc.errno in _PER_CONNECTION_ERRNOS:
-        return False
-    if exc.errno in RESOURCE_ERRNOS:
-        logger.warning("accept() failed (%s); pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
-        return True
-    raise exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,71 +346,6 @@ def refuse_untrusted(config: EngineConfig, sock: socket.socket, address: object)
     config.counters.handshake_failed()
     sock.close()
     return True
-
-
-class StopSignal:
-    """A stop deadline any thread or signal handler may set, and the socket that wakes a selector.
-
-    Args:
-        on_request: called after each request instead of waking `reader`
-            (an event loop with a thread-safe wake-up of its own).
-
-    Attributes:
-        deadline: the `time.monotonic()` by which to stop, None while serving.
-        reader: register it for reading in the engine's selector.
-    """
-
-    __slots__ = ("_on_request", "_writer", "deadline", "reader")
-
-    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
-        self.deadline: float | None = None
-        self._on_request = on_request if on_request is not None else self.wake
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
-
-    def request(self, deadline: float) -> None:
-        """Ask for a stop by `deadline`; an earlier deadline than one already set wins."""
-        if self.deadline is None or deadline < self.deadline:
-            self.deadline = deadline
-        self._on_request()
-
-    def wake(self) -> None:
-        """Make the selector return. Safe from any thread and from signal handlers."""
-        with contextlib.suppress(OSError):  # full (a wake-up is already pending) or closed
-            self._writer.send(b"\0")
-
-    def drain(self) -> None:
-        """Consume pending wake-ups (call when `reader` shows readable)."""
-        with contextlib.suppress(BlockingIOError):
-            while self.reader.recv(4096):
-                pass
-
-    @property
-    def wakeup_fd(self) -> int:
-        """The descriptor to give `signal.set_wakeup_fd`: it makes `reader` readable."""
-        return self._writer.fileno()
-
-    def wait(self, timeout: float | None) -> None:
-        """Wait up to `timeout` seconds (None: for ever) for a wake-up, and consume it."""
-        with contextlib.suppress(InterruptedError):  # a signal: its handler has run, let the caller look
-            select.select([self.reader], [], [], timeout)
-        self.drain()
-
-    def close(self) -> None:
-        """Close both sockets, first taking the wakeup fd back from the signal module if it is ours.
-
-        Else a signal arriving later would write to a closed descriptor, or to
-        whatever file reuses its number.
-        """
-        # ValueError: not the main thread, where it cannot be ours. OSError: a
-        # forked child's, inherited, whose descriptor is closed (become_child resets it).
-        with contextlib.suppress(ValueError, OSError):
-            previous = signal.set_wakeup_fd(-1)
-            if previous != self._writer.fileno():
-                signal.set_wakeup_fd(previous)
-        self.reader.close()
-        self._writer.close()
 
 
 def shut_down(sockets: Iterable[socket.socket | None]) -> None:

@@ -20,13 +20,12 @@ connections; a heap holds at most one entry per connection, checked lazily
 when it comes due, so activity costs no heap operation. The loop sleeps in
 ``poll()`` until the next entry is due, so an idle server uses no CPU.
 
-Other threads reach the loop through `_inbox` and a wake-up socket pair.
+Other threads reach the loop through its `Inbox` and a wake-up socket pair
+(`connecteur._loop`, shared with the fault proxy).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
+from .._loop import Inbox, Timers
 from ..errors import FramingError
 from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder, direct_decoder
 from ._budget import Budget, OverBudget
@@ -83,10 +83,9 @@ class SelectEngine:
         self._later: list[tuple[float, Callable[[], None]]] = []  # run by the None timer entries
         # (due, tie-breaker, the link's weak reference; None: the engine's own entry). Weak: a
         # closed connection must not live on in the heap until its entry comes due.
-        self._timers: list[tuple[float, int, weakref.ref[_SelectLink] | None]] = []
-        self._sequence = itertools.count()
-        self._inbox: deque[Callable[[], None]] = deque()
+        self._timers: Timers[weakref.ref[_SelectLink] | None] = Timers()
         self._stop = StopSignal()
+        self._inbox = Inbox(self._stop)
         self._loop_thread = 0
         self._listener: socket.socket | None = None
         self._abandoned = False  # see abandon()
@@ -133,7 +132,7 @@ class SelectEngine:
         """The event loop. Invariant: every open connection is registered for reading
         unless paused by backpressure or half-closed, and for writing iff its queue
         is non-empty."""
-        poll, objects, timers = self._poller.poll, self._poller.objects, self._timers
+        poll, objects, timers = self._poller.poll, self._poller.objects, self._timers.entries
         while True:
             if self._stop.deadline is not None:
                 self._stop_accepting(drain_backlog=not self._abandoned)
@@ -155,7 +154,7 @@ class SelectEngine:
                 elif data is _ACCEPT:
                     self._accept_some()
                 elif data is _WAKE:
-                    self._drain_inbox()
+                    self._inbox.run()
             data = None  # else a closed connection lives on here until the next event
             if timers and timers[0][0] <= time.monotonic():
                 self._run_due_timers()
@@ -165,14 +164,7 @@ class SelectEngine:
         if threading.get_ident() == self._loop_thread:
             action()
         else:
-            self._inbox.append(action)
-            self._stop.wake()
-
-    def _drain_inbox(self) -> None:
-        self._stop.drain()
-        inbox = self._inbox
-        while inbox:
-            inbox.popleft()()
+            self._inbox.put(action)
 
     # --- accepting -------------------------------------------------------------
 
@@ -220,18 +212,15 @@ class SelectEngine:
     def add_timer(self, due: float, link: _SelectLink | None) -> None:
         """Check `link`'s deadlines at `due` (None: resume accepting, check the budget)."""
         timers = self._timers
-        if len(timers) > 2 * len(self._links) + 64:
+        if len(timers.entries) > 2 * len(self._links) + 64:
             # Entries of closed or re-armed links wait for their due time;
             # with many short connections they would pile up, so sweep them.
-            timers[:] = [entry for entry in timers if _is_live(entry)]
-            heapq.heapify(timers)
-        heapq.heappush(timers, (due, next(self._sequence), None if link is None else weakref.ref(link)))
+            timers.keep(_is_live)
+        timers.add(due, None if link is None else weakref.ref(link))
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, _, ref = heapq.heappop(timers)
+        for due, ref in self._timers.pop_due(now):
             if ref is None:
                 self._resume_accepting()
                 self._run_later(now)
@@ -267,13 +256,12 @@ class SelectEngine:
         self._links.discard(link)
 
 
-def _is_live(entry: tuple[float, int, weakref.ref[_SelectLink] | None]) -> bool:
+def _is_live(due: float, ref: weakref.ref[_SelectLink] | None) -> bool:
     """False for a timer entry of a closed or re-armed link: the sweep drops it."""
-    ref = entry[2]
     if ref is None:
         return True
     link = ref()
-    return link is not None and link.is_timer_live(entry[0])
+    return link is not None and link.is_timer_live(due)
 
 
 class _SelectLink:

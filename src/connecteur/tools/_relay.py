@@ -31,14 +31,11 @@ import struct
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import Final, Protocol, final
 
 from .. import _socket
 
-if TYPE_CHECKING:
-    from .proxy import Faults
-
-__all__ = ["QUEUE_LIMIT", "RECV_SIZE", "Flow", "Relay", "RelayLoop", "close_socket", "logger"]
+__all__ = ["QUEUE_LIMIT", "RECV_SIZE", "FaultSettings", "Flow", "Relay", "RelayLoop", "close_socket", "logger"]
 
 logger: Final = logging.getLogger("connecteur.proxy")
 
@@ -89,6 +86,31 @@ def close_socket(sock: socket.socket, *, reset: bool) -> None:
     sock.close()
 
 
+class FaultSettings(Protocol):
+    """The faults of one direction, as a relay reads them: `connecteur.tools.proxy.Faults` (see it).
+
+    A protocol rather than an import, so that this module does not import the
+    one that imports it.
+    """
+
+    @property
+    def fragment(self) -> int | None: ...
+    @property
+    def fragment_random(self) -> bool: ...
+    @property
+    def delay(self) -> float: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def bandwidth(self) -> int | None: ...
+    @property
+    def cut_after(self) -> int | None: ...
+    @property
+    def reset(self) -> bool: ...
+    @property
+    def blackhole_after(self) -> int | None: ...
+
+
 class RelayLoop(Protocol):
     """What a relay needs from the loop that drives it (all on the loop's thread)."""
 
@@ -133,8 +155,8 @@ class Relay:
         client: socket.socket,
         target: socket.socket,
         *,
-        upstream: Faults,
-        downstream: Faults,
+        upstream: FaultSettings,
+        downstream: FaultSettings,
         name: str,
     ) -> None:
         self.loop = loop
@@ -163,7 +185,7 @@ class Relay:
                 out_of.on_readable()
         self.update_interest()
 
-    def set_faults(self, upstream: Faults, downstream: Faults) -> None:
+    def set_faults(self, upstream: FaultSettings, downstream: FaultSettings) -> None:
         """Apply new faults to the bytes not yet forwarded."""
         self.upstream.faults, self.downstream.faults = upstream, downstream
         self.upstream.pump()
@@ -251,7 +273,7 @@ class Flow:
     __slots__ = ("_eof_due", "_fragment_sent_at", "_gate", "_pending", "_queued", "_source_ended", "dest", "faults",
                  "forwarded", "is_ended", "relay", "source", "timer_due", "wants_write")  # fmt: skip
 
-    def __init__(self, relay: Relay, source: socket.socket, dest: socket.socket, faults: Faults) -> None:
+    def __init__(self, relay: Relay, source: socket.socket, dest: socket.socket, faults: FaultSettings) -> None:
         self.relay = relay
         self.source = source
         self.dest = dest

@@ -17,28 +17,26 @@ reading its source. A half-close is forwarded as a half-close, after the last
 byte, and the other direction keeps flowing (Toxiproxy closes both here,
 which breaks a client that sends, half-closes and reads the reply). The
 per-connection machinery is in `_relay.py`; this module holds the public API,
-the accept loop, the timers, and the wake-up other threads use.
+the accept loop, the timers, and the wake-up other threads use (the loop's
+parts, and the accept policy, are the select engine's: `connecteur._loop`).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import random
 import selectors
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, final
 
 from .. import _socket
+from .._loop import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, Inbox, StopSignal, Timers, accept_ready
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
-from ..server._engine import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, StopSignal, accept_ready
 from ._relay import QUEUE_LIMIT, Flow, Relay, close_socket, logger
 
 __all__ = ["QUEUE_LIMIT", "Faults", "Proxy"]
@@ -301,10 +299,9 @@ class _Loop:
         self._target = target
         self._faults = faults
         self._relays: set[Relay] = set()
-        self._timers: list[tuple[float, int, Flow | None]] = []  # (due, tie-breaker, flow; None: resume accepting)
-        self._sequence = itertools.count()
-        self._inbox: deque[Callable[[], None]] = deque()
+        self._timers: Timers[Flow | None] = Timers()  # None: resume accepting
         self._stop = StopSignal()
+        self._inbox = Inbox(self._stop)
         self._unix_path = listener.getsockname() if listener.family == socket.AF_UNIX else None
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
@@ -332,8 +329,7 @@ class _Loop:
         """The event loop. Invariant: each relay's sockets are registered as `Relay.update_interest` says."""
         select, timers = self.selector.select, self._timers
         while self._stop.deadline is None:
-            timeout = max(0.0, timers[0][0] - time.monotonic()) if timers else None
-            for key, mask in select(timeout):
+            for key, mask in select(timers.timeout(time.monotonic())):
                 data = key.data
                 if isinstance(data, Relay):
                     if data.is_open:  # an earlier event of this turn may have closed it
@@ -341,9 +337,8 @@ class _Loop:
                 elif data is _ACCEPT:
                     self._accept_some()
                 else:
-                    self._drain_inbox()
-            if timers and timers[0][0] <= time.monotonic():
-                self._run_due_timers()
+                    self._inbox.run()
+            self._run_due_timers()
 
     # --- other threads -------------------------------------------------------------
 
@@ -353,13 +348,7 @@ class _Loop:
 
     def call_soon(self, action: Callable[[], None]) -> None:
         """Run `action` on the loop's thread, after a wake-up."""
-        self._inbox.append(action)
-        self._stop.wake()
-
-    def _drain_inbox(self) -> None:
-        self._stop.drain()
-        while self._inbox:
-            self._inbox.popleft()()
+        self._inbox.put(action)
 
     def set_faults(self, upstream: Faults, downstream: Faults) -> None:
         """Apply new faults to every relay and to the ones to come (on the loop's thread)."""
@@ -374,7 +363,7 @@ class _Loop:
             # Out of descriptors: stop watching the listener, or it would
             # show readable at once and spin.
             self.selector.unregister(self._listener)
-            self._push_timer(time.monotonic() + ACCEPT_BACKOFF, None)
+            self._timers.add(time.monotonic() + ACCEPT_BACKOFF, None)
 
     def _admit(self, client: socket.socket, address: object) -> bool:
         """Start relaying a new client; True when accepting must pause."""
@@ -397,16 +386,10 @@ class _Loop:
 
     def add_timer(self, due: float, flow: Flow) -> None:
         """Call ``flow.on_timer(due)`` at `due`."""
-        self._push_timer(due, flow)
-
-    def _push_timer(self, due: float, flow: Flow | None) -> None:
-        heapq.heappush(self._timers, (due, next(self._sequence), flow))
+        self._timers.add(due, flow)
 
     def _run_due_timers(self) -> None:
-        now = time.monotonic()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, _, flow = heapq.heappop(timers)
+        for due, flow in self._timers.pop_due(time.monotonic()):
             if flow is not None:
                 flow.on_timer(due)
             elif self._stop.deadline is None:
