@@ -116,6 +116,17 @@ class _BufferDecoder:
         """Bytes received and not yet returned in a message, header bytes included."""
         return len(self._buf)
 
+    @property
+    def held(self) -> int:
+        """Bytes of memory this decoder holds for unfinished messages: its buffer's capacity.
+
+        At least `buffered`, and at most about twice it (plus, for the default
+        framing's large messages, `FIRST_BODY`): a decoder's memory follows
+        the bytes the peer sent, never a size it announced. Cheap enough to
+        read after every read, for a server's memory budget.
+        """
+        return self._buf.__alloc__()
+
     def feed(self, data: Buffer) -> list[bytes]:
         """Add bytes from the peer; return every message they complete.
 
@@ -438,8 +449,15 @@ def direct_decoder(decoder: Decoder) -> DirectDecoder | None:
 
 
 LARGE_MESSAGE: Final = 64 * 2**10
-"""64 KiB: from this size on, a length-prefixed message's body is allocated
-whole once its header is read, and filled in place (see `recv_buffer`)."""
+"""64 KiB: from this size on, a length-prefixed message's body gets a buffer
+of its own once its header is read, grown as its bytes arrive and filled in
+place (see `recv_buffer`)."""
+
+FIRST_BODY: Final = 16 * 2**10
+"""16 KiB: the first allocation for a large message's body. It then doubles
+as the body fills, up to the size announced, so a decoder never holds more
+than twice the body bytes received, or this much: a header announcing 16 MiB
+followed by nothing costs 16 KiB, not 16 MiB."""
 
 DIRECT_READ: Final = 4 * 2**10
 """A read this long that only begins a large message goes into its body
@@ -457,8 +475,10 @@ class BodyPool:
     Measured (``connecteur bench``, bulk): a fresh 1 MiB buffer per message
     costs its page faults every time (glibc maps and trims memory that
     large), about three times the CPU of the copies themselves. One spare
-    per loop, not per connection, so idle connections keep nothing.
-    Not thread-safe: one pool per thread.
+    per loop, not per connection, so idle connections keep nothing. The
+    pool never allocates: the spare is the body of a message already
+    received whole, so lending it costs no memory a peer could claim with a
+    header alone. Not thread-safe: one pool per thread.
     """
 
     __slots__ = ("_spare",)
@@ -466,16 +486,19 @@ class BodyPool:
     def __init__(self) -> None:
         self._spare: bytearray | None = None
 
-    def take(self, size: int) -> memoryview:
-        """A writable view of `size` bytes: the spare buffer if it is large enough, else a new one."""
+    def take(self, size: int) -> memoryview | None:
+        """A writable view of `size` bytes of the spare buffer, if it fits `size` without waste; else None.
+
+        Without waste: the spare is at least `size` bytes and at most twice that.
+        """
         spare = self._spare
         if spare is not None and size <= len(spare) <= 2 * size:
             self._spare = None
             return memoryview(spare)[:size]
-        return memoryview(bytearray(size))
+        return None
 
     def give(self, body: memoryview) -> None:
-        """Return a body `take` gave, once its bytes are copied out."""
+        """Return a finished body, once its bytes are copied out: it becomes the spare if larger."""
         buffer = body.obj
         body.release()
         if isinstance(buffer, bytearray) and (self._spare is None or len(buffer) > len(self._spare)):
@@ -491,12 +514,25 @@ class _LengthPrefixedDecoder(_BufferDecoder):
     ``bytes(memoryview[...])`` out of a ``bytearray``, so each read is copied
     once and sliced. Bytes of an unfinished small message wait in ``_buf``,
     and ``_need`` says how many it must hold to finish it. A large message
-    (`LARGE_MESSAGE`) gets its whole body allocated as soon as its header is
-    read (its size checked first) and is filled in place, never re-parsed:
-    `recv_buffer` even lets a socket read straight into it.
+    (`LARGE_MESSAGE`) gets a body buffer of its own as soon as its header is
+    read (its size checked first), `FIRST_BODY` bytes long and doubled
+    whenever full, up to the size announced (the pool's spare instead, when
+    it fits); the body is filled in place, never re-parsed: `recv_buffer`
+    even lets a socket read straight into it. Doubling keeps the copies of a
+    growing body under one copy of the message in all.
     """
 
-    __slots__ = ("_body", "_got", "_header_size", "_max_size", "_need", "_pool", "_unpack_from", "reading_body")
+    __slots__ = (
+        "_body",
+        "_got",
+        "_header_size",
+        "_max_size",
+        "_need",
+        "_pool",
+        "_size",
+        "_unpack_from",
+        "reading_body",
+    )
 
     def __init__(self, header: struct.Struct, max_size: int) -> None:
         super().__init__()
@@ -504,7 +540,8 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         self._header_size = header.size
         self._max_size = max_size
         self._need = header.size  # bytes _buf must hold to finish its header or message
-        self._body: memoryview | None = None  # an unfinished large message's body
+        self._body: memoryview | None = None  # an unfinished large message's body so far: its capacity
+        self._size = 0  # the size its header announced
         self._got = 0  # bytes of _body received
         self._pool: BodyPool | None = None
         self.reading_body = False
@@ -516,15 +553,30 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         self._pool = pool
 
     def _start_body(self, size: int) -> None:
-        self._body = memoryview(bytearray(size)) if self._pool is None else self._pool.take(size)
+        self._size = size
         self._got = 0
+        self._body = self._pool.take(size) if self._pool is not None else None
+        if self._body is None:
+            self._body = memoryview(bytearray(min(size, FIRST_BODY)))
         self.reading_body = True
+
+    def _grow_body(self, need: int) -> memoryview:
+        """Room for at least `need` body bytes: the pool's spare if it fits the message, else double."""
+        old = self._body
+        assert old is not None
+        body = self._pool.take(self._size) if self._pool is not None else None
+        if body is None:
+            body = memoryview(bytearray(min(self._size, max(need, 2 * len(old)))))
+        body[: self._got] = old[: self._got]
+        old.release()
+        self._body = body
+        return body
 
     def _take_body(self, body: memoryview) -> bytes:
         """The finished body's message; the buffer goes back to the pool."""
         self._body = None
         self.reading_body = False
-        message = bytes(body)
+        message = bytes(body)  # the body is exactly the message's size by now
         if self._pool is not None:
             self._pool.give(body)
         return message
@@ -536,22 +588,43 @@ class _LengthPrefixedDecoder(_BufferDecoder):
             return self._header_size + self._got
         return len(self._buf)
 
-    def recv_buffer(self) -> memoryview | None:
-        """Where the next read may go straight, with no copy: the rest of an unfinished large message.
+    @property
+    def held(self) -> int:
+        """Bytes of memory this decoder holds for the message under way (see `_BufferDecoder.held`).
 
-        None when no large message is under way. After reading ``count``
-        bytes into it, call `buffer_filled` instead of `feed`.
+        A large message's body counts whole, the pool's spare included when
+        this decoder borrowed it (it is freed with the decoder if the message
+        never ends).
         """
-        if self._body is None or self._failure is not None:
+        body = self._body
+        if body is not None:
+            spare = body.obj
+            return len(spare) if isinstance(spare, bytearray) else len(body)
+        return self._buf.__alloc__()
+
+    def recv_buffer(self) -> memoryview | None:
+        """Where the next read may go straight, with no copy: free room in the unfinished large message's body.
+
+        None when no large message is under way. The room is what the body's
+        buffer has left, grown first if it is full: never past the message's
+        end, and never more than the bytes received so far (the buffer
+        doubles). After reading ``count`` bytes into it, call `buffer_filled`
+        instead of `feed`.
+        """
+        body = self._body
+        if body is None or self._failure is not None:
             return None
-        return self._body[self._got :]
+        got = self._got
+        if got == len(body):
+            body = self._grow_body(got + 1)
+        return body[got:]
 
     def buffer_filled(self, count: int) -> list[bytes]:
         """`count` bytes were read into the `recv_buffer`; return the message if that finished it."""
         body = self._body
         assert body is not None and 0 < count <= len(body) - self._got
         self._got += count
-        if self._got < len(body):
+        if self._got < self._size:
             return []
         return [self._take_body(body)]
 
@@ -646,10 +719,12 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         """Copy the front of `view` into the large message under way; return the rest of `view`."""
         body, got = self._body, self._got
         assert body is not None
-        take = min(len(body) - got, len(view))
+        take = min(self._size - got, len(view))
+        if got + take > len(body):
+            body = self._grow_body(got + take)
         body[got : got + take] = view[:take]
         self._got = got + take
-        if self._got == len(body):
+        if self._got == self._size:
             out.append(self._take_body(body))
         return view[take:]
 

@@ -21,12 +21,14 @@ from hypothesis import strategies as st
 
 import connecteur
 from connecteur.framing import (
+    FIRST_BODY,
     LARGE_MESSAGE,
     BodyPool,
     CloseDelimited,
     DecimalPrefixed,
     Decoder,
     Delimited,
+    DirectDecoder,
     FixedLength,
     Framing,
     LengthPrefixed,
@@ -942,15 +944,43 @@ def test_a_large_header_over_the_limit_allocates_nothing() -> None:
     assert decoder.buffered == 0
 
 
-def test_recv_buffer_is_the_rest_of_the_large_message_only() -> None:
-    decoder = LengthPrefixed().decoder()
-    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+def _read_rest_directly(decoder: DirectDecoder, filler: bytes) -> list[bytes]:
+    """Fill the large message under way through `recv_buffer` alone, as the select engine reads."""
+    for _ in range(64):  # doubling reaches any size up to 2**64 well within this
+        target = decoder.recv_buffer()
+        assert target is not None and len(target) > 0
+        target[:] = filler * len(target)
+        messages = decoder.buffer_filled(len(target))
+        if messages:
+            assert decoder.recv_buffer() is None
+            return messages
+    raise AssertionError("recv_buffer never finished the message")
+
+
+def test_recv_buffer_is_free_room_in_the_large_message_only() -> None:
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None and decoder.recv_buffer() is None
     assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab") == []
-    target = decoder.recv_buffer()  # type: ignore[attr-defined]
-    assert target is not None and len(target) == LARGE_MESSAGE - 2
-    target[:] = b"c" * len(target)
-    assert decoder.buffer_filled(len(target)) == [b"ab" + b"c" * (LARGE_MESSAGE - 2)]  # type: ignore[attr-defined]
-    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+    target = decoder.recv_buffer()
+    assert target is not None and len(target) == FIRST_BODY - 2  # the first allocation's room, not the whole body
+    assert _read_rest_directly(decoder, b"c") == [b"ab" + b"c" * (LARGE_MESSAGE - 2)]
+
+
+def test_recv_buffer_never_goes_past_the_message_and_doubles() -> None:
+    size = LARGE_MESSAGE + 5  # the last doubling is cut to the size announced
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None
+    assert decoder.feed(struct.pack("!I", size) + b"ab") == []
+    rooms, received = [], 2
+    while (target := decoder.recv_buffer()) is not None:
+        rooms.append(len(target))
+        assert len(target) <= max(received, FIRST_BODY)  # the room is at most what came before it
+        target[:] = b"c" * len(target)
+        received += len(target)
+        decoder.buffer_filled(len(target))
+    assert sum(rooms) == size - 2 and rooms[-1] == 5
+    assert len(rooms) <= 2 + (size // FIRST_BODY).bit_length()  # doubling: a few reads, not one per 16 KiB
+    assert decoder.buffered == 0
 
 
 @pytest.mark.parametrize("framing", [LengthPrefixed(), LengthPrefixed("<H"), Netstring(), Delimited()])
@@ -980,25 +1010,25 @@ def test_reading_body_says_when_a_read_may_go_straight_into_a_large_message() ->
     assert decoder is not None and not decoder.reading_body
     assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab" + struct.pack("!I", 1)[:2]) == []
     assert decoder.reading_body
-    body = decoder.recv_buffer()
-    assert body is not None
-    body[:] = b"c" * len(body)
-    assert decoder.buffer_filled(len(body)) == [b"ab" + struct.pack("!I", 1)[:2] + b"c" * (LARGE_MESSAGE - 4)]
+    assert _read_rest_directly(decoder, b"c") == [b"ab" + struct.pack("!I", 1)[:2] + b"c" * (LARGE_MESSAGE - 4)]
     assert not decoder.reading_body and decoder.recv_buffer() is None
 
 
 def test_body_pool_lends_its_spare_only_for_a_size_it_fits_without_waste() -> None:
     pool = BodyPool()
-    first = pool.take(1000)
-    first[:] = b"a" * 1000
-    pool.give(first)
+    assert pool.take(1000) is None  # it never allocates: no spare yet
+    pool.give(memoryview(bytearray(b"a" * 1000)))
     again = pool.take(600)  # fits, wastes less than half: the same memory
-    assert len(again) == 600 and bytes(again[:3]) == b"aaa"
-    other = pool.take(600)  # the spare is lent out: a new buffer
-    assert bytes(other[:3]) == b"\x00\x00\x00"
+    assert again is not None and len(again) == 600 and bytes(again[:3]) == b"aaa"
+    assert pool.take(600) is None  # the spare is lent out
     pool.give(again)
-    assert len(pool.take(400)) == 400  # 1000 > 2 * 400: a new buffer, the spare stays
-    assert bytes(pool.take(1000)[:3]) == b"aaa"
+    assert pool.take(400) is None  # 1000 > 2 * 400: not lent, the spare stays
+    assert pool.take(1001) is None  # too small
+    spare = pool.take(1000)
+    assert spare is not None and bytes(spare[:3]) == b"aaa"
+    pool.give(memoryview(bytearray(10)))
+    pool.give(spare)
+    assert pool.take(1000) is not None  # the larger one is kept
 
 
 def test_two_decoders_sharing_a_pool_keep_their_messages_apart() -> None:
