@@ -103,7 +103,7 @@ def test_a_spare_that_fits_is_borrowed_not_allocated() -> None:
     finally:
         tracemalloc.stop()
     assert allocated <= SLACK
-    assert decoder.held == size  # type: ignore[attr-defined]
+    assert size <= decoder.held <= size + 64  # type: ignore[attr-defined]  # the spare itself, its NUL byte
     direct = direct_decoder(decoder)
     assert direct is not None
     room = direct.recv_buffer()
@@ -135,8 +135,8 @@ def _patterned(size: int, seed: int) -> bytes:
 def test_held_stays_within_twice_the_bytes_received(pooled: bool, sizes: list[int], data: st.DataObject) -> None:
     """Messages come out whole, and at every step: held <= 2 x received + FIRST_BODY.
 
-    With a pool, a decoder may also borrow the spare: a buffer no larger than
-    a message already received whole, which costs no new memory.
+    With a pool, a decoder may also borrow the spare: the buffer of a message
+    already received whole (at most twice its size), which costs no new memory.
     """
     framing = LengthPrefixed()
     messages = [_patterned(size, seed) for seed, size in enumerate(sizes)]
@@ -162,7 +162,7 @@ def test_held_stays_within_twice_the_bytes_received(pooled: bool, sizes: list[in
         received = pos - sum(4 + len(m) for m in got)
         assert decoder.buffered == received
         held = decoder.held  # type: ignore[attr-defined]
-        assert held <= 2 * received + FIRST_BODY or (pooled and held <= largest_out), (held, received)
+        assert held <= 2 * received + FIRST_BODY or (pooled and held <= 2 * largest_out + SLACK), (held, received)
     assert got == messages
     assert decoder.buffered == 2
 
@@ -198,3 +198,19 @@ def test_every_framing_holds_at_most_twice_what_it_received(
         held = decoder.held  # type: ignore[attr-defined]
         assert decoder.buffered <= held <= 2 * decoder.buffered + SLACK
     assert got == messages
+
+
+def test_a_body_grows_even_while_a_caller_still_holds_a_view_of_it() -> None:
+    """Doubling in place is refused while a view is exported (BufferError): the body is then copied."""
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None
+    size = 4 * FIRST_BODY
+    assert decoder.feed(struct.pack("!I", size)) == []
+    kept = []
+    got: list[bytes] = []
+    while (target := decoder.recv_buffer()) is not None:
+        kept.append(target)  # never released: the next growth cannot resize this buffer
+        target[:] = bytes([len(kept)]) * len(target)
+        got += decoder.buffer_filled(len(target))
+    assert len(kept) >= 3
+    assert got == [b"".join(bytes([i + 1]) * len(view) for i, view in enumerate(kept))]

@@ -25,7 +25,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer, Decoder, batch_encoder
+from ..framing import BodyPool, Buffer, Decoder, batch_encoder
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -63,6 +63,7 @@ class ThreadsEngine:
         self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
         self._all_closed = threading.Condition(self._links_lock)
+        self._body_pool = BodyPool()  # one spare buffer for large messages, lent to one connection at a time
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -116,7 +117,7 @@ class ThreadsEngine:
         counters = self._config.counters
         sock.setblocking(True)
         _socket.configure_stream(sock)
-        link = BlockingLink(self._config, sock, address, self._forget)
+        link = BlockingLink(self._config, sock, address, self._forget, body_pool=self._body_pool)
         counters.opened()
         with self._links_lock:
             self._links.add(link)
@@ -158,6 +159,8 @@ class BlockingLink:
     Args:
         on_end: called with the link once it is closed and reported.
         on_open: called once the handshakes are done, before the handler hears of the peer.
+        body_pool: where the decoder takes the bodies of large messages (shared by an
+            engine's links); by default, one of the link's own (a process per connection).
     """
 
     def __init__(
@@ -167,8 +170,11 @@ class BlockingLink:
         address: object,
         on_end: Callable[[BlockingLink], None],
         on_open: Callable[[], object] | None = None,
+        *,
+        body_pool: BodyPool | None = None,
     ) -> None:
         self._config = config
+        self._body_pool = BodyPool() if body_pool is None else body_pool
         self._on_end = on_end
         self._on_open = on_open
         self._sock = sock
@@ -306,6 +312,8 @@ class BlockingLink:
     def _serve(self, received: Buffer) -> BaseException | None:
         """The receive loop. Returns the error that ended it, or None after a clean end."""
         sock, decoder = self._sock, self._config.framing.decoder()
+        if (use_pool := getattr(decoder, "use_pool", None)) is not None:
+            use_pool(self._body_pool)
         if received and (error := self._deliver(decoder, received, at_eof=False)):
             return error
         buffer = bytearray(RECV_SIZE)
