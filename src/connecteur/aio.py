@@ -32,7 +32,7 @@ from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, Chan
 from .address import AddressLike, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Buffer, Framing, LengthPrefixed
+from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import Stats, engine_config
 from .server._engine import EngineConfig
 from .server.asyncio import AsyncioEngine
@@ -119,6 +119,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.channel: Channel | None = None  # TLS and authentication; None once open unless it encrypts
         self.opened: asyncio.Future[None] | None = None  # done when the channel is open
         self.decoder = framing.decoder()
+        if (use_pool := getattr(self.decoder, "use_pool", None)) is not None:
+            use_pool(BodyPool())  # large replies back to back reuse one body: no page faults for each
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.ready: deque[bytes] = deque()
