@@ -219,13 +219,20 @@ class FixedLength:
 
     Args:
         size: the length of every message, in bytes (at least 1).
+        max_size: the largest `size` accepted, in bytes: a framing whose
+            every message is a gigabyte is refused unless asked for.
+
+    Raises:
+        ValueError: `size` is not a positive int, or is over `max_size`.
     """
 
     __slots__ = ("size",)
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"FixedLength size must be a positive int, not {size!r}")
+        if size > _check_max_size(max_size):
+            raise ValueError(f"FixedLength size {size} is over max_size {max_size}; pass a larger max_size")
         self.size = size
 
     def __repr__(self) -> str:
@@ -778,18 +785,19 @@ class DecimalPrefixed:
 
     Args:
         width: the number of digits in every header.
-        max_size: the largest message, in bytes; defaults to the largest
-            number `width` digits can write.
+        max_size: the largest message, in bytes; by default 16 MiB
+            (`DEFAULT_MAX_SIZE`), like the other framings. The effective
+            limit is the smaller of this and the largest number `width`
+            digits can write.
     """
 
     __slots__ = ("max_size", "width")
 
-    def __init__(self, width: int, max_size: int | None = None) -> None:
+    def __init__(self, width: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 20:
             raise ValueError(f"DecimalPrefixed width must be an int from 1 to 20, not {width!r}")
         self.width = width
-        largest = 10**width - 1
-        self.max_size = largest if max_size is None else min(_check_max_size(max_size), largest)
+        self.max_size = min(_check_max_size(max_size), 10**width - 1)
 
     def __repr__(self) -> str:
         return f"DecimalPrefixed({self.width}, max_size={self.max_size})"
@@ -937,17 +945,24 @@ class TypeTagged:
     Args:
         types: maps each type (a one-byte ``bytes`` or an int 0..255) to the
             length of the body that follows it, in bytes.
+        max_size: the largest message accepted, type byte included, in bytes:
+            a type whose messages would be longer is refused.
+
+    Raises:
+        ValueError: a bad type or length, no type, or a message over `max_size`.
     """
 
     __slots__ = ("_lengths", "max_size", "types")
 
-    def __init__(self, types: Mapping[bytes | int, int]) -> None:
+    def __init__(self, types: Mapping[bytes | int, int], *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         table: dict[int, int] = {}
         for key, length in types.items():
             tag = key if isinstance(key, int) else (key[0] if isinstance(key, bytes) and len(key) == 1 else -1)
             if not 0 <= tag <= 255:
                 raise ValueError(f"a type must be one byte or an int 0..255, not {key!r}")
             table[tag] = _check_max_size(length, f"body length of type {key!r}")
+            if 1 + length > _check_max_size(max_size):
+                raise ValueError(f"type {key!r} makes {1 + length}-byte messages; max_size is {max_size}")
         if not table:
             raise ValueError("TypeTagged needs at least one type")
         self.types: Mapping[int, int] = table

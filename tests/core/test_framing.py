@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import connecteur
 from connecteur.framing import (
+    DEFAULT_MAX_SIZE,
     FIRST_BODY,
     LARGE_MESSAGE,
     BodyPool,
@@ -502,6 +503,34 @@ def test_decimal_max_size_never_exceeds_what_width_digits_can_write() -> None:
         framing.encode(b"x" * 100)
 
 
+def test_decimal_max_size_defaults_to_16_mib_whatever_the_width() -> None:
+    """A ten-digit header no longer announces up to 9,999,999,999 bytes by default."""
+    assert DecimalPrefixed(10).max_size == DecimalPrefixed(20).max_size == DEFAULT_MAX_SIZE
+    assert DecimalPrefixed(5).max_size == 99_999  # fewer digits: what they can write
+    assert DecimalPrefixed(10, max_size=2**40).max_size == 10**10 - 1
+    with pytest.raises(MessageTooLarge) as info:
+        DecimalPrefixed(10).decoder().feed(b"9999999999")
+    assert_too_large(info.value, size=9_999_999_999, max_size=DEFAULT_MAX_SIZE)
+
+
+def test_fixed_length_refuses_a_size_over_max_size() -> None:
+    assert FixedLength(DEFAULT_MAX_SIZE).max_size == DEFAULT_MAX_SIZE
+    with pytest.raises(ValueError, match=r"1000000000 is over max_size 16777216"):
+        FixedLength(10**9)
+    with pytest.raises(ValueError, match="is over max_size 10"):
+        FixedLength(11, max_size=10)
+    assert FixedLength(10**9, max_size=10**9).max_size == 10**9
+
+
+def test_type_tagged_refuses_a_type_over_max_size() -> None:
+    assert TypeTagged({b"M": DEFAULT_MAX_SIZE - 1}).max_size == DEFAULT_MAX_SIZE
+    with pytest.raises(ValueError, match=r"b'M' makes 16777217-byte messages; max_size is 16777216"):
+        TypeTagged({b"P": 0, b"M": DEFAULT_MAX_SIZE})
+    assert TypeTagged({b"M": 10}, max_size=11).max_size == 11
+    with pytest.raises(ValueError):
+        TypeTagged({b"M": 10}, max_size=10)
+
+
 def test_netstring_length_over_max_size_raises_at_the_latest_on_the_colon() -> None:
     decoder = Netstring(max_size=10).decoder()
     with pytest.raises(MessageTooLarge) as info:
@@ -709,6 +738,9 @@ def test_fixed_length_encode_rejects_the_wrong_size(message: bytes) -> None:
         lambda: LengthPrefixed(max_size=-1),
         lambda: FixedLength(0),
         lambda: FixedLength(-4),
+        lambda: FixedLength(4, max_size=-1),
+        lambda: DecimalPrefixed(5, max_size=-1),
+        lambda: TypeTagged({b"P": 0}, max_size=-1),
         lambda: Delimited(b""),
         lambda: Delimited(b"\n", max_size=-1),
         lambda: DecimalPrefixed(0),

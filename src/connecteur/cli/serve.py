@@ -14,11 +14,11 @@ from ..tools.apps import APPS, ONE_PROCESS_APPS
 from ._logging import LOG_FORMATS, configure_logging
 from ._options import (
     CODEC_NAMES,
-    FRAMING_NAMES,
+    add_framing_options,
     address_argument,
     codec_argument,
     fail,
-    framing_argument,
+    framing_option,
     seconds_argument,
 )
 from ._security import add_security_options, security_options
@@ -47,7 +47,7 @@ def add_parser(commands: Any) -> None:
         "--reuse-port", action="store_true", help="bind with SO_REUSEPORT: a new server may take over the port"
     )
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
-    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    add_framing_options(parser)
     parser.add_argument("--codec", type=codec_argument, help=f"{CODEC_NAMES}: the app sees values, not bytes")
     parser.add_argument(
         "--app",
@@ -134,12 +134,13 @@ def run(args: argparse.Namespace) -> int:
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
         fail(f"--app {args.app} {message}", status=2)
+    framing = framing_option(args, "serve")
     where = _listening_place(args)
     try:
         server = Server(
             APPS[args.app](),
             **where,
-            framing=args.framing,
+            framing=framing,
             codec=args.codec,
             engine=args.engine,
             loop=args.loop,
