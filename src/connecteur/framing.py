@@ -14,7 +14,11 @@ Strategy, shared by every decoder: received bytes go into one ``bytearray``;
 the parser walks it from the start, returns every complete message, and the
 consumed prefix is deleted in one step (CPython deletes from the front of a
 ``bytearray`` without moving the rest, so this stays linear). A size is checked
-the moment its header is complete, before any body byte is kept.
+the moment its header is complete, before any body byte is kept, and every
+framing has a limit (16 MiB by default). Memory follows the bytes received,
+never a size announced: a decoder holds at most about twice the bytes of the
+message under way, plus `FIRST_BODY`; connecteur's decoders say how much in
+``held`` (bytes of memory), next to ``buffered`` (bytes received).
 
 The default framing, `LengthPrefixed`, is every server's hot path and has a
 decoder of its own (measured: see `_LengthPrefixedDecoder`), a `BodyPool` for
