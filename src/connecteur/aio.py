@@ -32,7 +32,7 @@ from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, Chan
 from .address import AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Buffer, Framing, LengthPrefixed
+from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
@@ -185,6 +185,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.channel: Channel | None = None  # TLS and authentication; None once open unless it encrypts
         self.opened: asyncio.Future[None] | None = None  # done when the channel is open
         self.decoder = framing.decoder()
+        if (use_pool := getattr(self.decoder, "use_pool", None)) is not None:
+            use_pool(BodyPool())  # large replies back to back reuse one body: no page faults for each
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.ready: deque[bytes] = deque()

@@ -28,7 +28,7 @@ from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
-from .framing import Buffer, Decoder, Framing, LengthPrefixed
+from .framing import BodyPool, Buffer, Decoder, Framing, LengthPrefixed
 
 __all__ = ["Connection", "connect", "connect_nowait", "finish_connect", "wait"]
 
@@ -202,6 +202,8 @@ class Connection:
         self.address: object = peer
         """The peer's address as the socket module gives it."""
         self._decoder: Decoder = self.framing.decoder()
+        if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
+            use_pool(BodyPool())  # large replies back to back reuse one body: no page faults for each
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._ready: deque[bytes] = deque()

@@ -14,7 +14,11 @@ Strategy, shared by every decoder: received bytes go into one ``bytearray``;
 the parser walks it from the start, returns every complete message, and the
 consumed prefix is deleted in one step (CPython deletes from the front of a
 ``bytearray`` without moving the rest, so this stays linear). A size is checked
-the moment its header is complete, before any body byte is kept.
+the moment its header is complete, before any body byte is kept, and every
+framing has a limit (16 MiB by default). Memory follows the bytes received,
+never a size announced: a decoder holds at most about twice the bytes of the
+message under way, plus `FIRST_BODY`; connecteur's decoders say how much in
+``held`` (bytes of memory), next to ``buffered`` (bytes received).
 
 The default framing, `LengthPrefixed`, is every server's hot path and has a
 decoder of its own (measured: see `_LengthPrefixedDecoder`), a `BodyPool` for
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol, TypeAlias, final
 
@@ -118,6 +123,17 @@ class _BufferDecoder:
         """Bytes received and not yet returned in a message, header bytes included."""
         return len(self._buf)
 
+    @property
+    def held(self) -> int:
+        """Bytes of memory this decoder holds for unfinished messages: its buffer's capacity.
+
+        At least `buffered`, and at most about twice it (plus, for the default
+        framing's large messages, `FIRST_BODY`): a decoder's memory follows
+        the bytes the peer sent, never a size it announced. Cheap enough to
+        read after every read, for a server's memory budget.
+        """
+        return self._buf.__alloc__()
+
     def feed(self, data: Buffer) -> list[bytes]:
         """Add bytes from the peer; return every message they complete.
 
@@ -209,13 +225,20 @@ class FixedLength:
 
     Args:
         size: the length of every message, in bytes (at least 1).
+        max_size: the largest `size` accepted, in bytes: a framing whose
+            every message is a gigabyte is refused unless asked for.
+
+    Raises:
+        ValueError: `size` is not a positive int, or is over `max_size`.
     """
 
     __slots__ = ("size",)
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"FixedLength size must be a positive int, not {size!r}")
+        if size > _check_max_size(max_size):
+            raise ValueError(f"FixedLength size {size} is over max_size {max_size}; pass a larger max_size")
         self.size = size
 
     def __repr__(self) -> str:
@@ -440,8 +463,15 @@ def direct_decoder(decoder: Decoder) -> DirectDecoder | None:
 
 
 LARGE_MESSAGE: Final = 64 * 2**10
-"""64 KiB: from this size on, a length-prefixed message's body is allocated
-whole once its header is read, and filled in place (see `recv_buffer`)."""
+"""64 KiB: from this size on, a length-prefixed message's body gets a buffer
+of its own once its header is read, grown as its bytes arrive and filled in
+place (see `recv_buffer`)."""
+
+FIRST_BODY: Final = 16 * 2**10
+"""16 KiB: the first allocation for a large message's body. It then doubles
+as the body fills, up to the size announced, so a decoder never holds more
+than twice the body bytes received, or this much: a header announcing 16 MiB
+followed by nothing costs 16 KiB, not 16 MiB."""
 
 DIRECT_READ: Final = 4 * 2**10
 """A read this long that only begins a large message goes into its body
@@ -451,7 +481,7 @@ checking first would cost every small read a header parse)."""
 
 @final
 class BodyPool:
-    """One spare buffer for the bodies of large messages, shared by the decoders of one thread.
+    """One spare buffer for the bodies of large messages, shared by the decoders of one loop.
 
     An engine's loop serves all its connections from one thread, so its
     decoders can hand one buffer to each other: a connection receiving
@@ -459,29 +489,61 @@ class BodyPool:
     Measured (``connecteur bench``, bulk): a fresh 1 MiB buffer per message
     costs its page faults every time (glibc maps and trims memory that
     large), about three times the CPU of the copies themselves. One spare
-    per loop, not per connection, so idle connections keep nothing.
-    Not thread-safe: one pool per thread.
+    per loop (per engine for the threads engine), not per connection, so
+    idle connections keep nothing. The pool never allocates: the spare is
+    the body of a message already received whole, so lending it costs no
+    memory a peer could claim with a header alone. Thread-safe.
     """
 
-    __slots__ = ("_spare",)
+    __slots__ = ("_lock", "_spare")
 
     def __init__(self) -> None:
         self._spare: bytearray | None = None
+        self._lock = threading.Lock()
 
-    def take(self, size: int) -> memoryview:
-        """A writable view of `size` bytes: the spare buffer if it is large enough, else a new one."""
-        spare = self._spare
-        if spare is not None and size <= len(spare) <= 2 * size:
+    def take(self, size: int) -> memoryview | None:
+        """A writable view of `size` bytes of the spare buffer, if it fits `size` without waste; else None.
+
+        Without waste: the spare is at least `size` bytes and at most twice that.
+        """
+        with self._lock:
+            spare = self._spare
+            if spare is None or not size <= len(spare) <= 2 * size:
+                return None
             self._spare = None
-            return memoryview(spare)[:size]
-        return memoryview(bytearray(size))
+        return memoryview(spare)[:size]
 
     def give(self, body: memoryview) -> None:
-        """Return a body `take` gave, once its bytes are copied out."""
+        """Return a finished body, once its bytes are copied out: it becomes the spare if larger."""
         buffer = body.obj
         body.release()
-        if isinstance(buffer, bytearray) and (self._spare is None or len(buffer) > len(self._spare)):
-            self._spare = buffer
+        if not isinstance(buffer, bytearray):
+            return
+        with self._lock:
+            if self._spare is None or len(buffer) > len(self._spare):
+                self._spare = buffer
+
+
+def _doubled(body: memoryview, need: int, size: int) -> bytearray:
+    """`body`'s buffer doubled until it holds `need` bytes, cut to `size`; `body` is released.
+
+    Measured (1 MiB messages in 64 KiB reads, no pool): doubling in place
+    lets ``realloc`` keep the pages already there (``mremap`` moves them, no
+    copy), where a new buffer for each step faulted in its pages again and
+    cost three times the CPU of allocating the whole body at once.
+    """
+    buffer = body.obj
+    body.release()
+    assert isinstance(buffer, bytearray)
+    try:
+        while len(buffer) < need:
+            buffer *= 2
+    except BufferError:  # a view of the body is still held (a caller's recv_buffer): grow a copy
+        grown = bytearray(min(size, max(need, 2 * len(buffer))))
+        grown[: len(buffer)] = buffer
+        return grown
+    del buffer[size:]  # less than half: the allocation stays, no copy
+    return buffer
 
 
 @final
@@ -493,12 +555,25 @@ class _LengthPrefixedDecoder(_BufferDecoder):
     ``bytes(memoryview[...])`` out of a ``bytearray``, so each read is copied
     once and sliced. Bytes of an unfinished small message wait in ``_buf``,
     and ``_need`` says how many it must hold to finish it. A large message
-    (`LARGE_MESSAGE`) gets its whole body allocated as soon as its header is
-    read (its size checked first) and is filled in place, never re-parsed:
-    `recv_buffer` even lets a socket read straight into it.
+    (`LARGE_MESSAGE`) gets a body buffer of its own as soon as its header is
+    read (its size checked first), `FIRST_BODY` bytes long and doubled
+    whenever full, up to the size announced (the pool's spare instead, when
+    it fits); the body is filled in place, never re-parsed: `recv_buffer`
+    even lets a socket read straight into it. Doubling keeps the copies of a
+    growing body under one copy of the message in all.
     """
 
-    __slots__ = ("_body", "_got", "_header_size", "_max_size", "_need", "_pool", "_unpack_from", "reading_body")
+    __slots__ = (
+        "_body",
+        "_got",
+        "_header_size",
+        "_max_size",
+        "_need",
+        "_pool",
+        "_size",
+        "_unpack_from",
+        "reading_body",
+    )
 
     def __init__(self, header: struct.Struct, max_size: int) -> None:
         super().__init__()
@@ -506,7 +581,8 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         self._header_size = header.size
         self._max_size = max_size
         self._need = header.size  # bytes _buf must hold to finish its header or message
-        self._body: memoryview | None = None  # an unfinished large message's body
+        self._body: memoryview | None = None  # an unfinished large message's body so far: its capacity
+        self._size = 0  # the size its header announced
         self._got = 0  # bytes of _body received
         self._pool: BodyPool | None = None
         self.reading_body = False
@@ -518,15 +594,31 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         self._pool = pool
 
     def _start_body(self, size: int) -> None:
-        self._body = memoryview(bytearray(size)) if self._pool is None else self._pool.take(size)
+        self._size = size
         self._got = 0
+        self._body = self._pool.take(size) if self._pool is not None else None
+        if self._body is None:
+            self._body = memoryview(bytearray(min(size, FIRST_BODY)))
         self.reading_body = True
+
+    def _grow_body(self, need: int) -> memoryview:
+        """Room for at least `need` body bytes: the pool's spare if it fits the message, else doubled."""
+        old, got, size = self._body, self._got, self._size
+        assert old is not None
+        body = self._pool.take(size) if self._pool is not None else None
+        if body is not None:
+            body[:got] = old[:got]
+            old.release()
+        else:
+            body = memoryview(_doubled(old, need, size))
+        self._body = body
+        return body
 
     def _take_body(self, body: memoryview) -> bytes:
         """The finished body's message; the buffer goes back to the pool."""
         self._body = None
         self.reading_body = False
-        message = bytes(body)
+        message = bytes(body)  # the body is exactly the message's size by now
         if self._pool is not None:
             self._pool.give(body)
         return message
@@ -538,22 +630,43 @@ class _LengthPrefixedDecoder(_BufferDecoder):
             return self._header_size + self._got
         return len(self._buf)
 
-    def recv_buffer(self) -> memoryview | None:
-        """Where the next read may go straight, with no copy: the rest of an unfinished large message.
+    @property
+    def held(self) -> int:
+        """Bytes of memory this decoder holds for the message under way (see `_BufferDecoder.held`).
 
-        None when no large message is under way. After reading ``count``
-        bytes into it, call `buffer_filled` instead of `feed`.
+        A large message's body counts whole, the pool's spare included when
+        this decoder borrowed it (it is freed with the decoder if the message
+        never ends).
         """
-        if self._body is None or self._failure is not None:
+        body = self._body
+        if body is not None:
+            buffer = body.obj
+            return buffer.__alloc__() if isinstance(buffer, bytearray) else len(body)
+        return self._buf.__alloc__()
+
+    def recv_buffer(self) -> memoryview | None:
+        """Where the next read may go straight, with no copy: free room in the unfinished large message's body.
+
+        None when no large message is under way. The room is what the body's
+        buffer has left, grown first if it is full: never past the message's
+        end, and never more than the bytes received so far (the buffer
+        doubles). After reading ``count`` bytes into it, call `buffer_filled`
+        instead of `feed`.
+        """
+        body = self._body
+        if body is None or self._failure is not None:
             return None
-        return self._body[self._got :]
+        got = self._got
+        if got == len(body):
+            body = self._grow_body(got + 1)
+        return body[got:]
 
     def buffer_filled(self, count: int) -> list[bytes]:
         """`count` bytes were read into the `recv_buffer`; return the message if that finished it."""
         body = self._body
         assert body is not None and 0 < count <= len(body) - self._got
         self._got += count
-        if self._got < len(body):
+        if self._got < self._size:
             return []
         return [self._take_body(body)]
 
@@ -648,10 +761,12 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         """Copy the front of `view` into the large message under way; return the rest of `view`."""
         body, got = self._body, self._got
         assert body is not None
-        take = min(len(body) - got, len(view))
+        take = min(self._size - got, len(view))
+        if got + take > len(body):
+            body = self._grow_body(got + take)
         body[got : got + take] = view[:take]
         self._got = got + take
-        if self._got == len(body):
+        if self._got == self._size:
             out.append(self._take_body(body))
         return view[take:]
 
@@ -676,18 +791,19 @@ class DecimalPrefixed:
 
     Args:
         width: the number of digits in every header.
-        max_size: the largest message, in bytes; defaults to the largest
-            number `width` digits can write.
+        max_size: the largest message, in bytes; by default 16 MiB
+            (`DEFAULT_MAX_SIZE`), like the other framings. The effective
+            limit is the smaller of this and the largest number `width`
+            digits can write.
     """
 
     __slots__ = ("max_size", "width")
 
-    def __init__(self, width: int, max_size: int | None = None) -> None:
+    def __init__(self, width: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 20:
             raise ValueError(f"DecimalPrefixed width must be an int from 1 to 20, not {width!r}")
         self.width = width
-        largest = 10**width - 1
-        self.max_size = largest if max_size is None else min(_check_max_size(max_size), largest)
+        self.max_size = min(_check_max_size(max_size), 10**width - 1)
 
     def __repr__(self) -> str:
         return f"DecimalPrefixed({self.width}, max_size={self.max_size})"
@@ -835,17 +951,24 @@ class TypeTagged:
     Args:
         types: maps each type (a one-byte ``bytes`` or an int 0..255) to the
             length of the body that follows it, in bytes.
+        max_size: the largest message accepted, type byte included, in bytes:
+            a type whose messages would be longer is refused.
+
+    Raises:
+        ValueError: a bad type or length, no type, or a message over `max_size`.
     """
 
     __slots__ = ("_lengths", "max_size", "types")
 
-    def __init__(self, types: Mapping[bytes | int, int]) -> None:
+    def __init__(self, types: Mapping[bytes | int, int], *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         table: dict[int, int] = {}
         for key, length in types.items():
             tag = key if isinstance(key, int) else (key[0] if isinstance(key, bytes) and len(key) == 1 else -1)
             if not 0 <= tag <= 255:
                 raise ValueError(f"a type must be one byte or an int 0..255, not {key!r}")
             table[tag] = _check_max_size(length, f"body length of type {key!r}")
+            if 1 + length > _check_max_size(max_size):
+                raise ValueError(f"type {key!r} makes {1 + length}-byte messages; max_size is {max_size}")
         if not table:
             raise ValueError("TypeTagged needs at least one type")
         self.types: Mapping[int, int] = table

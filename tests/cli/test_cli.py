@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from connecteur.cli import main
+from connecteur.cli._options import framing_by_name, size_argument
 from connecteur.framing import Netstring
 from connecteur.server.workers import MAX_DEATHS
-from tests.support import TIMEOUT, kill_children
+from tests.support import TIMEOUT, kill_children, recv_until_closed
 
 COMMAND = [sys.executable, "-m", "connecteur"]
 
@@ -232,3 +233,94 @@ def test_a_second_signal_stops_serve_at_once(serve_cli, stop: signal.Signals) ->
         assert (status, served.process.stderr.read()) == (130, "connecteur: interrupted\n")
     else:
         assert (status, served.process.stderr.read()) == (-signal.SIGTERM, "")
+
+
+# --- --max-size and bounded framings ------------------------------------------------
+
+
+_ABSURD = [
+    (["--framing", "fixed:1000000000"], ["fixed:1000000000", "16777216", "--max-size"]),
+    (["--framing", "fixed:" + "9" * 30], ["9" * 27, "16777216"]),
+    (["--framing", "fixed:" + "9" * 5000], ["999..."]),
+    (["--framing", "fixed:2000", "--max-size", "1KiB"], ["2000", "1024"]),
+    (["--framing", "digits:30"], ["1 to 20 digits"]),
+    (["--framing", "digits:" + "9" * 5000], ["1 to 20 digits"]),
+    (["--framing", "fixed:0"], ["positive"]),
+    (["--max-size", "0"], ["--max-size", "'0'"]),
+    (["--max-size", "-5"], ["'-5'"]),
+    (["--max-size", "lots"], ["'lots'"]),
+    (["--max-size", "1e6"], ["'1e6'"]),
+    (["--max-size", "16MB"], ["'16MB'"]),
+    (["--max-size", "9" * 30], ["positive number of bytes"]),
+]
+
+
+@pytest.mark.parametrize(("options", "words"), _ABSURD)
+def test_serve_refuses_absurd_sizes_in_one_line_with_status_2(options: list[str], words: list[str]) -> None:
+    """In a subprocess: were a check missing, the server would serve (until `run`'s timeout), not hang the tests."""
+    assert_one_line_error(run("serve", "127.0.0.1:0", *options), 2, "serve: ", *words)
+
+
+@pytest.mark.parametrize("command", ["send", "chat"])
+@pytest.mark.parametrize(("options", "words"), _ABSURD)
+def test_clients_refuse_absurd_sizes_in_one_line_with_status_2(
+    command: str, options: list[str], words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before connecting: nothing listens on port 1, so a check that came too late would fail with status 1."""
+    more = ["x"] if command == "send" else ["--name", "ann"]
+    assert main([command, "127.0.0.1:1", *more, *options]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"connecteur: {command}: "), err
+    for word in words:
+        assert word in err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1", 1), ("65536", 65536), ("64KiB", 2**16), ("16MiB", 2**24), ("1gib", 2**30), ("10 B", 10)]
+)
+def test_max_size_takes_bytes_or_binary_units(text: str, size: int) -> None:
+    assert size_argument(text) == size
+
+
+@pytest.mark.parametrize(
+    ("name", "max_size", "expected"),
+    [
+        ("length", None, 16 * 2**20),
+        ("length", 1000, 1000),
+        ("length:2", 2**20, 65535),
+        ("line", None, 64 * 2**10),
+        ("crlf", 10, 10),
+        ("netstring", 1000, 1000),
+        ("close", 1000, 1000),
+        ("digits:10", None, 16 * 2**20),
+        ("digits:10", 2**40, 10**10 - 1),
+        ("digits:3", None, 999),
+        ("fixed:16777216", None, 16 * 2**20),
+        ("fixed:20000000", 2**25, 20_000_000),
+    ],
+)
+def test_max_size_applies_to_the_chosen_framing(name: str, max_size: int | None, expected: int) -> None:
+    assert framing_by_name(name, max_size).max_size == expected
+
+
+def test_a_digits_10_server_refuses_a_ten_gigabyte_header(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    """It used to accept it and wait for the 9,999,999,999 bytes; the close now comes at once."""
+    served = serve_cli("--framing", "digits:10")
+    host, _, port = served.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"9999999999" + b"x" * 100)
+        assert recv_until_closed(sock) == b""
+    assert run("send", served.address, "--framing", "digits:10", "ok").stdout == "ok\n"
+
+
+def test_serve_max_size_refuses_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--max-size", "1KiB")
+    assert run("send", served.address, "x" * 1024).stdout == "x" * 1024 + "\n"
+    refused = run("send", served.address, "--max-size", "1MiB", "x" * 1025)
+    assert refused.stdout == ""  # the server closed the connection instead of echoing
+    assert run("send", served.address, "still").stdout == "still\n"
+
+
+def test_send_max_size_refuses_to_send_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli()
+    assert_one_line_error(run("send", served.address, "--max-size", "4", "hello"), 1, "5 bytes", "max_size is 4")

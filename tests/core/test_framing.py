@@ -21,12 +21,15 @@ from hypothesis import strategies as st
 
 import connecteur
 from connecteur.framing import (
+    DEFAULT_MAX_SIZE,
+    FIRST_BODY,
     LARGE_MESSAGE,
     BodyPool,
     CloseDelimited,
     DecimalPrefixed,
     Decoder,
     Delimited,
+    DirectDecoder,
     FixedLength,
     Framing,
     LengthPrefixed,
@@ -500,6 +503,34 @@ def test_decimal_max_size_never_exceeds_what_width_digits_can_write() -> None:
         framing.encode(b"x" * 100)
 
 
+def test_decimal_max_size_defaults_to_16_mib_whatever_the_width() -> None:
+    """A ten-digit header no longer announces up to 9,999,999,999 bytes by default."""
+    assert DecimalPrefixed(10).max_size == DecimalPrefixed(20).max_size == DEFAULT_MAX_SIZE
+    assert DecimalPrefixed(5).max_size == 99_999  # fewer digits: what they can write
+    assert DecimalPrefixed(10, max_size=2**40).max_size == 10**10 - 1
+    with pytest.raises(MessageTooLarge) as info:
+        DecimalPrefixed(10).decoder().feed(b"9999999999")
+    assert_too_large(info.value, size=9_999_999_999, max_size=DEFAULT_MAX_SIZE)
+
+
+def test_fixed_length_refuses_a_size_over_max_size() -> None:
+    assert FixedLength(DEFAULT_MAX_SIZE).max_size == DEFAULT_MAX_SIZE
+    with pytest.raises(ValueError, match=r"1000000000 is over max_size 16777216"):
+        FixedLength(10**9)
+    with pytest.raises(ValueError, match="is over max_size 10"):
+        FixedLength(11, max_size=10)
+    assert FixedLength(10**9, max_size=10**9).max_size == 10**9
+
+
+def test_type_tagged_refuses_a_type_over_max_size() -> None:
+    assert TypeTagged({b"M": DEFAULT_MAX_SIZE - 1}).max_size == DEFAULT_MAX_SIZE
+    with pytest.raises(ValueError, match=r"b'M' makes 16777217-byte messages; max_size is 16777216"):
+        TypeTagged({b"P": 0, b"M": DEFAULT_MAX_SIZE})
+    assert TypeTagged({b"M": 10}, max_size=11).max_size == 11
+    with pytest.raises(ValueError):
+        TypeTagged({b"M": 10}, max_size=10)
+
+
 def test_netstring_length_over_max_size_raises_at_the_latest_on_the_colon() -> None:
     decoder = Netstring(max_size=10).decoder()
     with pytest.raises(MessageTooLarge) as info:
@@ -707,6 +738,9 @@ def test_fixed_length_encode_rejects_the_wrong_size(message: bytes) -> None:
         lambda: LengthPrefixed(max_size=-1),
         lambda: FixedLength(0),
         lambda: FixedLength(-4),
+        lambda: FixedLength(4, max_size=-1),
+        lambda: DecimalPrefixed(5, max_size=-1),
+        lambda: TypeTagged({b"P": 0}, max_size=-1),
         lambda: Delimited(b""),
         lambda: Delimited(b"\n", max_size=-1),
         lambda: DecimalPrefixed(0),
@@ -942,15 +976,43 @@ def test_a_large_header_over_the_limit_allocates_nothing() -> None:
     assert decoder.buffered == 0
 
 
-def test_recv_buffer_is_the_rest_of_the_large_message_only() -> None:
-    decoder = LengthPrefixed().decoder()
-    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+def _read_rest_directly(decoder: DirectDecoder, filler: bytes) -> list[bytes]:
+    """Fill the large message under way through `recv_buffer` alone, as the select engine reads."""
+    for _ in range(64):  # doubling reaches any size up to 2**64 well within this
+        target = decoder.recv_buffer()
+        assert target is not None and len(target) > 0
+        target[:] = filler * len(target)
+        messages = decoder.buffer_filled(len(target))
+        if messages:
+            assert decoder.recv_buffer() is None
+            return messages
+    raise AssertionError("recv_buffer never finished the message")
+
+
+def test_recv_buffer_is_free_room_in_the_large_message_only() -> None:
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None and decoder.recv_buffer() is None
     assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab") == []
-    target = decoder.recv_buffer()  # type: ignore[attr-defined]
-    assert target is not None and len(target) == LARGE_MESSAGE - 2
-    target[:] = b"c" * len(target)
-    assert decoder.buffer_filled(len(target)) == [b"ab" + b"c" * (LARGE_MESSAGE - 2)]  # type: ignore[attr-defined]
-    assert decoder.recv_buffer() is None  # type: ignore[attr-defined]
+    target = decoder.recv_buffer()
+    assert target is not None and len(target) == FIRST_BODY - 2  # the first allocation's room, not the whole body
+    assert _read_rest_directly(decoder, b"c") == [b"ab" + b"c" * (LARGE_MESSAGE - 2)]
+
+
+def test_recv_buffer_never_goes_past_the_message_and_doubles() -> None:
+    size = LARGE_MESSAGE + 5  # the last doubling is cut to the size announced
+    decoder = direct_decoder(LengthPrefixed().decoder())
+    assert decoder is not None
+    assert decoder.feed(struct.pack("!I", size) + b"ab") == []
+    rooms, received = [], 2
+    while (target := decoder.recv_buffer()) is not None:
+        rooms.append(len(target))
+        assert len(target) <= max(received, FIRST_BODY)  # the room is at most what came before it
+        target[:] = b"c" * len(target)
+        received += len(target)
+        decoder.buffer_filled(len(target))
+    assert sum(rooms) == size - 2 and rooms[-1] == 5
+    assert len(rooms) <= 2 + (size // FIRST_BODY).bit_length()  # doubling: a few reads, not one per 16 KiB
+    assert decoder.buffered == 0
 
 
 @pytest.mark.parametrize("framing", [LengthPrefixed(), LengthPrefixed("<H"), Netstring(), Delimited()])
@@ -980,25 +1042,25 @@ def test_reading_body_says_when_a_read_may_go_straight_into_a_large_message() ->
     assert decoder is not None and not decoder.reading_body
     assert decoder.feed(struct.pack("!I", LARGE_MESSAGE) + b"ab" + struct.pack("!I", 1)[:2]) == []
     assert decoder.reading_body
-    body = decoder.recv_buffer()
-    assert body is not None
-    body[:] = b"c" * len(body)
-    assert decoder.buffer_filled(len(body)) == [b"ab" + struct.pack("!I", 1)[:2] + b"c" * (LARGE_MESSAGE - 4)]
+    assert _read_rest_directly(decoder, b"c") == [b"ab" + struct.pack("!I", 1)[:2] + b"c" * (LARGE_MESSAGE - 4)]
     assert not decoder.reading_body and decoder.recv_buffer() is None
 
 
 def test_body_pool_lends_its_spare_only_for_a_size_it_fits_without_waste() -> None:
     pool = BodyPool()
-    first = pool.take(1000)
-    first[:] = b"a" * 1000
-    pool.give(first)
+    assert pool.take(1000) is None  # it never allocates: no spare yet
+    pool.give(memoryview(bytearray(b"a" * 1000)))
     again = pool.take(600)  # fits, wastes less than half: the same memory
-    assert len(again) == 600 and bytes(again[:3]) == b"aaa"
-    other = pool.take(600)  # the spare is lent out: a new buffer
-    assert bytes(other[:3]) == b"\x00\x00\x00"
+    assert again is not None and len(again) == 600 and bytes(again[:3]) == b"aaa"
+    assert pool.take(600) is None  # the spare is lent out
     pool.give(again)
-    assert len(pool.take(400)) == 400  # 1000 > 2 * 400: a new buffer, the spare stays
-    assert bytes(pool.take(1000)[:3]) == b"aaa"
+    assert pool.take(400) is None  # 1000 > 2 * 400: not lent, the spare stays
+    assert pool.take(1001) is None  # too small
+    spare = pool.take(1000)
+    assert spare is not None and bytes(spare[:3]) == b"aaa"
+    pool.give(memoryview(bytearray(10)))
+    pool.give(spare)
+    assert pool.take(1000) is not None  # the larger one is kept
 
 
 def test_two_decoders_sharing_a_pool_keep_their_messages_apart() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from ..codecs import Codec, Json, MsgPack, Text
 from ..connection import Connection
 from ..errors import AddressError, ConnecteurError
 from ..framing import (
+    DEFAULT_MAX_SIZE,
     CloseDelimited,
     DecimalPrefixed,
     Delimited,
@@ -27,39 +29,110 @@ __all__ = [
     "FRAMING_NAMES",
     "ArgumentParser",
     "Printer",
+    "add_framing_options",
     "address_argument",
     "codec_argument",
     "fail",
     "framing_argument",
     "framing_by_name",
+    "framing_option",
     "seconds_argument",
     "show_bytes",
+    "size_argument",
 ]
 
 FRAMING_NAMES = "length, length:1|2|4|8, line, crlf, netstring, fixed:N, digits:N, close"
 _LENGTH_HEADERS = {"1": "!B", "2": "!H", "4": "!I", "8": "!Q"}
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_LARGEST_MAX_SIZE = 2**63
+"""More than any machine's memory: a larger --max-size is a typo, not a wish."""
+_SIZE = re.compile(r"([0-9]{1,19})\s*([A-Za-z]*)")
 
 
-def framing_by_name(name: str) -> Framing:
+def framing_by_name(name: str, max_size: int | None = None) -> Framing:
     """Return the framing a command-line name stands for.
+
+    Args:
+        name: one of `FRAMING_NAMES`.
+        max_size: the largest message, in bytes; None for the framing's own
+            default (16 MiB; 64 KiB for lines).
 
     Raises:
         ValueError: an unknown name or a bad size, in one line.
     """
+    kind, arg = _split_framing_name(name)
+    limit = {} if max_size is None else {"max_size": max_size}
+    if kind == "length":
+        return LengthPrefixed(_LENGTH_HEADERS[arg or "4"], **limit)
+    if kind in ("line", "crlf"):
+        return Delimited(b"\n" if kind == "line" else b"\r\n", **limit)
+    if kind == "netstring":
+        return Netstring(**limit)
+    if kind == "close":
+        return CloseDelimited(**limit)
+    shown = arg if len(arg) <= 30 else f"{arg[:27]}..."
+    if kind == "digits":
+        width = int(arg) if len(arg.lstrip("0")) <= 2 else 0
+        if not 1 <= width <= 20:
+            raise ValueError(f"the length takes from 1 to 20 digits, not {shown}")
+        return DecimalPrefixed(width, **limit)
+    largest = DEFAULT_MAX_SIZE if max_size is None else max_size
+    if len(arg.lstrip("0")) > len(str(largest)) or int(arg) > largest:
+        raise ValueError(f"messages of {shown} bytes are over the largest, {largest} bytes (--max-size raises it)")
+    return FixedLength(int(arg), **limit)
+
+
+def _split_framing_name(name: str) -> tuple[str, str]:
+    """The kind and argument of a framing name (``fixed:5`` gives fixed and 5), if it is one."""
     kind, _, arg = name.partition(":")
-    if kind == "length" and arg in ("", *_LENGTH_HEADERS):
-        return LengthPrefixed(_LENGTH_HEADERS[arg or "4"])
-    if kind in ("line", "crlf", "netstring", "close") and not arg:
-        simple: dict[str, Framing] = {
-            "line": Delimited(b"\n"),
-            "crlf": Delimited(b"\r\n"),
-            "netstring": Netstring(),
-            "close": CloseDelimited(),
-        }
-        return simple[kind]
-    if kind in ("fixed", "digits") and arg.isascii() and arg.isdigit():
-        return FixedLength(int(arg)) if kind == "fixed" else DecimalPrefixed(int(arg))
+    if (
+        (kind in ("line", "crlf", "netstring", "close") and not arg)
+        or (kind == "length" and arg in ("", *_LENGTH_HEADERS))
+        or (kind in ("fixed", "digits") and arg.isascii() and arg.isdigit())
+    ):
+        return kind, arg
     raise ValueError(f"unknown framing {name!r}; choose one of: {FRAMING_NAMES}")
+
+
+def framing_argument(name: str) -> str:
+    """An argparse ``type=`` for framing names: checks the name; `framing_option` builds the framing.
+
+    Sizes are checked there, once ``--max-size`` is known.
+    """
+    try:
+        _split_framing_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def size_argument(text: str) -> int:
+    """An argparse ``type=`` for a positive number of bytes: ``65536``, ``64KiB``, ``16MiB``, ``1GiB``."""
+    match = _SIZE.fullmatch(text.strip())
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    value = int(match.group(1)) * unit if match and unit else 0
+    if not 0 < value <= _LARGEST_MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of bytes, such as 65536, 64KiB or 16MiB (at most 2**63), not {text!r}"
+        )
+    return value
+
+
+def add_framing_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--framing`` and ``--max-size``; `framing_option` turns them into a framing."""
+    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    parser.add_argument(
+        "--max-size", type=size_argument, metavar="BYTES",
+        help="the largest message, either way: 65536, 64KiB, 16MiB... (default 16MiB; 64KiB for line and crlf)",
+    )  # fmt: skip
+
+
+def framing_option(args: argparse.Namespace, command: str) -> Framing:
+    """The framing ``--framing`` and ``--max-size`` ask for; exits with a one-line error (status 2) if impossible."""
+    try:
+        return framing_by_name(args.framing, args.max_size)
+    except ValueError as exc:
+        fail(f"{command}: --framing {args.framing}: {exc}", status=2)
 
 
 CODEC_NAMES = "json, text, msgpack"
@@ -77,14 +150,6 @@ def codec_argument(name: str) -> Codec:
     except ImportError as exc:  # msgpack missing: say how to install it
         raise argparse.ArgumentTypeError(str(exc)) from None
     raise argparse.ArgumentTypeError(f"unknown codec {name!r}; choose one of: {CODEC_NAMES}")
-
-
-def framing_argument(name: str) -> Framing:
-    """An argparse ``type=`` for framing names."""
-    try:
-        return framing_by_name(name)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def address_argument(text: str) -> Address:

@@ -28,11 +28,11 @@ from ..connection import Connection
 from ..errors import ConnecteurError
 from ..tools.apps import Chat
 from ._options import (
-    FRAMING_NAMES,
     Printer,
+    add_framing_options,
     address_argument,
     fail,
-    framing_argument,
+    framing_option,
     seconds_argument,
     show_bytes,
 )
@@ -55,7 +55,7 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser("chat", help="join a chat room (serve --app chat)", description=_DESCRIPTION)
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
     parser.add_argument("--name", required=True, type=_name_argument, help="your name in the room")
-    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    add_framing_options(parser)
     parser.add_argument(
         "--timeout", type=seconds_argument, default=10.0, metavar="S",
         help="seconds to connect, and to wait for the server to close after the input ends (default 10)",
@@ -67,7 +67,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Chat until standard input ends; return 0 once the server has closed too."""
     address: Address = args.address
-    conn = connect_or_fail(address, args, framing=args.framing)
+    conn = connect_or_fail(address, args, framing=framing_option(args, "chat"))
     conn.timeout = None  # a room may stay silent for long
     wake, wake_up = socket.socketpair()
     with wake, wake_up, conn:

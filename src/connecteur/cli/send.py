@@ -22,12 +22,12 @@ from ..connection import Connection
 from ..errors import ConnecteurError
 from ._options import (
     CODEC_NAMES,
-    FRAMING_NAMES,
     Printer,
+    add_framing_options,
     address_argument,
     codec_argument,
     fail,
-    framing_argument,
+    framing_option,
     seconds_argument,
     show_bytes,
 )
@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="messages to send (default: stdin lines)")
-    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    add_framing_options(parser)
     parser.add_argument(
         "--codec", type=codec_argument, help=f"{CODEC_NAMES}: messages are JSON texts (text: strings), replies shown so"
     )
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     messages: Iterable[Any] = []
     if args.messages:
         messages = [_value(codec, m.encode()) for m in args.messages]  # bad JSON: usage error, before connecting
-    with connect_or_fail(address, args, framing=args.framing, codec=codec) as conn:
+    framing = framing_option(args, "send")
+    with connect_or_fail(address, args, framing=framing, codec=codec) as conn:
         conn.timeout = None  # --timeout bounds the wait for the last replies instead
         printer = Printer(conn, lambda reply: _show(codec, reply), name="connecteur send: replies")
         printer.start()

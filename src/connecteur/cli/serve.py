@@ -7,19 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 from ..address import Address, TcpAddress, format_address
 from ..errors import WorkersFailed
-from ..server import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
+from ..server import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_BUFFERED, DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
 from ._logging import LOG_FORMATS, configure_logging
 from ._options import (
     CODEC_NAMES,
-    FRAMING_NAMES,
+    add_framing_options,
     address_argument,
     codec_argument,
     fail,
-    framing_argument,
+    framing_option,
     seconds_argument,
+    size_argument,
 )
 from ._security import add_security_options, security_options
 
@@ -53,7 +54,7 @@ def add_parser(commands: Any) -> None:
         "--reuse-port", action="store_true", help="bind with SO_REUSEPORT: a new server may take over the port"
     )
     parser.add_argument("--engine", choices=ENGINES, default="select", help="how connections are served")
-    parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
+    add_framing_options(parser)
     parser.add_argument("--codec", type=codec_argument, help=f"{CODEC_NAMES}: the app sees values, not bytes")
     parser.add_argument(
         "--app",
@@ -67,6 +68,11 @@ def add_parser(commands: Any) -> None:
         "--workers", type=int, default=1, metavar="N", help="processes serving the port (select or asyncio engine)"
     )
     parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
+    parser.add_argument(
+        "--max-buffered", type=size_argument, default=DEFAULT_MAX_BUFFERED, metavar="BYTES",
+        help="bytes a server process may hold for all its connections, in unfinished messages and queued replies; "
+        "past it, growing connections are paused, then the largest closed (default 256MiB)",
+    )  # fmt: skip
     parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
     parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
     parser.add_argument("--handshake-timeout", type=seconds_argument, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S")
@@ -149,17 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if args.app in ONE_PROCESS_APPS and (args.engine == "processes" or args.workers > 1):
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
         fail(f"--app {args.app} {message}", status=2)
+    framing = framing_option(args, "serve")
     where = _listening_place(args)
     try:
         server = Server(
             APPS[args.app](),
             **where,
-            framing=args.framing,
+            framing=framing,
             codec=args.codec,
             engine=args.engine,
             loop=args.loop,
             workers=args.workers,
             max_connections=args.max_connections,
+            max_buffered=args.max_buffered,
             idle_timeout=args.idle_timeout,
             message_timeout=args.message_timeout,
             handshake_timeout=args.handshake_timeout,

@@ -16,7 +16,7 @@ from .. import _socket
 from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
 from ..errors import ConnectionClosed, FramingError
-from ..framing import Buffer, Decoder, batch_encoder
+from ..framing import BodyPool, Buffer, Decoder, batch_encoder
 from ._budget import Budget, OverBudget
 from ._engine import EngineConfig, channel_opened, logger
 from ._handler import HandlerFailed, frame_replies, log_closing
@@ -47,6 +47,8 @@ class BlockingLink:
         on_end: called with the link once it is closed and reported.
         on_open: called once the handshakes are done, before the handler hears of the peer.
         budget: the process's memory budget, shared by its connections.
+        body_pool: where the decoder takes the bodies of large messages (shared by an
+            engine's links); by default, one of the link's own (a process per connection).
     """
 
     def __init__(
@@ -58,9 +60,11 @@ class BlockingLink:
         on_open: Callable[[], object] | None = None,
         *,
         budget: Budget,
+        body_pool: BodyPool | None = None,
     ) -> None:
         self._config = config
         self._budget = budget
+        self._body_pool = BodyPool() if body_pool is None else body_pool
         self._budget_room = threading.Event()  # cleared while paused for the budget
         self._budget_room.set()
         self._evicted: OverBudget | None = None
@@ -232,6 +236,8 @@ class BlockingLink:
     def _serve(self, received: Buffer) -> BaseException | None:
         """The receive loop. Returns the error that ended it, or None after a clean end."""
         sock, decoder = self._sock, self._config.framing.decoder()
+        if (use_pool := getattr(decoder, "use_pool", None)) is not None:
+            use_pool(self._body_pool)
         if received and (error := self._deliver(decoder, received, at_eof=False)):
             return error
         buffer = bytearray(RECV_SIZE)

@@ -22,6 +22,7 @@ from typing import Final
 
 from .. import _socket
 from ..address import format_address
+from ..framing import BodyPool
 from ._blocking import RECV_SIZE as RECV_SIZE
 from ._blocking import BlockingLink, thread_budget
 from ._engine import (
@@ -55,6 +56,7 @@ class ThreadsEngine:
         self._pending = PendingAdmissions()
         self._links_lock = threading.Lock()
         self.budget = thread_budget(config)
+        self._body_pool = BodyPool()  # one spare buffer for large messages, lent to one connection at a time
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -111,7 +113,7 @@ class ThreadsEngine:
         counters = self._config.counters
         sock.setblocking(True)
         _socket.configure_stream(sock)
-        link = BlockingLink(self._config, sock, address, self._forget, budget=self.budget)
+        link = BlockingLink(self._config, sock, address, self._forget, budget=self.budget, body_pool=self._body_pool)
         counters.opened()
         with self._links_lock:
             self._links.add(link)
