@@ -324,3 +324,25 @@ def test_serve_max_size_refuses_a_larger_message(serve_cli) -> None:  # type: ig
 def test_send_max_size_refuses_to_send_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli()
     assert_one_line_error(run("send", served.address, "--max-size", "4", "hello"), 1, "5 bytes", "max_size is 4")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "16MB"])
+def test_serve_refuses_a_nonsense_max_buffered_in_one_line(value: str) -> None:
+    assert_one_line_error(run("serve", "127.0.0.1:0", "--max-buffered", value), 2, "serve: ", "--max-buffered", value)
+
+
+def test_serve_passes_max_buffered_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--max-buffered 64MiB` reaches `Server(max_buffered=...)` (stopped before it serves)."""
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(*args: object, **options: object) -> None:
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr("connecteur.cli.serve.Server", record)
+    with pytest.raises(Stop):
+        main(["serve", "127.0.0.1:0", "--max-buffered", "64MiB"])
+    assert seen["max_buffered"] == 64 * 2**20
