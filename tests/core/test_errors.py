@@ -17,6 +17,7 @@ from connecteur.errors import (
     ProxyProtocolError,
     Timeout,
     TruncatedMessage,
+    WorkersFailed,
 )
 
 BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
@@ -30,6 +31,7 @@ BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     Timeout: (ConnecteurError, TimeoutError),
     AddressError: (ConnecteurError, ValueError),
     ProxyProtocolError: (ConnecteurError, ValueError),
+    WorkersFailed: (ConnecteurError, RuntimeError),
 }
 
 ERROR_NAMES = sorted(cls.__name__ for cls in BASES)
