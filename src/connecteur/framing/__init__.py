@@ -1,0 +1,64 @@
+"""Sans-I/O framings: where one message ends and the next begins on a byte stream.
+
+A stream has no end-of-message marker, so sender and receiver agree on a
+framing: a fixed length, a delimiter, a length prefix (binary, decimal or a
+netstring), a type byte that decides the length, or the end of the stream.
+Each framing here has ``encode(message) -> bytes`` and ``decoder()``; a decoder
+has ``feed(data) -> list[bytes]``, ``eof() -> list[bytes]`` and ``buffered``.
+
+This module never touches a socket, a clock or a log: loops feed it bytes and
+act on the messages it returns. That is what lets every engine share one parser
+and lets tests cut the input anywhere.
+
+Strategy, shared by every decoder: received bytes go into one ``bytearray``;
+the parser walks it from the start, returns every complete message, and the
+consumed prefix is deleted in one step (CPython deletes from the front of a
+``bytearray`` without moving the rest, so this stays linear). A size is checked
+the moment its header is complete, before any body byte is kept, and every
+framing has a limit (16 MiB by default). Memory follows the bytes received,
+never a size announced: a decoder holds at most about twice the bytes of the
+message under way, plus `FIRST_BODY`; connecteur's decoders say how much in
+``held`` (bytes of memory), next to ``buffered`` (bytes received).
+
+The default framing, `LengthPrefixed`, is every server's hot path and has a
+decoder of its own (measured: see `_LengthPrefixedDecoder`), a `BodyPool` for
+the bodies of large messages, and ``encode_all``/``encode_parts`` for a
+read's replies; `batch_encoder` gives any framing's batch form to engines.
+"""
+
+from ._base import DEFAULT_LINE_MAX_SIZE as DEFAULT_LINE_MAX_SIZE
+from ._base import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._base import Buffer as Buffer
+from ._base import Decoder as Decoder
+from ._base import Framing as Framing
+from ._base import batch_encoder as batch_encoder
+from .length import DIRECT_READ as DIRECT_READ
+from .length import FIRST_BODY as FIRST_BODY
+from .length import LARGE_MESSAGE as LARGE_MESSAGE
+from .length import BodyPool as BodyPool
+from .length import DirectDecoder as DirectDecoder
+from .length import LengthPrefixed as LengthPrefixed
+from .length import direct_decoder as direct_decoder
+from .simple import CloseDelimited as CloseDelimited
+from .simple import DecimalPrefixed as DecimalPrefixed
+from .simple import Delimited as Delimited
+from .simple import FixedLength as FixedLength
+from .simple import Netstring as Netstring
+from .simple import TypeTagged as TypeTagged
+
+__all__ = [
+    "BodyPool",
+    "Buffer",
+    "CloseDelimited",
+    "DecimalPrefixed",
+    "Decoder",
+    "Delimited",
+    "DirectDecoder",
+    "FixedLength",
+    "Framing",
+    "LengthPrefixed",
+    "Netstring",
+    "TypeTagged",
+    "batch_encoder",
+    "direct_decoder",
+]
