@@ -32,7 +32,14 @@ MessageHandler = Callable[[bytes], "bytes | None"]
 
 
 class PeerHandler(Protocol):
-    """A handler object; it may define any subset of these three methods."""
+    """A handler object: `received`, and, if it needs them, ``connected`` and ``closed``.
+
+    The engines call each of these that the object defines:
+    ``connected(peer)`` when a connection opens, ``received(peer, message)``
+    for each whole message, ``closed(peer, error)`` once it has closed
+    (`error` is None after a clean close). Only `received` is declared here,
+    as a Protocol cannot declare a method optional.
+    """
 
     def received(self, peer: Peer, message: bytes) -> bytes | None:
         """A whole message arrived from `peer`; return a reply or ``None``."""
