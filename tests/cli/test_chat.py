@@ -191,7 +191,7 @@ def test_serve_app_chat_serves_a_room() -> None:
     )  # fmt: skip
     try:
         assert process.stdout is not None
-        match = re.fullmatch(r"serving chat on (\S+)\n", process.stdout.readline())
+        match = re.fullmatch(r"serving chat on (\S+) \(framing: [^;]+; codec: [^)]+\)\n", process.stdout.readline())
         assert match, process.stderr.read() if process.poll() is not None else ""  # type: ignore[union-attr]
         result = run("chat", match.group(1), "--name", "solo", "--framing", "line")
         assert (result.returncode, result.stdout, result.stderr) == (0, "* welcome solo; nobody else is here\n", "")

@@ -52,7 +52,7 @@ def serve_cli() -> Iterator[object]:
         processes.append(process)
         assert process.stdout is not None
         line = process.stdout.readline()
-        match = re.fullmatch(r"serving \w+ on (\S+)\n", line)
+        match = re.fullmatch(r"serving \w+ on (\S+) \(framing: [^;]+; codec: [^)]+\)\n", line)
         assert match, (line, process.stderr.read() if process.poll() is not None else "")  # type: ignore[union-attr]
         return Served(process, match.group(1))
 
@@ -89,7 +89,7 @@ def test_sigterm_stops_the_server_gracefully(serve_cli) -> None:  # type: ignore
 
 def test_discard_app_sends_no_reply(serve_cli) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--app", "discard")
-    result = run("send", served.address, "a", "b")
+    result = run("send", served.address, "a", "b", "--allow-unanswered")
     assert (result.returncode, result.stdout) == (0, "")
 
 
@@ -109,7 +109,9 @@ def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: igno
     process = subprocess.Popen([*COMMAND, "serve", f"unix:{path}", "--app", "upper"], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        assert process.stdout.readline() == f"serving upper on unix:{path}\n"
+        assert (
+            process.stdout.readline() == f"serving upper on unix:{path} (framing: 4-byte length prefix; codec: none)\n"
+        )
         assert run("send", f"unix:{path}", "sock").stdout == "SOCK\n"
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0

@@ -49,7 +49,7 @@ def serve_metrics() -> Iterator[Callable[..., Served]]:
         processes.append(process)
         assert process.stdout is not None
         serving, metrics = process.stdout.readline(), process.stdout.readline()
-        served = re.fullmatch(r"serving \w+ on (\S+)\n", serving)
+        served = re.fullmatch(r"serving \w+ on (\S+) \(framing: [^;]+; codec: [^)]+\)\n", serving)
         url = re.fullmatch(r"metrics on (http://127\.0\.0\.1:\d+/metrics)\n", metrics)
         assert served and url, (serving, metrics, process.stderr.read() if process.poll() is not None else "")  # type: ignore[union-attr]
         return Served(process, served.group(1), url.group(1))
@@ -205,7 +205,7 @@ def test_verbose_logs_a_closing_with_its_reason(
         return
     entries = [json.loads(line) for line in lines]  # every line parses
     (closing,) = [entry for entry in entries if "closing" in entry["message"]]
-    assert closing["level"] == "INFO" and closing["logger"] == "connecteur.server"
+    assert closing["level"] == "WARNING" and closing["logger"] == "connecteur.server"
     assert "4294967295" in closing["message"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", closing["time"])
 

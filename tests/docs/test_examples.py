@@ -12,6 +12,7 @@ import ast
 import functools
 import http.server
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -86,7 +87,7 @@ def serving(*command: str, stop: signal.Signals = signal.SIGINT) -> Iterator[tup
             first = lines.get(timeout=TIMEOUT)
         except queue.Empty:
             raise AssertionError(f"{command} printed no address within {TIMEOUT} s") from None
-        yield first.split()[-1], later
+        yield re.sub(r" \(framing: .*\)$", "", first.rstrip("\n")).split()[-1], later  # serve names its framing
         process.send_signal(stop)
         assert process.wait(TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
         reader.join(TIMEOUT)

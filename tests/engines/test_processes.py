@@ -88,7 +88,9 @@ def test_sigterm_to_the_parent_stops_the_children_and_exits_zero() -> None:
     )  # fmt: skip
     try:
         assert process.stdout is not None
-        match = re.fullmatch(r"serving echo on (\S+):(\d+)\n", process.stdout.readline())
+        match = re.fullmatch(
+            r"serving echo on (\S+):(\d+) \(framing: [^;]+; codec: [^)]+\)\n", process.stdout.readline()
+        )
         assert match
         with connect((match.group(1), int(match.group(2))), timeout=TIMEOUT) as conn:
             assert conn.request(b"hello") == b"hello"

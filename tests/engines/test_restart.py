@@ -111,7 +111,10 @@ def test_serve_systemd_takes_descriptor_3_as_systemd_passes_it() -> None:
     with listener:
         for process in _serve_activated(listener, launcher=launcher):
             assert process.stdout is not None
-            assert process.stdout.readline() == f"serving upper on 127.0.0.1:{port}\n"
+            assert (
+                process.stdout.readline()
+                == f"serving upper on 127.0.0.1:{port} (framing: 4-byte length prefix; codec: none)\n"
+            )
             with connecteur.connect(("127.0.0.1", port), timeout=TIMEOUT) as conn:
                 assert conn.request(b"activated") == b"ACTIVATED"
             process.send_signal(2)

@@ -125,7 +125,9 @@ def test_an_idle_server_uses_no_measurable_cpu() -> None:
     clients: list[socket.socket] = []
     try:
         assert process.stdout is not None
-        match = re.fullmatch(r"serving echo on (\S+):(\d+)\n", process.stdout.readline())
+        match = re.fullmatch(
+            r"serving echo on (\S+):(\d+) \(framing: [^;]+; codec: [^)]+\)\n", process.stdout.readline()
+        )
         assert match
         address = (match.group(1), int(match.group(2)))
         for _ in range(20):  # idle connections, each with an idle timer armed

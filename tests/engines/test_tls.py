@@ -267,4 +267,4 @@ def test_a_failed_handshake_is_logged_on_one_line(
         wait_for_one_handshake_error(server)
     lines = [r for r in caplog.records if peer in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
-    assert lines[0].levelno == logging.INFO and not lines[0].exc_info
+    assert lines[0].levelno == logging.WARNING and not lines[0].exc_info

@@ -67,7 +67,7 @@ def test_workers_stop_when_their_parent_is_killed() -> None:
     )
     try:
         assert process.stdout is not None
-        assert re.fullmatch(r"serving echo on \S+:\d+\n", process.stdout.readline())
+        assert re.fullmatch(r"serving echo on \S+:\d+ \(framing: [^;]+; codec: [^)]+\)\n", process.stdout.readline())
         workers: list[int] = []
 
         def forked() -> bool:

@@ -19,7 +19,7 @@ SUBCOMMANDS = ("serve", "send", "chat", "proxy", "fetch", "bench", "demo")
 def build_parser() -> ArgumentParser:
     """Return the parser of the whole command line."""
     parser = ArgumentParser(prog="connecteur", description="Message-oriented TCP and Unix-socket tools.")
-    parser.add_argument("--version", action="version", version=f"connecteur {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"connecteur {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f".{name}", __name__).add_parser(commands)

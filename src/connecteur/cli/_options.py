@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -28,10 +30,12 @@ __all__ = [
     "CODEC_NAMES",
     "FRAMING_NAMES",
     "ArgumentParser",
+    "HelpFormatter",
     "Printer",
     "add_framing_options",
     "address_argument",
     "codec_argument",
+    "description",
     "fail",
     "framing_argument",
     "framing_by_name",
@@ -171,30 +175,82 @@ def seconds_argument(text: str) -> float:
     return value
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text between words only: never inside a name like ``select*2`` or ``asyncio-streams``."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose usage errors are one line: ``connecteur: ...``.
 
     A subcommand's options may also come after its positional arguments
-    (``send ADDRESS hello --framing line``), as users expect.
+    (``send ADDRESS hello --framing line``), as users expect. An unknown
+    option is an error of the (sub)command it was given to, with the closest
+    known option as a hint.
     """
 
     _intermixing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         """Parse intermixed options and positionals in a subcommand's parser."""
+        if self._subparsers is not None:  # the top level: an unknown option before the command is its own
+            self._check_leading_options(sys.argv[1:] if args is None else args)
         if self._intermixing or self._subparsers is not None:
             return super().parse_known_args(args, namespace)
         self._intermixing = True  # parse_known_intermixed_args calls back here
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+        if extras:  # here, not at the top level: the error then names the subcommand
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._hint(extras)}")
+        return parsed, extras
+
+    def _check_leading_options(self, args: Sequence[str]) -> None:
+        """Refuse an unknown option before the command, rather than say the command is missing."""
+        for arg in args:
+            if not arg.startswith("-") or arg == "--":
+                return
+            name = arg.partition("=")[0]
+            if not any(known.startswith(name) for known in self._option_string_actions):  # abbreviations are fine
+                self.error(f"unrecognized arguments: {arg}{self._hint([arg])}")
+
+    def _hint(self, extras: Sequence[str]) -> str:
+        """`` (did you mean --engine?)`` for the first unknown option close to a known one, else ""."""
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.partition("=")[0], self._option_string_actions, n=1)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
 
     def error(self, message: str) -> NoReturn:
         """Print the error in one line and exit with status 2."""
         fail(f"{self.prog.split()[-1]}: {message}" if " " in self.prog else message, status=2)
+
+
+def description(doc: str | None) -> str | None:
+    """A module docstring's first paragraph as a plain ``--help`` description.
+
+    The docstring opens with the command in reStructuredText
+    (````connecteur send ADDRESS [MESSAGE ...]``: send ...``); the usage line
+    shows the command already, so only what follows the colon is kept.
+    """
+    if doc is None:
+        return None
+    first = doc.split("\n\n")[0]
+    if first.startswith("``"):
+        first = first.split("``: ", 1)[-1]
+    first = first.replace("``", "")
+    return first if first.startswith("connecteur") else first[:1].upper() + first[1:]
 
 
 def fail(message: str, *, status: int = 1) -> NoReturn:
@@ -206,8 +262,9 @@ def fail(message: str, *, status: int = 1) -> NoReturn:
 class Printer(threading.Thread):
     """Prints each message arriving on a connection on its own line, until the peer closes.
 
-    `error` holds what ended it otherwise. `on_end` runs last, whatever
-    happened (to wake a thread waiting on something else).
+    `error` holds what ended it otherwise; `count`, how many it printed.
+    `on_end` runs last, whatever happened (to wake a thread waiting on
+    something else).
     """
 
     def __init__(
@@ -218,12 +275,14 @@ class Printer(threading.Thread):
         self._show = show
         self._on_end = on_end
         self.error: Exception | None = None
+        self.count = 0
 
     def run(self) -> None:
         """Print until the peer closes or the connection fails."""
         try:
             for message in self._conn:
                 print(self._show(message), flush=True)
+                self.count += 1
         except (ConnecteurError, OSError) as exc:
             self.error = exc
         finally:

@@ -34,7 +34,7 @@ from ..bench.orchestrator import (
     Progress,
     available_targets,
 )
-from ._options import fail
+from ._options import description, fail
 
 __all__ = ["add_parser", "run"]
 
@@ -62,19 +62,19 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
         help="measure the engines against standard-library peers",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=description(__doc__),
     )
     parser.add_argument(
         "--targets",
         type=_names("target", list(TARGETS)),
         metavar="LIST",
-        help=f"comma-separated servers to measure (default: {','.join(targets)})",
+        help=f"comma-separated servers to measure (default: {', '.join(targets)})",
     )
     parser.add_argument(
         "--workload",
         type=_names("workload", list(WORKLOADS)),
         metavar="LIST",
-        help=f"comma-separated workloads, among {','.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})",
+        help=f"comma-separated workloads, among {', '.join(WORKLOADS)} (default: {', '.join(DEFAULT_WORKLOADS)})",
     )
     parser.add_argument(
         "--quick",
@@ -87,7 +87,7 @@ def add_parser(commands: Any) -> None:
         "--check",
         action="store_true",
         help="the performance targets (benchmarks/README.md): one fixed run "
-        f"({','.join(check.TARGETS)}; only the workloads each check needs; "
+        f"({', '.join(check.TARGETS)}; only the workloads each check needs; "
         f"idle with {check.SETTINGS.idle_connections:,} connections), then HOLDS or MISSED per check; exit status 1 "
         f"unless all hold. Not with --targets, --workload or --reference; --json adds the verdicts under "
         f'"checks". With --quick (idle with {check.QUICK_SETTINGS.idle_connections:,}): indicative only, '

@@ -53,7 +53,7 @@ READ_SIZE: Final = 64 * 2**10
 def add_parser(commands: Any) -> None:
     """Add ``chat`` to the subcommands."""
     parser = commands.add_parser("chat", help="join a chat room (serve --app chat)", description=_DESCRIPTION)
-    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
+    parser.add_argument("address", type=address_argument, metavar="ADDRESS", help="host:port, [v6]:port or unix:/path")
     parser.add_argument("--name", required=True, type=_name_argument, help="your name in the room")
     add_framing_options(parser)
     parser.add_argument(

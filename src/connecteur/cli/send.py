@@ -3,9 +3,11 @@
 Messages come from the arguments, or one per line of standard input. They are
 sent as they come while a reader thread prints each reply on its own line;
 after the last message the connection is half-closed, and the replies are
-read until the server closes (so a server that answers some messages with
-nothing, or with several, works too). `--timeout` bounds connecting and the
-wait for the server to finish after the last message.
+read until the server closes. Fewer replies than messages is a failure
+(status 1), the usual sign of a server with another framing or codec, unless
+`--allow-unanswered` says the server is a sink; more replies are fine.
+`--timeout` bounds connecting and the wait for the server to finish after
+the last message.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from ..address import Address
 from ..codecs import Codec, Text
 from ..connection import Connection
 from ..errors import ConnecteurError
+from ..framing import Framing
+from ._describe import describe_codec, describe_framing
 from ._options import (
     CODEC_NAMES,
     Printer,
     add_framing_options,
     address_argument,
     codec_argument,
+    description,
     fail,
     framing_option,
     seconds_argument,
@@ -38,16 +43,19 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(commands: Any) -> None:
     """Add ``send`` to the subcommands."""
-    parser = commands.add_parser(
-        "send", help="send messages and print the replies", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("address", type=address_argument, help="host:port, [v6]:port or unix:/path")
+    parser = commands.add_parser("send", help="send messages and print the replies", description=description(__doc__))
+    parser.add_argument("address", type=address_argument, metavar="ADDRESS", help="host:port, [v6]:port or unix:/path")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="messages to send (default: stdin lines)")
     add_framing_options(parser)
     parser.add_argument(
         "--codec", type=codec_argument, help=f"{CODEC_NAMES}: messages are JSON texts (text: strings), replies shown so"
     )
     parser.add_argument("--timeout", type=seconds_argument, default=10.0, metavar="S", help="seconds (default 10)")
+    parser.add_argument(
+        "--allow-unanswered",
+        action="store_true",
+        help="exit 0 when the server closes cleanly with messages unanswered (a sink, like --app discard)",
+    )
     add_security_options(parser, "client")
     parser.set_defaults(run=run)
 
@@ -67,15 +75,28 @@ def run(args: argparse.Namespace) -> int:
         if not args.messages:
             messages = (_value(codec, line, status=1) for line in _stdin_lines())
         try:
-            _send_all(conn, messages)
+            sent = _send_all(conn, messages)
         except (ConnecteurError, OSError) as exc:
             fail(f"sending to {address}: {exc}")
         printer.join(args.timeout)
-        if printer.is_alive():
-            fail(f"{address} did not finish replying within {args.timeout} s")
-        if printer.error is not None:
-            fail(f"receiving from {address}: {printer.error}")
+        _check_ending(args, framing, printer, sent)
     return 0
+
+
+def _check_ending(args: argparse.Namespace, framing: Framing, printer: Printer, sent: int) -> None:
+    """Fail, saying how the server ended, when it did not finish or left messages unanswered."""
+    missing = sent - printer.count
+    unanswered = f"; {missing} of {sent} messages unanswered" if missing > 0 else ""
+    ours = f"framing: {describe_framing(framing)}; codec: {describe_codec(args.codec)}"
+    mismatch = f"{unanswered} (sent with {ours}: does the server expect the same?)"
+    if printer.is_alive():
+        fail(f"{args.address} did not finish replying within {args.timeout} s{unanswered}")
+    if isinstance(printer.error, ConnectionResetError):
+        fail(f"server {args.address} reset the connection{mismatch if unanswered else ''}")
+    if printer.error is not None:
+        fail(f"receiving from {args.address}: {printer.error}{unanswered}")
+    if unanswered and not args.allow_unanswered:
+        fail(f"server {args.address} closed the connection cleanly{mismatch}")
 
 
 def _value(codec: Codec | None, text: bytes, *, status: int = 2) -> Any:
@@ -98,10 +119,14 @@ def _show(codec: Codec | None, reply: Any) -> str:
     return json.dumps(reply, ensure_ascii=False, default=repr)
 
 
-def _send_all(conn: Connection, messages: Iterable[Any]) -> None:
+def _send_all(conn: Connection, messages: Iterable[Any]) -> int:
+    """Send every message, then half-close; return how many were sent."""
+    count = 0
     for message in messages:
         conn.send(message)
+        count += 1
     conn.shutdown_write()
+    return count
 
 
 def _stdin_lines() -> Iterator[bytes]:

@@ -11,6 +11,7 @@ from ..server import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_BUFFERED, DEFAULT_ME
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
+from ._describe import describe_codec, describe_framing
 from ._logging import LOG_FORMATS, configure_logging
 from ._options import (
     CODEC_NAMES,
@@ -46,7 +47,9 @@ def add_parser(commands: Any) -> None:
         epilog="Exit status: 0 after a graceful stop; after a second signal, 130 for SIGINT, and for SIGTERM "
         "the process ends by that signal (143 in a shell).",
     )
-    parser.add_argument("address", nargs="?", type=address_argument, help="host:port, [v6]:port, :port or unix:/path")
+    parser.add_argument(
+        "address", nargs="?", type=address_argument, metavar="ADDRESS", help="host:port, [v6]:port, :port or unix:/path"
+    )
     parser.add_argument(
         "--systemd", action="store_true", help="serve the socket passed by systemd socket activation, not ADDRESS"
     )
@@ -67,20 +70,45 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="processes serving the port (select or asyncio engine)"
     )
-    parser.add_argument("--max-connections", type=int, default=10_000, metavar="N")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="connections served at once; more are closed as soon as accepted (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-buffered", type=size_argument, default=DEFAULT_MAX_BUFFERED, metavar="BYTES",
         help="bytes a server process may hold for all its connections, in unfinished messages and queued replies; "
-        "past it, growing connections are paused, then the largest closed (default 256MiB)",
+        "past it, growing connections are paused, then the largest closed (default: 256MiB)",
     )  # fmt: skip
-    parser.add_argument("--idle-timeout", type=seconds_argument, default=IDLE_TIMEOUT, metavar="S")
-    parser.add_argument("--message-timeout", type=seconds_argument, default=MESSAGE_TIMEOUT, metavar="S")
-    parser.add_argument("--handshake-timeout", type=seconds_argument, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="S")
+    parser.add_argument(
+        "--idle-timeout",
+        type=seconds_argument,
+        default=IDLE_TIMEOUT,
+        metavar="S",
+        help="close a connection after S seconds without a whole message (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--message-timeout",
+        type=seconds_argument,
+        default=MESSAGE_TIMEOUT,
+        metavar="S",
+        help="close a connection whose message takes over S seconds to arrive once begun (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=seconds_argument,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="S",
+        help="seconds for the PROXY, TLS and authentication handshakes (default: %(default)s)",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        help="log each connection closed by an error, a timeout, a limit or a refusal",
+        help="also log each connection closed by a timeout, a reset, a limit or a refusal "
+        "(a peer's framing, codec or handshake fault is logged without -v)",
     )
     parser.add_argument(
         "--log-format",
@@ -180,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     exporter = _start_metrics(args, server, where)
 
     def ready() -> None:
-        print(f"serving {args.app} on {format_address(server.address)}", flush=True)
+        protocol = f"framing: {describe_framing(server.framing)}; codec: {describe_codec(args.codec)}"
+        print(f"serving {args.app} on {format_address(server.address)} ({protocol})", flush=True)
         if exporter is not None:
             print(f"metrics on {exporter.url}", flush=True)
 

@@ -176,5 +176,26 @@ def _check_max_size(max_size: int, name: str = "max_size") -> int:
     return max_size
 
 
+_BINARY_HEADER: Final = "length header announces"
+"""The `what` of a binary length header: the one whose bytes may turn out to be text."""
+
+
 def _too_large(size: int, max_size: int, what: str) -> MessageTooLarge:
-    return MessageTooLarge(f"{what} {size} bytes; max_size is {max_size}", size=size, max_size=max_size)
+    message = f"{what} {size} bytes; max_size is {max_size}"
+    if what == _BINARY_HEADER and (text := _header_text(size)):
+        message += f" (the bytes {text!r} look like text: is the peer using another framing?)"
+    return MessageTooLarge(message, size=size, max_size=max_size)
+
+
+def _header_text(size: int) -> str | None:
+    """The header's bytes as text when they are 2 or more printable ASCII characters, else None.
+
+    A peer that speaks a text protocol (HTTP, a line of text) to a
+    length-prefixed server sends a "length" like 1213486160: the bytes
+    ``HTTP``. The bytes are those of a big-endian header (the ``!`` formats,
+    the command line's): a little-endian peer's would read reversed.
+    """
+    header = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    if len(header) >= 2 and all(0x20 <= byte <= 0x7E for byte in header):
+        return header.decode("ascii")
+    return None

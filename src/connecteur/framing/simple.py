@@ -227,7 +227,7 @@ class _DecimalPrefixedDecoder(_BufferDecoder):
                     raise FramingError(f"decimal length header {digits!r} is not {width} ASCII digits")
                 size = int(digits)
                 if size > max_size:
-                    raise _too_large(size, max_size, "length header announces")
+                    raise _too_large(size, max_size, "decimal length header announces")
                 stop = pos + width + size
                 if stop > end:
                     break

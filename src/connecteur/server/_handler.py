@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import inspect
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, final
 
 from ..address import format_address
 from ..codecs import Codec
-from ..errors import CodecError, FramingError
+from ..errors import AuthenticationError, CodecError, FramingError, ProxyProtocolError
 from ..framing import Buffer, Framing
 from ._peer import Peer
+from ._ratelimit import LogLimit
 
 logger: Final = logging.getLogger("connecteur.server")
 """Where servers log: a handler's bug with its traceback, network trouble in one line."""
@@ -39,7 +41,14 @@ MessageHandler = Callable[[bytes], "bytes | None"]
 
 
 class PeerHandler(Protocol):
-    """A handler object; it may define any subset of these three methods."""
+    """A handler object: `received`, and, if it needs them, ``connected`` and ``closed``.
+
+    The engines call each of these that the object defines:
+    ``connected(peer)`` when a connection opens, ``received(peer, message)``
+    for each whole message, ``closed(peer, error)`` once it has closed
+    (`error` is None after a clean close). Only `received` is declared here,
+    as a Protocol cannot declare a method optional.
+    """
 
     def received(self, peer: Peer, message: bytes) -> bytes | None:
         """A whole message arrived from `peer`; return a reply or ``None``."""
@@ -47,6 +56,9 @@ class PeerHandler(Protocol):
 
 
 _HOOKS = ("connected", "received", "closed")
+
+PEER_FAULTS: Final = (FramingError, AuthenticationError, ProxyProtocolError, ssl.SSLError)
+"""What a peer that does not speak the server's protocol gets closed for (codec errors are FramingErrors)."""
 
 
 class HandlerFailed(Exception):
@@ -65,22 +77,48 @@ class HandlerFailed(Exception):
         self.__cause__ = cause
 
 
+PEER_FAULT_LOG: Final = LogLimit().register_at_fork()
+"""How many peer-fault warnings a process logs (10 a minute): beyond, one line says how many it left out."""
+
+
 def log_closing(address: object, error: BaseException) -> BaseException:
     """Log why a connection closes, as its kind deserves; return the error to report.
 
-    A handler's bug is an error with its traceback; the peer's bad bytes, a
-    timeout or a reset are one line at INFO level: they are the network's
-    doing, and a busy server sees them all day.
+    A handler's bug is an error with its traceback. The peer's bad bytes (its
+    framing, its codec, its handshake) are a WARNING in one line, as they
+    are usually a client set up differently from the server, which nobody
+    would guess otherwise; `PEER_FAULT_LOG` bounds them. A timeout or a
+    reset is one line at INFO: the network's doing, seen all day.
     """
     if isinstance(error, HandlerFailed):
         cause = error.__cause__ or error
         if error.peer_fault:
-            logger.info("closing %s: %s", format_address(address), error)
+            _log_peer_fault(address, error)
         else:
             logger.error("closing %s: %s", format_address(address), error, exc_info=cause)
         return cause
-    logger.info("closing %s: %s", format_address(address), error)
+    if isinstance(error, PEER_FAULTS) and not isinstance(error, ssl.SSLEOFError):  # EOF: a peer that left
+        _log_peer_fault(address, error)
+    else:
+        logger.info("closing %s: %s", format_address(address), error)
     return error
+
+
+def _log_peer_fault(address: object, error: BaseException) -> None:
+    """A WARNING, or an INFO line once `PEER_FAULT_LOG`'s budget is spent."""
+    left_out = PEER_FAULT_LOG.admit()
+    if left_out is None:
+        logger.info("closing %s: %s", format_address(address), error)
+        return
+    if left_out:
+        limit = PEER_FAULT_LOG
+        logger.warning(
+            "... and %d more peer faults not logged as warnings (at most %d per %g s)",
+            left_out,
+            limit.lines,
+            limit.interval,
+        )
+    logger.warning("closing %s: %s", format_address(address), error)
 
 
 def frame_replies(
