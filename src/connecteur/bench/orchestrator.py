@@ -172,8 +172,9 @@ class Settings:
 
 FULL: Final = Settings("full", rounds=3, seconds=1.0, many_connections=1000, idle_connections=2000, rss_samples=6)
 QUICK: Final = Settings("quick", rounds=1, seconds=0.2, many_connections=200, idle_connections=200, rss_samples=3)
-"""Every target and workload, once and shorter: 33 s on 2 cores (AMD EPYC, load
-average 2.0 before the run), as `--quick`'s help says; a busy machine takes longer."""
+"""Every target and workload, once and shorter: 33 s and 37 s on 2 cores (AMD EPYC,
+load averages 2 and 4 before the run), hence "about 35 s" in `--quick`'s help; a
+busier machine takes longer (38-42 s were seen)."""
 
 MIN_MESSAGES: Final = 10
 """Messages a throughput figure needs, or it is reported as failed rather than shown.
