@@ -13,6 +13,10 @@ from hypothesis import strategies as st
 TIMEOUT = 10.0 * float(os.environ.get("CONNECTEUR_TEST_TIMEOUT_FACTOR", "1"))
 """The one unit every wait in the tests is bounded by, in seconds."""
 
+LONG_TESTS = os.environ.get("CONNECTEUR_LONG_TESTS") == "1"
+"""Whether to run the soaks and the slowest property tests at full length (opt-in:
+the default suite stays within a few minutes on 2 cores)."""
+
 
 def cuts(data: bytes, draw: st.DataObject, *, max_piece: int = 64) -> Iterator[bytes]:
     """Cut `data` into pieces of 1..max_piece bytes, sizes drawn by Hypothesis."""

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
@@ -47,12 +47,20 @@ peer cannot fill this process's memory faster than the caller consumes."""
 
 _T = TypeVar("_T")
 
+if TYPE_CHECKING:  # typing_extensions' TypeVar takes a default (PEP 696); type checkers know it from typeshed
+    import typing_extensions
 
+    T = typing_extensions.TypeVar("T", default=Any)
+else:  # nothing reads the default at run time, where typing's TypeVar takes none before Python 3.13
+    T = TypeVar("T")
+
+
+@overload
 async def connect(
     address: AddressLike,
     *,
     framing: Framing | None = None,
-    codec: Codec | None = None,
+    codec: None = None,
     timeout: float | None = None,
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -60,7 +68,38 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection:
+) -> Connection[bytes]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+) -> Connection[T]: ...
+
+
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T] | None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+) -> Connection[T] | Connection[bytes]:
     """Connect to a server and return an asyncio `Connection`.
 
     Args:
@@ -320,8 +359,11 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
 
 @final
-class Connection:
+class Connection(Generic[T]):
     """An asyncio message connection; create it with `connect()`.
+
+    Generic in what `recv` returns, as the blocking `connecteur.Connection`:
+    ``Connection[bytes]`` without a codec, the codec's decoded type with one.
 
     One task may `send` while another `recv`s; two tasks sending at once
     must take turns themselves (an ``asyncio.Lock``), as must two receivers.
@@ -333,7 +375,7 @@ class Connection:
     answer the next request.
     """
 
-    def __init__(self, protocol: _ClientProtocol, *, codec: Codec | None = None, timeout: float | None) -> None:
+    def __init__(self, protocol: _ClientProtocol, *, codec: Codec[T] | None = None, timeout: float | None) -> None:
         self._protocol = protocol
         self._codec = codec
         self._timeout = timeout
@@ -422,7 +464,7 @@ class Connection:
 
     # --- receiving -------------------------------------------------------------
 
-    async def recv(self) -> Any:
+    async def recv(self) -> T:
         """Return the next message, waiting for it if needed.
 
         Raises:
@@ -437,8 +479,7 @@ class Connection:
             CodecError: the message does not decode (it is consumed).
             OSError: the connection broke.
         """
-        message = await self._recv_bytes(self._deadline())
-        return message if self._codec is None else self._codec.decode(message)
+        return self._decode(await self._recv_bytes(self._deadline()))
 
     async def _recv_bytes(self, deadline: float | None) -> bytes:
         protocol = self._protocol
@@ -458,7 +499,7 @@ class Connection:
         protocol.took_one()
         return message
 
-    async def request(self, message: Any) -> Any:
+    async def request(self, message: Any) -> T:
         """Send a message and return the next message received: its reply.
 
         The timeout bounds the whole exchange. When it runs out, or the call
@@ -493,12 +534,16 @@ class Connection:
             if not isinstance(exc, Exception):  # cancelled: the reply is owed all the same
                 self._abandon("when request() was cancelled: its late reply would answer the next one")
             raise
-        return reply if self._codec is None else self._codec.decode(reply)
+        return self._decode(reply)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def _decode(self, message: bytes) -> T:
+        # Without a codec, T is bytes (connect's overloads say so).
+        return cast("T", message) if self._codec is None else self._codec.decode(message)
+
+    def __aiter__(self) -> AsyncIterator[T]:
         return self._messages()
 
-    async def _messages(self) -> AsyncIterator[Any]:
+    async def _messages(self) -> AsyncIterator[T]:
         """Yield messages until the peer closes cleanly."""
         while True:
             try:

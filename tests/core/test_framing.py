@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import connecteur
@@ -38,7 +38,7 @@ from connecteur.framing import (
     batch_encoder,
     direct_decoder,
 )
-from tests.support import cuts, one_byte_at_a_time
+from tests.support import LONG_TESTS, cuts, one_byte_at_a_time
 
 FramingError = connecteur.FramingError
 MessageTooLarge = connecteur.MessageTooLarge
@@ -940,6 +940,9 @@ def _patterned(size: int, seed: int) -> bytes:
 
 @pytest.mark.parametrize("pooled", [False, True])
 @given(sizes=st.lists(_LARGE_SIZES, min_size=1, max_size=4), data=st.data())
+# Each example moves megabytes a few bytes at a time (17 s for 100 examples):
+# 30 by default still draws every size and step; 100 with CONNECTEUR_LONG_TESTS=1.
+@settings(max_examples=100 if LONG_TESTS else 30)
 def test_large_messages_through_feed_and_direct_reads(pooled: bool, sizes: list[int], data: st.DataObject) -> None:
     """Random cuts down to 1 byte, each piece fed or read straight into the body when the decoder offers it."""
     messages = [_patterned(size, seed) for seed, size in enumerate(sizes)]

@@ -195,7 +195,10 @@ def test_each_limit_on_the_page_is_the_codes(limit: str, default: str, source: s
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site, built with ``mkdocs build --strict`` (skipped without the docs extra)."""
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
-        pytest.importorskip(module, reason="the docs extra is not installed")
+        pytest.importorskip(
+            module,
+            reason="the docs tools are not installed (the docs extra; .ci/run installs it and runs tests/docs again)",
+        )
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],

@@ -372,7 +372,9 @@ def test_the_recv_timeout_bounds_the_whole_message(listener: socket.socket, run_
                 conn.recv()
         finally:
             stop.set()
-        assert time.monotonic() - started < 1.5
+        # The Timeout is the proof (a per-read timeout returns the message after 2 s);
+        # this bound only says it did not hang, and no busy machine reaches it.
+        assert time.monotonic() - started < TIMEOUT
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs when the accept queue is full")

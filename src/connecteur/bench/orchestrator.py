@@ -37,6 +37,7 @@ from .scale import SCALE_CONNECTIONS, SCALE_WINDOW
 __all__ = [
     "DEFAULT_WORKLOADS",
     "FULL",
+    "MIN_MESSAGES",
     "QUICK",
     "TARGETS",
     "WORKLOADS",
@@ -163,10 +164,25 @@ class Settings:
     rss_samples: int
     """Consecutive RSS readings, 50 ms apart, that must agree before and after opening the idle connections."""
 
+    @property
+    def is_quick(self) -> bool:
+        """Whether this is a quick run (``--quick``), whose figures are indicative only."""
+        return "quick" in self.name.split()
+
 
 FULL: Final = Settings("full", rounds=3, seconds=1.0, many_connections=1000, idle_connections=2000, rss_samples=6)
 QUICK: Final = Settings("quick", rounds=1, seconds=0.2, many_connections=200, idle_connections=200, rss_samples=3)
-"""Every target and workload, once and shorter: about 20 s on 2 cores."""
+"""Every target and workload, once and shorter: 33 s and 37 s on 2 cores (AMD EPYC,
+load averages 2 and 4 before the run), hence "about 35 s" in `--quick`'s help; a
+busier machine takes longer (38-42 s were seen)."""
+
+MIN_MESSAGES: Final = 10
+"""Messages a throughput figure needs, or it is reported as failed rather than shown.
+
+A figure counts whole messages in its window, so one message more or less
+moves it by 1/n: 10 keeps that under 10 %, the noise of a quick run anyway.
+A busy machine can let a 0.2 s window echo a single 1 MiB message; that
+figure would make every other target's bar read many times faster."""
 
 CHILD_KIB_ESTIMATE: Final = 2560
 """Memory a processes-engine child takes (KiB), a little above the ~2 MiB of
@@ -407,8 +423,21 @@ def _measure(
     figures, error = client.run(job, timeout=settings.seconds + connections / 50 + IO_TIMEOUT * 2)
     if figures is None and server.has_exited():
         error = f"{error}; the server exited: {server.stop()}"
+    if figures is not None and (too_few := _too_few_messages(figures)):
+        figures, error = None, too_few
     if figures is None:
         results.failures.setdefault(target, {})[workload] = error
     else:
         results.rounds.setdefault(target, {}).setdefault(workload, []).append(figures)
     progress.done(target, workload, figures, error)
+
+
+def _too_few_messages(figures: Figures) -> str:
+    """Why a figure counts too few messages to be shown (see `MIN_MESSAGES`), or ""."""
+    messages = figures.get("messages")
+    if messages is None or int(messages) >= MIN_MESSAGES:  # the idle workload counts no messages
+        return ""
+    return (
+        f"only {int(messages)} messages in {float(figures['seconds']):.2f} s, fewer than the {MIN_MESSAGES} "
+        "a figure needs: is the machine busy?"
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -97,17 +99,19 @@ def _cell(results: Results, target: str, column: Column) -> str:
     return (f"{ratio:.2f}{TIMES}" if ratio >= 0.0995 else f"{ratio:.2g}{TIMES}") + mark
 
 
-def _columns(results: Results) -> list[Column]:
-    return [column for column in COLUMNS if column.workload in results.workloads]
+def _columns(results: Results, workloads: list[str] | None = None) -> list[Column]:
+    chosen = results.workloads if workloads is None else workloads
+    return [column for column in COLUMNS if column.workload in chosen]
 
 
-def table(results: Results) -> tuple[list[str], list[str], list[list[str]]]:
+def table(results: Results, workloads: list[str] | None = None) -> tuple[list[str], list[str], list[list[str]]]:
     """The table: the workload of each column, its header, and a row of cells per target.
 
     The reference target's row holds its figures; every other row, each
-    figure divided by the reference's.
+    figure divided by the reference's. `workloads`, if given, chooses the
+    columns (one table per workload on a narrow terminal).
     """
-    columns = _columns(results)
+    columns = _columns(results, workloads)
     groups = ["", *(column.workload if column.is_headline else "" for column in columns)]
     headers = ["target", *(column.header for column in columns)]
     rows = [[target, *(_cell(results, target, column) for column in columns)] for target in results.targets]
@@ -122,11 +126,13 @@ def legend(results: Results) -> list[str]:
     lower = dict.fromkeys(column.header for column in columns if not column.higher_is_better)
     counts = {"many": f": {settings.many_connections:,}", "idle": f": {settings.idle_connections:,}"}
     lines = [
+        *conditions(results),
         f"Reference: {reference}. Its row holds its figures; every other row, each figure divided by "
         f"{reference}'s (2.00{TIMES} is twice {reference}'s figure).",
         f"Higher is better: {', '.join(higher)}. Lower is better: {', '.join(lower)}.",
         *_units(results.workloads),
         *(f"{name}: {WORKLOADS[name].description}{counts.get(name, '')}" for name in results.workloads),
+        *(f"{name}: {TARGETS[name].description}" for name in results.targets),
     ]
     if any(figures.get("client_bound") for figures in _all_figures(results)):
         lines.append(
@@ -139,6 +145,22 @@ def legend(results: Results) -> list[str]:
     for target, reasons in results.failures.items():
         lines += [f"failed: {workload} on {target}: {reason}" for workload, reason in reasons.items()]
     lines += [f"note: {note}" for note in results.notes]
+    return lines
+
+
+def conditions(results: Results) -> list[str]:
+    """How far to trust the figures: the load average before the run, and whether it was quick."""
+    machine = results.machine
+    lines = [
+        f"Load average (1 min) before the run: {float(str(machine['load_average'])):.2f} "
+        f"on {machine['cpus']} CPUs: other work skews every figure."
+    ]
+    if results.settings.is_quick:
+        settings = results.settings
+        lines.append(
+            f"Indicative figures: a quick run, {settings.rounds} round of {settings.seconds} s per figure; "
+            "run without --quick to compare."
+        )
     return lines
 
 
@@ -180,17 +202,44 @@ def _all_figures(results: Results) -> list[Figures]:
     ]
 
 
-def print_table(results: Results, out: TextIO, *, fancy: bool) -> None:
-    """Print the table and its legend: with rich when `fancy`, plain text otherwise."""
-    groups, headers, rows = table(results)
+def print_table(results: Results, out: TextIO, *, fancy: bool, width: int | None = None) -> None:
+    """Print the table and its legend: with rich when `fancy`, plain text otherwise.
+
+    When the whole table is wider than `width` (by default the terminal's,
+    or 80 columns), it is split into tables of whole workloads, as many in
+    each as fit: a cut figure would lie.
+    """
+    width = width or shutil.get_terminal_size().columns
     if fancy:
-        _print_rich_table(groups, headers, rows, out)
+        console: Any = importlib.import_module("rich.console").Console(file=out, width=width)
+        for grid in _fitting(results, width, lambda grid: _rich_width(console, _rich_grid(grid))):
+            console.print(_rich_grid(grid))
     else:
-        for text in _plain_table([groups, headers, *rows]):
-            print(text, file=out)
+        for i, (groups, headers, rows) in enumerate(_fitting(results, width, _plain_width)):
+            for text in [""] * (i > 0) + _plain_table([groups, headers, *rows]):
+                print(text, file=out)
     print(file=out)
     for text in legend(results):
         print(text, file=out)
+
+
+Table = tuple[list[str], list[str], list[list[str]]]
+
+
+def _fitting(results: Results, width: int, width_of: Callable[[Table], int]) -> list[Table]:
+    """The tables to print: workloads in order, as many in each table as fit in `width` (one at least)."""
+    groups: list[list[str]] = []
+    for workload in results.workloads:
+        if groups and width_of(table(results, [*groups[-1], workload])) <= width:
+            groups[-1].append(workload)
+        else:
+            groups.append([workload])
+    return [table(results, group) for group in groups]
+
+
+def _plain_width(grid: Table) -> int:
+    groups, headers, rows = grid
+    return max(len(line) for line in _plain_table([groups, headers, *rows]))
 
 
 def _plain_table(lines: list[list[str]]) -> list[str]:
@@ -199,15 +248,21 @@ def _plain_table(lines: list[list[str]]) -> list[str]:
     return ["  ".join([cells[0].ljust(widths[0]), *map(str.rjust, cells[1:], widths[1:])]).rstrip() for cells in lines]
 
 
-def _print_rich_table(groups: list[str], headers: list[str], rows: list[list[str]], out: TextIO) -> None:
+def _rich_grid(grid: Table) -> Any:
     rich_table: Any = importlib.import_module("rich.table")
-    console: Any = importlib.import_module("rich.console").Console(file=out)
-    grid = rich_table.Table(show_edge=False)
+    groups, headers, rows = grid
+    rendered = rich_table.Table(show_edge=False)
     for i, (group, header) in enumerate(zip(groups, headers, strict=True)):
-        grid.add_column(f"{group}\n{header}" if i else f"\n{header}", justify="left" if i == 0 else "right")
+        # Folded rather than cut with an ellipsis, should even one workload not fit.
+        rendered.add_column(f"{group}\n{header}", justify="right" if i else "left", overflow="fold")
     for row in rows:
-        grid.add_row(*row)
-    console.print(grid)
+        rendered.add_row(*row)
+    return rendered
+
+
+def _rich_width(console: Any, rendered: Any) -> int:
+    unbounded = console.options.update_width(10**6)  # rich clamps a measure to the width it is given
+    return int(console.measure(rendered, options=unbounded).maximum)
 
 
 # --- progress ------------------------------------------------------------------------
@@ -313,6 +368,8 @@ def plot(results: Results, path: Path) -> None:
     _plot_legend(cells[len(results.workloads)], results)
     for ax in cells[len(results.workloads) + 1 :]:
         ax.set_axis_off()
+    # Above every panel: a quick run's bars, or a busy machine's, are not to be compared as they are.
+    figure.suptitle("\n".join(conditions(results)), fontsize=9, x=0.01, ha="left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
@@ -357,10 +414,15 @@ def _plot_legend(ax: Any, results: Results) -> None:
         patches.Patch(facecolor="white", edgecolor="black", hatch="//", label="client-bound: may understate"),
     ]
     ax.set_axis_off()
-    ax.legend(handles=handles, loc="upper left", fontsize=9, frameon=False)
+    ax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False)
     machine = results.machine
-    text = (
-        f"connecteur bench, {results.settings.name} run\n"
-        f"{machine['cpu']}, {machine['cpus']} CPUs\n{machine['python']}\n{machine['os']}\n{results.pinning}"
-    )
-    ax.text(0.0, 0.0, text, fontsize=8, va="bottom", transform=ax.transAxes)
+    lines = [
+        *(f"{name}: {TARGETS[name].description}" for name in results.targets),
+        "",
+        f"connecteur bench, {results.settings.name} run",
+        f"{machine['cpu']}, {machine['cpus']} CPUs",
+        f"{machine['python']}",
+        f"{machine['os']}",
+        results.pinning,
+    ]
+    ax.text(0.0, 0.0, "\n".join(lines), fontsize=7, va="bottom", transform=ax.transAxes)

@@ -81,7 +81,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help=f"every target, 1 round of {QUICK.seconds} s per figure (instead of {FULL.rounds} of {FULL.seconds} s), "
         f"{QUICK.many_connections} connections for many and idle (instead of {FULL.many_connections:,} and "
-        f"{FULL.idle_connections:,}): under 30 s",
+        f"{FULL.idle_connections:,}): about 35 s on 2 cores, more on a busy machine; indicative figures",
     )
     parser.add_argument(
         "--check",
