@@ -64,10 +64,13 @@ def test_the_server_stays_within_max_buffered_and_serves_others(engine: str) -> 
     16 MiB together: past the budget the server stops reading, closes the
     connections holding the most, and still answers another client.
     """
+    if engine == "processes":
+        pytest.skip("the budget is per process: each child serves one connection, which max_size bounds")
     budget = 4 * MIB
+    processes = 2 if engine == "select*2" else 1  # each worker has a budget of its own
     with ServerProcess(engine, timeout=TIMEOUT, max_buffered=budget) as server:
         result = budget_flood(server, 16, body=MIB, chunk=64 * KIB)
-    assert result["peak"] <= budget // KIB + NOISE_KIB, f"grew by {result['peak'] / KIB:,.1f} MiB"
+    assert result["peak"] <= processes * budget // KIB + NOISE_KIB, f"grew by {result['peak'] / KIB:,.1f} MiB"
     assert result["served"], "another client got no reply"
 
 

@@ -89,6 +89,10 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     are usually a client set up differently from the server, which nobody
     would guess otherwise; `PEER_FAULT_LOG` bounds them. A timeout or a
     reset is one line at INFO: the network's doing, seen all day.
+
+    The records carry the error's text, not the error: a handler that keeps
+    records (pytest's, a ``MemoryHandler``) would keep the error's traceback,
+    its frames and the closed connection with them.
     """
     if isinstance(error, HandlerFailed):
         cause = error.__cause__ or error
@@ -100,7 +104,7 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     if isinstance(error, PEER_FAULTS) and not isinstance(error, ssl.SSLEOFError):  # EOF: a peer that left
         _log_peer_fault(address, error)
     else:
-        logger.info("closing %s: %s", format_address(address), error)
+        logger.info("closing %s: %s", format_address(address), str(error))
     return error
 
 
@@ -108,7 +112,7 @@ def _log_peer_fault(address: object, error: BaseException) -> None:
     """A WARNING, or an INFO line once `PEER_FAULT_LOG`'s budget is spent."""
     left_out = PEER_FAULT_LOG.admit()
     if left_out is None:
-        logger.info("closing %s: %s", format_address(address), error)
+        logger.info("closing %s: %s", format_address(address), str(error))
         return
     if left_out:
         limit = PEER_FAULT_LOG
@@ -118,7 +122,7 @@ def _log_peer_fault(address: object, error: BaseException) -> None:
             limit.lines,
             limit.interval,
         )
-    logger.warning("closing %s: %s", format_address(address), error)
+    logger.warning("closing %s: %s", format_address(address), str(error))
 
 
 def frame_replies(
