@@ -78,10 +78,13 @@ class LengthField:
         self.byteorder: Literal["big", "little"] = byteorder
         self.adjustment = _check_int(adjustment, "adjustment")
         self.strip = strip
-        largest = 2 ** (8 * size) - 1 + offset + size + adjustment - strip
-        if largest < 0:
-            raise ValueError(f"{self!r} describes no frame: even the largest length gives one shorter than strip")
-        self.max_size = min(_check_max_size(max_size), largest)
+        largest = offset + size + 2 ** (8 * size) - 1 + adjustment  # the longest frame the field can give
+        if largest < max(offset + size, strip):
+            raise ValueError(
+                f"{self!r} describes no frame: even the largest length gives a {largest}-byte frame, "
+                "shorter than its header or the bytes to strip"
+            )
+        self.max_size = min(_check_max_size(max_size), largest - strip)
 
     def __repr__(self) -> str:
         return (
