@@ -3,9 +3,11 @@
     pip install atheris
     python fuzz/fuzz_decoders.py -max_total_time=60
 
-Each input picks a framing (all seven, with small limits so that the limits are
-reached), cuts the rest of the input into pieces of 1 to 16 bytes, feeds them
-and ends the stream. A crash is any other exception, a decoder holding more
+Each input picks a framing (every one whose messages encode back to the exact
+bytes they came from, with small limits so that the limits are reached; not
+`Lines`, which drops a ``\r``: tests/core/test_framing_wild.py checks it against
+a reference reader), cuts the rest of the input into pieces of 1 to 16 bytes,
+feeds them and ends the stream. A crash is any other exception, a decoder holding more
 than its limit plus a header, messages that are not exactly the bytes they
 were cut from, or a failed decoder that accepts more bytes. See README.md.
 """
@@ -24,6 +26,7 @@ with atheris.instrument_imports():  # coverage feedback from connecteur's own co
         Delimited,
         FixedLength,
         Framing,
+        LengthField,
         LengthPrefixed,
         Netstring,
         TypeTagged,
@@ -35,6 +38,8 @@ FRAMINGS: tuple[tuple[Framing, int], ...] = (
     (Delimited(b"\r\n", max_size=32), 2),
     (LengthPrefixed("!H", max_size=64), 2),
     (LengthPrefixed("<Q", max_size=64), 8),
+    (LengthField(offset=4, size=2, max_size=64), 0),  # Modbus/TCP: the message is the whole frame
+    (LengthField(size=4, byteorder="little", adjustment=-4, strip=4, max_size=64), 4),
     (DecimalPrefixed(3, max_size=64), 3),
     (Netstring(max_size=64), len("64") + 2),
     (TypeTagged({b"P": 0, b"M": 4}), 0),

@@ -248,6 +248,12 @@ _ABSURD = [
     (["--framing", "digits:30"], ["1 to 20 digits"]),
     (["--framing", "digits:" + "9" * 5000], ["1 to 20 digits"]),
     (["--framing", "fixed:0"], ["positive"]),
+    (["--framing", "field:0:5"], ["'field:0:5'", "field:OFFSET:SIZE", "1, 2, 3, 4 or 8"]),
+    (["--framing", "field:x:2"], ["'field:x:2'", "OFFSET"]),
+    (["--framing", "field:0:2::2"], ["ADJUSTMENT"]),
+    (["--framing", "field:" + "9" * 5000], ["999...", "field:OFFSET:SIZE"]),
+    (["--framing", "field:0:1:-300"], ["describes no frame"]),
+    (["--framing", "lines:5"], ["'lines:5'", "lines"]),
     (["--max-size", "0"], ["--max-size", "'0'"]),
     (["--max-size", "-5"], ["'-5'"]),
     (["--max-size", "lots"], ["'lots'"]),
@@ -292,6 +298,11 @@ def test_max_size_takes_bytes_or_binary_units(text: str, size: int) -> None:
         ("length:2", 2**20, 65535),
         ("line", None, 64 * 2**10),
         ("crlf", 10, 10),
+        ("lines", None, 64 * 2**10),
+        ("lines", 10, 10),
+        ("field:4:2", None, 65541),  # Modbus/TCP: the 6-byte MBAP header and 65,535 bytes after it
+        ("field:0:2:0:2", None, 65535),
+        ("field:0:4le:-4:4", 1000, 1000),
         ("netstring", 1000, 1000),
         ("close", 1000, 1000),
         ("digits:10", None, 16 * 2**20),
@@ -348,3 +359,37 @@ def test_serve_passes_max_buffered_to_the_server(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(Stop):
         main(["serve", "127.0.0.1:0", "--max-buffered", "64MiB"])
     assert seen["max_buffered"] == 64 * 2**20
+
+
+# --- framings for peers from the wild ------------------------------------------------
+
+
+def test_lines_server_answers_crlf_and_lf_peers(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    """A netcat-style peer sends \r\n and \n mixed; the echo comes back without the \r."""
+    served = serve_cli("--app", "upper", "--framing", "lines")
+    host, _, port = served.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"hello\r\nworld\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_until_closed(sock) == b"HELLO\nWORLD\n"
+
+
+def test_field_server_echoes_modbus_adus(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    """A hand-written Modbus/TCP request, cut inside its MBAP header, comes back whole."""
+    served = serve_cli("--app", "echo", "--framing", "field:4:2")
+    host, _, port = served.address.rpartition(":")
+    adu = bytes.fromhex("0001 0000 0006 11 03 006B 0003")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(adu[:5])
+        sock.sendall(adu[5:] + adu)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_until_closed(sock) == adu + adu
+
+
+def test_field_max_size_closes_at_the_header(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    """--max-size applies to the field: an MBAP length of 1,000 with --max-size 100 closes at once."""
+    served = serve_cli("--app", "echo", "--framing", "field:4:2", "--max-size", "100")
+    host, _, port = served.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(bytes.fromhex("0001 0000 03E8"))
+        assert recv_until_closed(sock) == b""

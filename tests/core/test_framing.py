@@ -32,7 +32,9 @@ from connecteur.framing import (
     DirectDecoder,
     FixedLength,
     Framing,
+    LengthField,
     LengthPrefixed,
+    Lines,
     Netstring,
     TypeTagged,
     batch_encoder,
@@ -44,7 +46,17 @@ FramingError = connecteur.FramingError
 MessageTooLarge = connecteur.MessageTooLarge
 TruncatedMessage = connecteur.TruncatedMessage
 
-AnyFraming = FixedLength | Delimited | LengthPrefixed | DecimalPrefixed | Netstring | TypeTagged | CloseDelimited
+AnyFraming = (
+    FixedLength
+    | Delimited
+    | Lines
+    | LengthPrefixed
+    | LengthField
+    | DecimalPrefixed
+    | Netstring
+    | TypeTagged
+    | CloseDelimited
+)
 
 
 # --- helpers --------------------------------------------------------------------
@@ -108,7 +120,7 @@ class Case:
     """One framing, the messages it can carry, and what it may hold beyond max_size."""
 
     id: str
-    framing: FixedLength | Delimited | LengthPrefixed | DecimalPrefixed | Netstring | TypeTagged
+    framing: FixedLength | Delimited | LengthPrefixed | LengthField | DecimalPrefixed | Netstring | TypeTagged
     messages: st.SearchStrategy[bytes]
     overhead: int  # bytes beyond max_size a decoder may hold between two feeds (header, delimiter)
     vector: tuple[bytes, ...]  # a few messages; the first one is also cut short as "the next message"
@@ -150,7 +162,26 @@ def _cases() -> list[Case]:
             False,
         ),
     ]
-    return cases
+    return cases + _length_field_cases()
+
+
+def mbap(transaction: int, unit: int, pdu: bytes) -> bytes:
+    """A Modbus/TCP ADU: transaction id, protocol id 0, the length of what follows it, unit id, PDU."""
+    return struct.pack("!HHHB", transaction, 0, 1 + len(pdu), unit) + pdu
+
+
+def _length_field_cases() -> list[Case]:
+    modbus = st.builds(mbap, st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.binary(max_size=253))
+    return [
+        Case("field-modbus", LengthField(offset=4, size=2, max_size=260), modbus, 6,
+             (mbap(1, 0x11, bytes.fromhex("03006B0003")), mbap(2, 0, b""), mbap(0xFFFF, 0xFF, b"\0" * 253)), False),
+        Case("field-iso8583", LengthField(size=2, strip=2, max_size=200), st.binary(max_size=200), 2,
+             (b"0800" + b"\x82" * 8, b"", b"\0" * 200), True),
+        Case("field-self-inclusive", LengthField(byteorder="little", adjustment=-4, strip=4, max_size=200),
+             st.binary(max_size=200), 4, (b"hello", b"", b"\0" * 200), True),
+        Case("field-3-trailer", LengthField(size=3, adjustment=2, strip=3, max_size=200),
+             st.binary(min_size=2, max_size=200), 3, (b"hello", b"ok", b"\0" * 200), False),
+    ]  # fmt: skip
 
 
 CASES = _cases()
@@ -751,6 +782,16 @@ def test_fixed_length_encode_rejects_the_wrong_size(message: bytes) -> None:
         lambda: TypeTagged({b"": 0}),
         lambda: TypeTagged({256: 0}),
         lambda: TypeTagged({b"P": -1}),
+        lambda: Lines(max_size=-1),
+        lambda: LengthField(size=0),
+        lambda: LengthField(size=5),
+        lambda: LengthField(size=True),
+        lambda: LengthField(offset=-1),
+        lambda: LengthField(strip=-1),
+        lambda: LengthField(byteorder="network"),  # type: ignore[arg-type]
+        lambda: LengthField(adjustment=1.5),  # type: ignore[arg-type]
+        lambda: LengthField(max_size=-1),
+        lambda: LengthField(size=1, adjustment=-300),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error(make: Callable[[], object]) -> None:
@@ -773,6 +814,9 @@ BAD_AFTER_GOOD = [
     pytest.param(Netstring(), b"1:ab", id="netstring-comma"),
     pytest.param(TypeTagged({b"P": 0, b"M": 8}), b"X", id="typed"),
     pytest.param(Delimited(b"\n", max_size=10), b"x" * 11 + b"\n", id="line"),
+    pytest.param(Lines(max_size=10), b"x" * 11 + b"\r\n", id="lines"),
+    pytest.param(LengthField(size=2, strip=2, max_size=10), b"\x00\x0b", id="field"),
+    pytest.param(LengthField(adjustment=-4, strip=4), b"\x00\x00\x00\x03", id="field-negative"),
 ]
 
 
@@ -908,6 +952,8 @@ LINEAR_CASES = [
     pytest.param(LengthPrefixed(), lambda framing, n: framing.encode(b"x" * n), id="length"),
     pytest.param(Delimited(b"\r\n", max_size=8 * LINEAR_N), lambda framing, n: b"x" * n + b"\r\n", id="line"),
     pytest.param(Netstring(), lambda framing, n: framing.encode(b"x" * n), id="netstring"),
+    pytest.param(Lines(max_size=8 * LINEAR_N), lambda framing, n: b"x" * n + b"\r\n", id="lines"),
+    pytest.param(LengthField(strip=4), lambda framing, n: framing.encode(b"x" * n), id="field"),
 ]
 
 

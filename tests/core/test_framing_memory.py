@@ -27,7 +27,9 @@ from connecteur.framing import (
     Delimited,
     FixedLength,
     Framing,
+    LengthField,
     LengthPrefixed,
+    Lines,
     Netstring,
     TypeTagged,
     direct_decoder,
@@ -47,6 +49,13 @@ LARGEST_STARTS = [
     pytest.param(TypeTagged({b"M": DEFAULT_MAX_SIZE - 1}), b"Mabc", id="typed"),
     pytest.param(CloseDelimited(), b"abc", id="close"),
     pytest.param(Delimited(), b"abc", id="line"),
+    pytest.param(Lines(), b"abc\r", id="lines"),
+    # Modbus-like: the field at offset 2 counts itself and the 2 bytes before it: a 16 MiB message.
+    pytest.param(
+        LengthField(offset=2, size=4, adjustment=-6),
+        b"\x00\x01" + struct.pack("!I", DEFAULT_MAX_SIZE) + b"abc",
+        id="field",
+    ),
 ]
 
 
@@ -172,6 +181,8 @@ _OTHER_FRAMINGS = [
     pytest.param(DecimalPrefixed(7), id="digits-7"),
     pytest.param(FixedLength(5 * LARGE_MESSAGE), id="fixed"),
     pytest.param(Delimited(max_size=6 * LARGE_MESSAGE), id="line"),
+    pytest.param(Lines(max_size=6 * LARGE_MESSAGE, crlf=True), id="lines"),
+    pytest.param(LengthField(size=3, byteorder="little", strip=3), id="field"),
     pytest.param(TypeTagged({b"M": 5 * LARGE_MESSAGE, b"P": 0}), id="typed"),
 ]
 
@@ -179,7 +190,8 @@ _OTHER_FRAMINGS = [
 @pytest.mark.parametrize("framing", _OTHER_FRAMINGS)
 @given(data=st.data())
 def test_every_framing_holds_at_most_twice_what_it_received(
-    framing: Netstring | DecimalPrefixed | FixedLength | Delimited | TypeTagged, data: st.DataObject
+    framing: Netstring | DecimalPrefixed | FixedLength | Delimited | Lines | LengthField | TypeTagged,
+    data: st.DataObject,
 ) -> None:
     """The other framings keep only received bytes: held <= 2 x buffered + a little, however cut."""
     if isinstance(framing, (FixedLength, TypeTagged)):

@@ -31,13 +31,14 @@ from connecteur.framing import (
     DecimalPrefixed,
     Delimited,
     FixedLength,
+    LengthField,
     LengthPrefixed,
     Netstring,
     TypeTagged,
 )
 from tests.support import cuts
 
-StreamFraming = FixedLength | Delimited | LengthPrefixed | DecimalPrefixed | Netstring | TypeTagged
+StreamFraming = FixedLength | Delimited | LengthPrefixed | LengthField | DecimalPrefixed | Netstring | TypeTagged
 
 MACHINE_SETTINGS = settings(max_examples=40, stateful_step_count=30)
 
@@ -76,6 +77,20 @@ SPECS = [
     Spec("line-lf", Delimited(b"\n", max_size=16), _lines(b"\n", 16), 1),
     Spec("length-!H", LengthPrefixed("!H", max_size=32), st.binary(max_size=32), 2),
     Spec("length-<Q", LengthPrefixed("<Q", max_size=32), st.binary(max_size=32), 8),
+    Spec(
+        "field-modbus",
+        LengthField(offset=4, size=2, max_size=40),
+        st.binary(min_size=4, max_size=4).flatmap(
+            lambda head: st.binary(max_size=34).map(lambda rest: head + struct.pack("!H", len(rest)) + rest)
+        ),
+        0,
+    ),
+    Spec(
+        "field-self-inclusive",
+        LengthField(size=2, byteorder="little", adjustment=-2, strip=2, max_size=32),
+        st.binary(max_size=32),
+        2,
+    ),
     Spec("digits-2", DecimalPrefixed(2, max_size=40), st.binary(max_size=40), 2),
     Spec("netstring", Netstring(max_size=40), st.binary(max_size=40), len("40") + 2),
     Spec(

@@ -9,7 +9,17 @@ from __future__ import annotations
 import struct
 
 from ..codecs import Codec, Json, MsgPack, Text
-from ..framing import CloseDelimited, DecimalPrefixed, Delimited, FixedLength, Framing, LengthPrefixed, Netstring
+from ..framing import (
+    CloseDelimited,
+    DecimalPrefixed,
+    Delimited,
+    FixedLength,
+    Framing,
+    LengthField,
+    LengthPrefixed,
+    Lines,
+    Netstring,
+)
 
 __all__ = ["describe_codec", "describe_framing"]
 
@@ -25,6 +35,10 @@ def describe_framing(framing: Framing) -> str:
         ending = repr(framing.delimiter)[2:-1]
         kind = "lines" if framing.delimiter in (b"\n", b"\r\n") else "messages"
         return f"{kind} ending in {ending}"
+    if isinstance(framing, Lines):
+        return "lines ending in \\n or \\r\\n"
+    if isinstance(framing, LengthField):
+        return _describe_field(framing)
     if isinstance(framing, Netstring):
         return "netstrings"
     if isinstance(framing, FixedLength):
@@ -34,6 +48,16 @@ def describe_framing(framing: Framing) -> str:
     if isinstance(framing, CloseDelimited):
         return "one message per connection, ended by the close"
     return repr(framing)
+
+
+def _describe_field(framing: LengthField) -> str:
+    order = "little-endian " if framing.byteorder == "little" else ""
+    words = [f"{framing.size}-byte {order}length field at offset {framing.offset}"]
+    if framing.adjustment:
+        words.append(f"adjustment {framing.adjustment}")
+    if framing.strip:
+        words.append(f"{framing.strip} bytes stripped")
+    return ", ".join(words)
 
 
 def describe_codec(codec: Codec | None) -> str:

@@ -22,7 +22,9 @@ from ..framing import (
     Delimited,
     FixedLength,
     Framing,
+    LengthField,
     LengthPrefixed,
+    Lines,
     Netstring,
 )
 
@@ -45,7 +47,15 @@ __all__ = [
     "size_argument",
 ]
 
-FRAMING_NAMES = "length, length:1|2|4|8, line, crlf, netstring, fixed:N, digits:N, close"
+FRAMING_NAMES = (
+    "length, length:1|2|4|8, line, crlf, lines, netstring, fixed:N, digits:N, close, "
+    + "field:OFFSET:SIZE[:ADJUSTMENT[:STRIP]]"
+)
+_FIELD_NAME = re.compile(r"field:([0-9]{1,4}):([12348])(le)?(?::([+-]?[0-9]{1,10})(?::([0-9]{1,4}))?)?")
+_FIELD_HELP = (
+    "expected field:OFFSET:SIZE[:ADJUSTMENT[:STRIP]]: OFFSET and STRIP bytes (0 to 9999), SIZE 1, 2, 3, 4 or 8 "
+    "(add le for little-endian: 2le), ADJUSTMENT a signed number of bytes"
+)
 _LENGTH_HEADERS = {"1": "!B", "2": "!H", "4": "!I", "8": "!Q"}
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _LARGEST_MAX_SIZE = 2**63
@@ -70,6 +80,10 @@ def framing_by_name(name: str, max_size: int | None = None) -> Framing:
         return LengthPrefixed(_LENGTH_HEADERS[arg or "4"], **limit)
     if kind in ("line", "crlf"):
         return Delimited(b"\n" if kind == "line" else b"\r\n", **limit)
+    if kind == "lines":
+        return Lines() if max_size is None else Lines(max_size)
+    if kind == "field":
+        return _length_field(name, limit)
     if kind == "netstring":
         return Netstring(**limit)
     if kind == "close":
@@ -86,15 +100,34 @@ def framing_by_name(name: str, max_size: int | None = None) -> Framing:
     return FixedLength(int(arg), **limit)
 
 
+def _length_field(name: str, limit: dict[str, int]) -> LengthField:
+    """``field:4:2`` is ``LengthField(offset=4, size=2)``; ``field:0:4le:-4:4``, a self-inclusive little-endian one."""
+    match = _FIELD_NAME.fullmatch(name)
+    assert match is not None  # _split_framing_name checked it
+    offset, size, little, adjustment, strip = match.groups()
+    return LengthField(
+        offset=int(offset),
+        size=int(size),
+        byteorder="little" if little else "big",
+        adjustment=int(adjustment or 0),
+        strip=int(strip or 0),
+        **limit,
+    )
+
+
 def _split_framing_name(name: str) -> tuple[str, str]:
     """The kind and argument of a framing name (``fixed:5`` gives fixed and 5), if it is one."""
     kind, _, arg = name.partition(":")
     if (
-        (kind in ("line", "crlf", "netstring", "close") and not arg)
+        (kind in ("line", "crlf", "lines", "netstring", "close") and not arg)
+        or (kind == "field" and _FIELD_NAME.fullmatch(name))
         or (kind == "length" and arg in ("", *_LENGTH_HEADERS))
         or (kind in ("fixed", "digits") and arg.isascii() and arg.isdigit())
     ):
         return kind, arg
+    if kind == "field":
+        shown = name if len(name) <= 40 else f"{name[:37]}..."
+        raise ValueError(f"bad framing {shown!r}: {_FIELD_HELP}")
     raise ValueError(f"unknown framing {name!r}; choose one of: {FRAMING_NAMES}")
 
 

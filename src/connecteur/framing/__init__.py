@@ -1,8 +1,9 @@
 """Sans-I/O framings: where one message ends and the next begins on a byte stream.
 
 A stream has no end-of-message marker, so sender and receiver agree on a
-framing: a fixed length, a delimiter, a length prefix (binary, decimal or a
-netstring), a type byte that decides the length, or the end of the stream.
+framing: a fixed length, a delimiter or a line end, a length prefix (binary,
+decimal or a netstring), a length field inside a header (`LengthField`, netty's
+parameters), a type byte that decides the length, or the end of the stream.
 Each framing here has ``encode(message) -> bytes`` and ``decoder()``; a decoder
 has ``feed(data) -> list[bytes]``, ``eof() -> list[bytes]`` and ``buffered``.
 
@@ -32,6 +33,7 @@ from ._base import Buffer as Buffer
 from ._base import Decoder as Decoder
 from ._base import Framing as Framing
 from ._base import batch_encoder as batch_encoder
+from .field import LengthField as LengthField
 from .length import DIRECT_READ as DIRECT_READ
 from .length import FIRST_BODY as FIRST_BODY
 from .length import LARGE_MESSAGE as LARGE_MESSAGE
@@ -43,6 +45,7 @@ from .simple import CloseDelimited as CloseDelimited
 from .simple import DecimalPrefixed as DecimalPrefixed
 from .simple import Delimited as Delimited
 from .simple import FixedLength as FixedLength
+from .simple import Lines as Lines
 from .simple import Netstring as Netstring
 from .simple import TypeTagged as TypeTagged
 
@@ -56,7 +59,9 @@ __all__ = [
     "DirectDecoder",
     "FixedLength",
     "Framing",
+    "LengthField",
     "LengthPrefixed",
+    "Lines",
     "Netstring",
     "TypeTagged",
     "batch_encoder",

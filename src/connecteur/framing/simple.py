@@ -20,7 +20,7 @@ from ._base import (
     _too_large,
 )
 
-__all__ = ["CloseDelimited", "DecimalPrefixed", "Delimited", "FixedLength", "Netstring", "TypeTagged"]
+__all__ = ["CloseDelimited", "DecimalPrefixed", "Delimited", "FixedLength", "Lines", "Netstring", "TypeTagged"]
 
 # --- fixed length ---------------------------------------------------------------
 
@@ -162,6 +162,88 @@ class _DelimitedDecoder(_BufferDecoder):
         self._scanned = max(0, pending - width + 1)
         if self._scanned > max_size:
             raise _too_large(self._scanned, max_size, "no delimiter after")
+        return pos
+
+
+# --- lines, CR tolerated --------------------------------------------------------
+
+
+@final
+class Lines:
+    """Text lines ended by ``\\n``, with one ``\\r`` before it dropped: LF and CRLF peers both work.
+
+    What netty's ``LineBasedFrameDecoder`` and Twisted's ``LineReceiver`` do
+    for peers that mix them: ``b"a\\r\\nb\\n"`` gives ``b"a"`` and ``b"b"``,
+    where ``Delimited(b"\\n")`` would give ``b"a\\r"``. Only the ``\\r``
+    right before the ``\\n`` goes; one elsewhere stays in the line.
+
+    Args:
+        max_size: the longest line, in bytes, its ending (``\\n`` or
+            ``\\r\\n``) excluded.
+        crlf: whether `encode` ends lines with ``\\r\\n`` (for peers that
+            want them) rather than ``\\n``. The decoder accepts both either way.
+    """
+
+    __slots__ = ("crlf", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_LINE_MAX_SIZE, *, crlf: bool = False) -> None:
+        self.max_size = _check_max_size(max_size)
+        self.crlf = bool(crlf)
+
+    def __repr__(self) -> str:
+        crlf = ", crlf=True" if self.crlf else ""
+        return f"Lines(max_size={self.max_size}{crlf})"
+
+    def encode(self, message: Buffer) -> bytes:
+        """Return `message` followed by ``\\n`` (``\\r\\n`` with `crlf`).
+
+        Raises:
+            FramingError: the message contains ``\\n``, or (without `crlf`)
+                ends with ``\\r``, which the decoder would drop.
+            MessageTooLarge: the message is longer than `max_size`.
+        """
+        if len(message) > self.max_size:
+            raise _too_large(len(message), self.max_size, "message has")
+        line = bytes(message)
+        if b"\n" in line:
+            raise FramingError("a line cannot contain b'\\n'")
+        if self.crlf:
+            return line + b"\r\n"
+        if line.endswith(b"\r"):
+            raise FramingError(
+                "a line ending in b'\\r' would lose it: the decoder drops a \\r before \\n (crlf=True keeps it)"
+            )
+        return line + b"\n"
+
+    def decoder(self) -> Decoder:
+        """Return a new decoder that cuts the stream after each ``\\n`` and drops a ``\\r`` before it."""
+        return _LinesDecoder(self.max_size)
+
+
+@final
+class _LinesDecoder(_BufferDecoder):
+    """Resumes each search where the previous one stopped (linear time), like `_DelimitedDecoder`."""
+
+    __slots__ = ("_max_size", "_scanned")
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self._max_size = max_size
+        self._scanned = 0  # bytes at the start of the buffer known to hold no b"\n"
+
+    def _parse(self, buf: bytearray, out: list[bytes]) -> int:
+        max_size, pos = self._max_size, 0
+        while (end := buf.find(b"\n", pos + self._scanned)) >= 0:
+            stop = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+            if stop - pos > max_size:
+                raise _too_large(stop - pos, max_size, "line has")
+            out.append(bytes(buf[pos:stop]))
+            pos = end + 1
+            self._scanned = 0
+        self._scanned = len(buf) - pos
+        # A line of max_size bytes may still be followed by its \r.
+        if self._scanned > max_size + 1 or (self._scanned == max_size + 1 and buf[-1] != 0x0D):
+            raise _too_large(self._scanned, max_size, "no end of line after")
         return pos
 
 
