@@ -252,7 +252,7 @@ class BlockingLink:
             try:
                 count = sock.recv_into(buffer)
             except TimeoutError:
-                if (expired := deadlines.expired()) is not None:
+                if (expired := deadlines.expired(time.monotonic())) is not None:
                     return expired
                 continue
             except OSError as exc:

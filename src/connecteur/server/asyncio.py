@@ -655,7 +655,7 @@ class _AioLink(asyncio.BufferedProtocol):
         self._timer = self._timer_due = None
         if not self.is_open:
             return
-        if (expired := self._deadlines.expired()) is not None:
+        if (expired := self._deadlines.expired(time.monotonic())) is not None:
             if self._channel is not None and not self._channel.is_open:
                 self._fail(self._channel.timed_out(expired.seconds))
                 return

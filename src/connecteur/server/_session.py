@@ -1,0 +1,494 @@
+"""`Session`: what happens to one server connection between its bytes and the handler, with no I/O.
+
+The model is websockets' ``protocol.py`` and h11's ``Connection``: the engine's
+per-connection loop reads bytes and hands them in (`Session.receive_data`,
+`Session.receive_eof`), writes what `Session.data_to_send` gives back, waits
+until `Session.next_deadline` and then calls `Session.check_deadlines`, and
+closes the socket when the session says so (`Session.close_expected`,
+`Session.error`), then calls `Session.connection_lost`. In between, the
+session runs the channel (PROXY header, TLS, authentication), the framing's
+decoder, the handler calls, the framing of replies in order, the counts,
+the deadlines, the memory budget's figure and the close report.
+
+It owns no socket, no thread and no timer. It reads no clock either: its
+`Deadlines` read the clock they are given (`time.monotonic` by default, a fake
+one in tests), and only when a deadline is configured, as they did before;
+`check_deadlines` takes the time from the loop. That keeps the hot path free
+of clock reads when no timeout is set, which passing ``now`` into every
+`receive_data` would not.
+
+Fast paths are chosen once, when a session is made, from the framing and its
+decoder (`Capabilities`), never probed per read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import final
+
+from .._channel import HANDSHAKE_ERRORS, Channel
+from ..errors import FramingError
+from ..framing import LARGE_MESSAGE, BodyPool, Buffer, Decoder, DirectDecoder, Framing, batch_encoder, direct_decoder
+from ._budget import Budget, Holder
+from ._engine import EngineConfig, Traffic, channel_opened
+from ._handler import HandlerFailed, frame_replies, log_closing, logger
+from ._peer import Link, Peer
+
+__all__ = ["Capabilities", "Session"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a framing and its decoders can do beyond the `Framing` protocol, found out once.
+
+    Attributes:
+        encode_all: the wire bytes of several messages in one call (`batch_encoder`).
+        encode_parts: a large message's header and body as separate buffers, for
+            one gathering write with no copy; None when the framing cannot.
+        direct_reads: its decoder can take a read straight into a large
+            message's body (`DirectDecoder`).
+        pools_bodies: its decoder can borrow large bodies from a `BodyPool`.
+    """
+
+    encode_all: Callable[[Sequence[Buffer]], bytes]
+    encode_parts: Callable[[Buffer], list[Buffer]] | None
+    direct_reads: bool
+    pools_bodies: bool
+
+    @classmethod
+    def probe(cls, framing: Framing, decoder: Decoder) -> Capabilities:
+        """The capabilities of `framing`, whose `decoder` is given."""
+        return cls(
+            encode_all=batch_encoder(framing),
+            encode_parts=getattr(framing, "encode_parts", None),
+            direct_reads=direct_decoder(decoder) is not None,
+            pools_bodies=hasattr(decoder, "use_pool"),
+        )
+
+
+@final
+class Session:
+    """One server connection, sans I/O: bytes in, bytes out, handler calls in between.
+
+    Args:
+        config: the engine's configuration.
+        address: the peer's address as accepted.
+        link: what the `Peer` calls for ``send`` and ``close`` (the engine's
+            per-connection object, which knows its threads).
+        traffic: where the messages and bytes are counted.
+        budget: the process's memory budget; `holder` is what it pauses and evicts.
+        holder: the engine's per-connection object, as the budget sees it.
+        body_pool: where the decoder borrows large bodies, if it can.
+        lock: held around what another thread's send shares with this
+            session (counts, TLS encryption and decryption, the outgoing list):
+            engines that send from any thread pass one; event loops, None.
+        on_open: called once the handshakes are done, before the handler's
+            ``connected``.
+        clock: what the deadlines read; `time.monotonic` but in tests.
+
+    Attributes:
+        peer: the connection as the handler sees it.
+        capabilities: what the framing can do, probed once.
+        closing: True once no more bytes are to be read: close when what
+            `data_to_send` gave is written, or at once if `error` is set.
+        error: why the connection ends, once it fails (logged already).
+        new_deadline: True when a deadline may have moved earlier since the
+            loop last asked `next_deadline`; the loop clears it.
+    """
+
+    __slots__ = (
+        "_announced",
+        "_batch",
+        "_budget",
+        "_channel",
+        "_config",
+        "_deadlines",
+        "_decoder",
+        "_direct",
+        "_ended",
+        "_held",
+        "_holder",
+        "_lock",
+        "_on_open",
+        "_out",
+        "_traffic",
+        "capabilities",
+        "closing",
+        "error",
+        "new_deadline",
+        "peer",
+    )
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        address: object,
+        link: Link,
+        *,
+        traffic: Traffic,
+        budget: Budget,
+        holder: Holder,
+        body_pool: BodyPool | None = None,
+        lock: AbstractContextManager[object] | None = None,
+        on_open: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self.peer = Peer(link, address, config.handler.encode_value)
+        self._decoder = config.framing.decoder()
+        self.capabilities = Capabilities.probe(config.framing, self._decoder)
+        if self.capabilities.pools_bodies and body_pool is not None:
+            self._decoder.use_pool(body_pool)  # type: ignore[attr-defined]
+        # None: it cannot read straight into a large message.
+        self._direct: DirectDecoder | None = direct_decoder(self._decoder)
+        # PROXY header, TLS, authentication; None once open if it has nothing left to do.
+        self._channel = config.channel.open(address)
+        self._deadlines = config.deadlines(clock)
+        self._traffic = traffic
+        self._budget = budget
+        self._holder: Holder | None = holder  # None once ended: it holds this session (a cycle)
+        self._held = 0  # bytes held, as last told to the budget
+        self._lock = lock
+        self._on_open = on_open
+        self._out: list[Buffer] = []  # for data_to_send, in order
+        # While handler calls run, the replies and peer.send() messages they
+        # produce, to leave as one buffer after them; a close waits for them.
+        self._batch: list[bytes] | None = None
+        self._announced = False  # the handler's connected() was called
+        self._ended = False  # connection_lost() ran
+        self.closing = False
+        self.error: BaseException | None = None
+        self.new_deadline = False
+
+    # --- opening -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin: the channel's first handshake bytes, or the handler's ``connected``."""
+        self.new_deadline = True
+        if self._channel is not None:
+            self._out_append(self._channel.data_to_send())
+        else:
+            self._announce()
+
+    def _announce(self) -> None:
+        self._announced = True
+        if self._on_open is not None:
+            self._on_open()
+        try:
+            self._config.handler.connected(self.peer)
+        except HandlerFailed as exc:
+            self.fail(exc)
+
+    def _unwrap(self, data: Buffer) -> Buffer | None:
+        """Pass what was read through the channel; None if nothing is left for the decoder."""
+        channel = self._channel
+        assert channel is not None
+        was_open = channel.is_open
+        try:
+            if self._lock is None:
+                data = channel.receive(data) if data else self._receive_eof(channel)
+            else:
+                with self._lock:  # decrypting must not run while another thread encrypts
+                    data = channel.receive(data) if data else self._receive_eof(channel)
+        except HANDSHAKE_ERRORS as exc:
+            self._out_append(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
+            self.fail(exc)
+            return None
+        self._out_append(channel.data_to_send())
+        if not was_open and channel.is_open:
+            self._channel = channel_opened(channel, self.peer, self._deadlines)
+            self.new_deadline = True
+            self._announce()
+        return data if self._announced and self.error is None else None
+
+    @staticmethod
+    def _receive_eof(channel: Channel) -> bytes:
+        channel.receive_eof()
+        return b""
+
+    # --- bytes in ----------------------------------------------------------------
+
+    def recv_buffer(self) -> memoryview | None:
+        """Where the next read may go straight (the body of a large message under way); None: anywhere.
+
+        After reading ``count`` bytes into it, call `buffer_filled` instead of `receive_data`.
+        """
+        direct = self._direct
+        if direct is not None and direct.reading_body and self._channel is None:
+            return direct.recv_buffer()
+        return None
+
+    def buffer_filled(self, count: int) -> None:
+        """`count` bytes (not 0) were read into `recv_buffer()`."""
+        assert self._direct is not None
+        self._received(self._direct.buffer_filled(count), count)
+
+    def receive_data(self, data: Buffer) -> None:
+        """Take bytes read from the socket (not empty): answer every message they complete."""
+        if self._channel is not None and (data := self._unwrap(data)) is None:  # type: ignore[assignment]
+            return
+        try:
+            messages = self._decoder.feed(data)
+        except FramingError as exc:
+            self._framing_failed(exc)
+            return
+        self._received(messages, len(data))
+
+    def receive_eof(self) -> None:
+        """The peer closed its side: end cleanly, or fail if it stopped inside a message or handshake."""
+        if self._channel is not None and self._unwrap(b"") is None:
+            return
+        try:
+            messages = self._decoder.eof()  # a close-delimited message ends here
+        except FramingError as exc:
+            self._framing_failed(exc)
+            return
+        self._received(messages, 0)
+        self.close()
+
+    def _framing_failed(self, exc: FramingError) -> None:
+        """Answer the messages before the bad bytes, then fail."""
+        self._dispatch(exc.messages)
+        self.fail(exc)
+
+    def _received(self, messages: list[bytes], size: int) -> None:
+        """`size` bytes were decoded into `messages`: note the time, count, answer."""
+        deadlines = self._deadlines
+        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
+            self.new_deadline = True
+        if not messages:
+            self._traffic.bytes_in += size
+        elif self._config.handler.is_plain:
+            self._answer_plain(messages, size)
+        else:
+            self._traffic.messages_in += len(messages)
+            self._traffic.bytes_in += size
+            self._dispatch(messages)
+
+    # --- the handler ---------------------------------------------------------------
+
+    def _dispatch(self, messages: list[bytes]) -> None:
+        """Call the handler for each message; the replies leave as one buffer after the last."""
+        if not messages:
+            return
+        handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
+        replies: list[bytes] = []
+        self._batch = replies
+        try:
+            for message in messages:
+                reply = handler.received(peer, message)
+                if reply is not None:
+                    try:
+                        replies.append(encode(reply))
+                    except FramingError as exc:
+                        raise HandlerFailed("received", exc) from exc
+                if self.closing:  # peer.close(), or a failure
+                    break
+        except HandlerFailed as exc:
+            self._emit_batch(replies)  # answer the messages before the one that failed, then close
+            self.fail(exc)
+            return
+        finally:
+            self._batch = None
+        self._emit_batch(replies)
+        if self.closing:
+            self._close_channel()
+
+    def _answer_plain(self, messages: list[bytes], size: int) -> None:
+        """`_dispatch` for a plain function, the hot path of a server: the `size` bytes read held `messages`.
+
+        One handler loop and one framing call per read, the counters with no
+        lock (`Traffic`), and the clock read only when a timeout is set.
+        """
+        replies: list[Buffer] = []
+        failure: HandlerFailed | None = None
+        try:
+            self._config.handler.answer_plain(messages, replies)
+        except HandlerFailed as exc:
+            failure = exc  # answer the messages before the one that failed, then close
+        traffic = self._traffic
+        traffic.messages_in += len(messages)
+        traffic.bytes_in += size
+        if replies:
+            failure = self._emit_replies(replies) or failure
+        if failure is not None:
+            self.fail(failure)
+
+    def _emit_replies(self, replies: list[Buffer]) -> HandlerFailed | None:
+        """Frame and queue a plain handler's `replies`; the failure of one too large (those before it leave)."""
+        encode_parts = self.capabilities.encode_parts
+        try:
+            if encode_parts is not None and len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE:
+                parts = encode_parts(replies[0])  # no copy of a large reply: one gathering write
+                self._emit(parts, 1, sum(map(len, parts)))
+                return None
+            wire, count, too_large = self.capabilities.encode_all(replies), len(replies), None
+        except FramingError:  # a reply too large: send those before it
+            wire, count, too_large = frame_replies(self._config.framing, self.capabilities.encode_all, replies)
+        if count:
+            self._emit((wire,), count, len(wire))
+        return too_large
+
+    # --- bytes out -------------------------------------------------------------------
+
+    def frame(self, message: Buffer) -> bytes:
+        """The wire bytes of one message for `send` or `queue` (any thread).
+
+        Raises:
+            FramingError: the framing cannot carry it.
+        """
+        return self._config.framing.encode(message)
+
+    def send(self, data: bytes) -> None:
+        """Send one framed message from the session's own thread (``peer.send``).
+
+        During handler calls it joins their replies, in order, in one buffer.
+        """
+        if self._batch is not None:
+            self._batch.append(data)
+        else:
+            self._emit((data,), 1, len(data))
+
+    def queue(self, data: bytes) -> None:
+        """Send one framed message now, whatever the session's thread is doing (under the `lock`)."""
+        self._emit((data,), 1, len(data))
+
+    def _emit_batch(self, replies: list[bytes]) -> None:
+        if replies and self.error is None:
+            wire = b"".join(replies) if len(replies) > 1 else replies[0]
+            self._emit((wire,), len(replies), len(wire))
+
+    def _emit(self, parts: Sequence[Buffer], messages: int, size: int) -> None:
+        """Count `messages` messages of `size` bytes and queue their wire `parts` (encrypted with TLS)."""
+        if self._lock is None:
+            self._emit_now(parts, messages, size)
+        else:
+            with self._lock:
+                self._emit_now(parts, messages, size)
+
+    def _emit_now(self, parts: Sequence[Buffer], messages: int, size: int) -> None:
+        traffic = self._traffic
+        traffic.messages_out += messages
+        traffic.bytes_out += size
+        if self._deadlines.is_active:
+            self._deadlines.moved()
+        if self._channel is not None:
+            self._out.append(self._channel.send(parts[0] if len(parts) == 1 else b"".join(parts)))
+        else:
+            self._out.extend(parts)
+
+    def _out_append(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+
+    def data_to_send(self) -> list[Buffer]:
+        """Take the buffers to write, in order (often none, often one)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    # --- closing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop reading; close once the bytes due are written (``peer.close`` from the session's thread)."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._batch is None:  # else once the handler calls are done
+            self._close_channel()
+
+    def _close_channel(self) -> None:
+        channel = self._channel
+        if channel is not None and channel.is_open and self.error is None:
+            self._channel = None
+            self._out_append(channel.close_write())  # TLS close_notify: a clean end, not a truncation
+
+    @property
+    def in_handler(self) -> bool:
+        """True while handler calls for received messages run: a `send` or `close` then waits for them."""
+        return self._batch is not None
+
+    def close_expected(self) -> bool:
+        """True when the loop should close the connection once `data_to_send` is written (at once on `error`)."""
+        return self.closing
+
+    def fail(self, error: BaseException) -> None:
+        """The connection must close at once because of `error`: log it as its kind deserves, keep it for the report."""
+        if self.error is None and not self._ended:
+            self.error = log_closing(self.peer.address, error)
+            self.closing = True
+
+    # --- deadlines ---------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `check_deadlines` must run next (on the deadlines' clock), or None."""
+        self.new_deadline = False
+        return self._deadlines.next_due() if self._deadlines.is_active else None
+
+    def check_deadlines(self, now: float) -> None:
+        """Fail if a deadline has passed at `now`."""
+        if self.error is not None or (expired := self._deadlines.expired(now)) is None:
+            return
+        channel = self._channel
+        if channel is not None and not channel.is_open:
+            self.fail(channel.timed_out(expired.seconds))
+        else:
+            self.fail(expired)
+
+    # --- memory ------------------------------------------------------------------------
+
+    def account(self, queued: int) -> None:
+        """Tell the budget what this connection holds: the decoder's bytes and the `queued` ones not yet written."""
+        held = self._decoder.buffered + queued
+        if held != self._held and self._holder is not None:
+            self._held = held
+            self._budget.update(self._holder, held)
+
+    # --- the end -----------------------------------------------------------------------
+
+    def connection_lost(self) -> None:
+        """The socket is closed: free the buffers, count, and tell the handler (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.closing = True
+        error = self.error
+        self._release()
+        if self._holder is not None:
+            self._budget.forget(self._holder)
+            self._holder = None
+        self._config.counters.closed(error=error is not None)
+        try:
+            self._report(error)
+        finally:
+            if error is not None:
+                # Its traceback holds the frames that failed, whose locals hold this
+                # session: a cycle only the garbage collector would free. Logged and
+                # reported: drop it.
+                error.__traceback__ = None
+
+    def _report(self, error: BaseException | None) -> None:
+        """Tell the handler; a failed handshake is counted instead: the handler never saw this peer."""
+        if not self._announced:
+            if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
+                self._config.counters.handshake_failed()
+            return
+        try:
+            self._config.handler.closed(self.peer, error)
+        except HandlerFailed as exc:
+            logger.error("%s", exc, exc_info=exc.__cause__)
+        finally:
+            self.peer._detach()  # a handler that keeps its peers must not keep the engine's object
+
+    def _release(self) -> None:
+        """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
+        self._out = []
+        self._held = 0
+        self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
+        self._direct = None
+        self._channel = None
