@@ -88,6 +88,10 @@ class Session:
             engines that send from any thread pass one; event loops, None.
         on_open: called once the handshakes are done, before the handler's
             ``connected``.
+        on_reply: for loops that write each reply at once (the blocking ones:
+            a slow handler must not hold back the reply before it), called
+            after each reply is queued while handler calls run. None: the
+            replies to one read leave together after it.
         clock: what the deadlines read; `time.monotonic` but in tests.
 
     Attributes:
@@ -114,6 +118,7 @@ class Session:
         "_holder",
         "_lock",
         "_on_open",
+        "_on_reply",
         "_out",
         "_traffic",
         "capabilities",
@@ -135,6 +140,7 @@ class Session:
         body_pool: BodyPool | None = None,
         lock: AbstractContextManager[object] | None = None,
         on_open: Callable[[], object] | None = None,
+        on_reply: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -154,6 +160,7 @@ class Session:
         self._held = 0  # bytes held, as last told to the budget
         self._lock = lock
         self._on_open = on_open
+        self._on_reply = on_reply
         self._out: list[Buffer] = []  # for data_to_send, in order
         # While handler calls run, the replies and peer.send() messages they
         # produce, to leave as one buffer after them; a close waits for them.
@@ -286,6 +293,10 @@ class Session:
                         replies.append(encode(reply))
                     except FramingError as exc:
                         raise HandlerFailed("received", exc) from exc
+                    if self._on_reply is not None:
+                        self._emit_batch(replies)
+                        replies.clear()
+                        self._on_reply()
                 if self.closing:  # peer.close(), or a failure
                     break
         except HandlerFailed as exc:
@@ -492,3 +503,4 @@ class Session:
         self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
         self._direct = None
         self._channel = None
+        self._on_open = self._on_reply = None  # they may hold the engine's object, which holds this session
