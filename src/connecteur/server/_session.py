@@ -23,6 +23,7 @@ decoder (`Capabilities`), never probed per read.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -88,6 +89,9 @@ class Session:
             engines that send from any thread pass one; event loops, None.
         on_open: called once the handshakes are done, before the handler's
             ``connected``.
+        async_replies: the loop awaits replies (asyncio): a handler may return
+            an awaitable, which the session hands out (`take_async_replies`)
+            for the loop to await in order and give back (`reply`).
         on_reply: for loops that write each reply at once (the blocking ones:
             a slow handler must not hold back the reply before it), called
             after each reply is queued while handler calls run. None: the
@@ -106,8 +110,11 @@ class Session:
 
     __slots__ = (
         "_announced",
+        "_async_replies",
+        "_awaiting",
         "_batch",
         "_budget",
+        "_chained",
         "_channel",
         "_config",
         "_deadlines",
@@ -140,6 +147,7 @@ class Session:
         body_pool: BodyPool | None = None,
         lock: AbstractContextManager[object] | None = None,
         on_open: Callable[[], object] | None = None,
+        async_replies: bool = False,
         on_reply: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -161,6 +169,9 @@ class Session:
         self._lock = lock
         self._on_open = on_open
         self._on_reply = on_reply
+        self._async_replies = async_replies
+        self._awaiting: list[tuple[object, bool]] = []  # for take_async_replies: (reply, counts)
+        self._chained = 0  # async replies handed out or to be, not yet back: later ones wait behind them
         self._out: list[Buffer] = []  # for data_to_send, in order
         # While handler calls run, the replies and peer.send() messages they
         # produce, to leave as one buffer after them; a close waits for them.
@@ -186,9 +197,12 @@ class Session:
         if self._on_open is not None:
             self._on_open()
         try:
-            self._config.handler.connected(self.peer)
+            started = self._config.handler.connected(self.peer)
         except HandlerFailed as exc:
             self.fail(exc)
+            return
+        if self._async_replies and inspect.isawaitable(started):
+            self._chain(started, counts=False)
 
     def _unwrap(self, data: Buffer) -> Buffer | None:
         """Pass what was read through the channel; None if nothing is left for the decoder."""
@@ -269,7 +283,7 @@ class Session:
             self.new_deadline = True
         if not messages:
             self._traffic.bytes_in += size
-        elif self._config.handler.is_plain:
+        elif self._config.handler.is_plain and not self._chained:
             self._answer_plain(messages, size)
         else:
             self._traffic.messages_in += len(messages)
@@ -287,7 +301,7 @@ class Session:
         self._batch = replies
         try:
             for message in messages:
-                reply = handler.received(peer, message)
+                reply = self._call_async(message) if self._async_replies else handler.received(peer, message)
                 if reply is not None:
                     try:
                         replies.append(encode(reply))
@@ -306,8 +320,21 @@ class Session:
         finally:
             self._batch = None
         self._emit_batch(replies)
-        if self.closing:
+        if self.closing and not self._chained:
             self._close_channel()
+
+    def _call_async(self, message: bytes) -> Buffer | None:
+        """The handler's reply to `message`, or None when it joins the chain of async replies."""
+        handler = self._config.handler
+        reply = handler.received_maybe_async(self.peer, message)
+        if self._chained or (type(reply) is not bytes and inspect.isawaitable(reply)):
+            self._chain(reply)  # behind the replies in flight, even a ready one: order
+            return None
+        return handler.check_reply(reply)
+
+    def _chain(self, reply: object, *, counts: bool = True) -> None:
+        self._chained += 1
+        self._awaiting.append((reply, counts))
 
     def _answer_plain(self, messages: list[bytes], size: int) -> None:
         """`_dispatch` for a plain function, the hot path of a server: the `size` bytes read held `messages`.
@@ -317,8 +344,9 @@ class Session:
         """
         replies: list[Buffer] = []
         failure: HandlerFailed | None = None
+        stop, pending = len(messages), None
         try:
-            self._config.handler.answer_plain(messages, replies)
+            stop, pending = self._config.handler.answer_plain(messages, replies, async_ok=self._async_replies)
         except HandlerFailed as exc:
             failure = exc  # answer the messages before the one that failed, then close
         traffic = self._traffic
@@ -328,6 +356,9 @@ class Session:
             failure = self._emit_replies(replies) or failure
         if failure is not None:
             self.fail(failure)
+        elif pending is not None:  # an awaitable: it and the rest wait in the chain
+            self._chain(pending)
+            self._dispatch(messages[stop + 1 :])
 
     def _emit_replies(self, replies: list[Buffer]) -> HandlerFailed | None:
         """Frame and queue a plain handler's `replies`; the failure of one too large (those before it leave)."""
@@ -343,6 +374,44 @@ class Session:
         if count:
             self._emit((wire,), count, len(wire))
         return too_large
+
+    # --- async replies (asyncio) ---------------------------------------------------------
+
+    def take_async_replies(self) -> list[tuple[object, bool]]:
+        """Take the replies to chain, in order: ``(awaitable or value, counts)``.
+
+        The loop awaits each after the one before and gives its outcome to
+        `reply`, in the same order. ``counts`` is False for the awaitable of
+        the handler's ``connected``, whose result is no reply.
+        """
+        awaiting = self._awaiting
+        if awaiting:
+            self._awaiting = []
+        return awaiting
+
+    def reply(self, result: object, *, counts: bool = True, error: Exception | None = None) -> None:
+        """An async reply came back (in order): frame and queue it; `error` if awaiting it raised."""
+        self._chained -= 1
+        try:
+            if error is not None:
+                raise HandlerFailed("received", error) from error
+            if counts and self.error is None and not self._ended:
+                checked = self._config.handler.check_reply(result)
+                if checked is not None:
+                    try:
+                        data = self._config.framing.encode(checked)
+                    except FramingError as exc:
+                        raise HandlerFailed("received", exc) from exc
+                    self._emit((data,), 1, len(data))
+        except HandlerFailed as exc:
+            self.fail(exc)
+        if self.closing and not self._chained:
+            self._close_channel()
+
+    @property
+    def pending_replies(self) -> int:
+        """Async replies not back yet: a loop stops reading past a limit."""
+        return self._chained
 
     # --- bytes out -------------------------------------------------------------------
 
@@ -410,7 +479,7 @@ class Session:
         if self.closing:
             return
         self.closing = True
-        if self._batch is None:  # else once the handler calls are done
+        if self._batch is None and not self._chained:  # else once the handler calls and async replies are done
             self._close_channel()
 
     def _close_channel(self) -> None:
@@ -425,8 +494,12 @@ class Session:
         return self._batch is not None
 
     def close_expected(self) -> bool:
-        """True when the loop should close the connection once `data_to_send` is written (at once on `error`)."""
-        return self.closing
+        """True when the loop should close the connection once `data_to_send` is written (at once on `error`).
+
+        `closing` alone says so on loops without async replies; with them, a
+        clean close also waits until none is pending.
+        """
+        return self.closing and (self.error is not None or not self._chained)
 
     def fail(self, error: BaseException) -> None:
         """The connection must close at once because of `error`: log it as its kind deserves, keep it for the report."""
@@ -462,12 +535,22 @@ class Session:
 
     # --- the end -----------------------------------------------------------------------
 
-    def connection_lost(self) -> None:
-        """The socket is closed: free the buffers, count, and tell the handler (once)."""
+    def connection_lost(self, error: BaseException | None = None) -> object:
+        """The socket is closed: free the buffers, count, and tell the handler (once).
+
+        Args:
+            error: what ended the connection, as the loop saw it (a reset its
+                transport reported), when the session holds no error of its own.
+
+        Returns:
+            What the handler's ``closed`` returned: an event loop awaits an awaitable.
+        """
         if self._ended:
-            return
+            return None
         self._ended = True
         self.closing = True
+        if self.error is None:
+            self.error = error
         error = self.error
         self._release()
         if self._holder is not None:
@@ -475,7 +558,7 @@ class Session:
             self._holder = None
         self._config.counters.closed(error=error is not None)
         try:
-            self._report(error)
+            return self._report(error)
         finally:
             if error is not None:
                 # Its traceback holds the frames that failed, whose locals hold this
@@ -483,22 +566,24 @@ class Session:
                 # reported: drop it.
                 error.__traceback__ = None
 
-    def _report(self, error: BaseException | None) -> None:
+    def _report(self, error: BaseException | None) -> object:
         """Tell the handler; a failed handshake is counted instead: the handler never saw this peer."""
         if not self._announced:
             if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
                 self._config.counters.handshake_failed()
-            return
+            return None
         try:
-            self._config.handler.closed(self.peer, error)
+            return self._config.handler.closed(self.peer, error)
         except HandlerFailed as exc:
             logger.error("%s", exc, exc_info=exc.__cause__)
+            return None
         finally:
             self.peer._detach()  # a handler that keeps its peers must not keep the engine's object
 
     def _release(self) -> None:
         """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
         self._out = []
+        self._awaiting = []
         self._held = 0
         self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
         self._direct = None
