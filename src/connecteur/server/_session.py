@@ -26,9 +26,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import final
+from typing import Protocol, final
 
 from .._channel import HANDSHAKE_ERRORS, Channel
 from ..errors import FramingError
@@ -38,7 +37,19 @@ from ._engine import EngineConfig, Traffic, channel_opened
 from ._handler import HandlerFailed, frame_replies, log_closing, logger
 from ._peer import Link, Peer
 
-__all__ = ["Capabilities", "Session"]
+__all__ = ["Capabilities", "Lock", "Session"]
+
+
+class Lock(Protocol):
+    """A `threading.Lock`, as the session uses it (it imports no threading of its own)."""
+
+    def acquire(self) -> bool:
+        """Wait for the lock and take it."""
+        ...
+
+    def release(self) -> None:
+        """Let the lock go."""
+        ...
 
 
 @final
@@ -127,6 +138,7 @@ class Session:
         "_on_open",
         "_on_reply",
         "_out",
+        "_plain",
         "_traffic",
         "capabilities",
         "closing",
@@ -145,7 +157,7 @@ class Session:
         budget: Budget,
         holder: Holder,
         body_pool: BodyPool | None = None,
-        lock: AbstractContextManager[object] | None = None,
+        lock: Lock | None = None,
         on_open: Callable[[], object] | None = None,
         async_replies: bool = False,
         on_reply: Callable[[], object] | None = None,
@@ -173,6 +185,7 @@ class Session:
         self._awaiting: list[tuple[object, bool]] = []  # for take_async_replies: (reply, counts)
         self._chained = 0  # async replies handed out or to be, not yet back: later ones wait behind them
         self._out: list[Buffer] = []  # for data_to_send, in order
+        self._plain = config.handler.is_plain  # answered by _answer_plain
         # While handler calls run, the replies and peer.send() messages they
         # produce, to leave as one buffer after them; a close waits for them.
         self._batch: list[bytes] | None = None
@@ -209,16 +222,18 @@ class Session:
         channel = self._channel
         assert channel is not None
         was_open = channel.is_open
+        lock = self._lock
+        if lock is not None:  # decrypting must not run while another thread encrypts
+            lock.acquire()
         try:
-            if self._lock is None:
-                data = channel.receive(data) if data else self._receive_eof(channel)
-            else:
-                with self._lock:  # decrypting must not run while another thread encrypts
-                    data = channel.receive(data) if data else self._receive_eof(channel)
+            data = channel.receive(data) if data else self._receive_eof(channel)
         except HANDSHAKE_ERRORS as exc:
             self._out_append(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
             self.fail(exc)
             return None
+        finally:
+            if lock is not None:
+                lock.release()
         self._out_append(channel.data_to_send())
         if not was_open and channel.is_open:
             self._channel = channel_opened(channel, self.peer, self._deadlines)
@@ -283,7 +298,7 @@ class Session:
             self.new_deadline = True
         if not messages:
             self._traffic.bytes_in += size
-        elif self._config.handler.is_plain and not self._chained:
+        elif self._plain and not self._chained:
             self._answer_plain(messages, size)
         else:
             self._traffic.messages_in += len(messages)
@@ -444,22 +459,22 @@ class Session:
 
     def _emit(self, parts: Sequence[Buffer], messages: int, size: int) -> None:
         """Count `messages` messages of `size` bytes and queue their wire `parts` (encrypted with TLS)."""
-        if self._lock is None:
-            self._emit_now(parts, messages, size)
-        else:
-            with self._lock:
-                self._emit_now(parts, messages, size)
-
-    def _emit_now(self, parts: Sequence[Buffer], messages: int, size: int) -> None:
-        traffic = self._traffic
-        traffic.messages_out += messages
-        traffic.bytes_out += size
-        if self._deadlines.is_active:
-            self._deadlines.moved()
-        if self._channel is not None:
-            self._out.append(self._channel.send(parts[0] if len(parts) == 1 else b"".join(parts)))
-        else:
-            self._out.extend(parts)
+        lock = self._lock
+        if lock is not None:  # not `with` around a second method: on the hot path, a call costs
+            lock.acquire()
+        try:
+            traffic = self._traffic
+            traffic.messages_out += messages
+            traffic.bytes_out += size
+            if self._deadlines.is_active:
+                self._deadlines.moved()
+            if self._channel is not None:
+                self._out.append(self._channel.send(parts[0] if len(parts) == 1 else b"".join(parts)))
+            else:
+                self._out.extend(parts)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _out_append(self, data: bytes) -> None:
         if data:
