@@ -1,6 +1,8 @@
 """One connection served by a blocking loop, in a thread (threads engine) or a process (processes engine).
 
-Here, not in either engine, so that neither engine imports the other.
+Here, not in either engine, so that neither engine imports the other. The
+loop reads, hands the bytes to the connection's `Session` (``server/_session.py``)
+and writes what it gives back; the session does the rest.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 Each connection is an ``asyncio.BufferedProtocol``: the loop reads straight
 into one buffer the whole engine shares (the loop is single-threaded and a
-buffer is consumed before the next read), the decoder cuts messages, and the
-handler is called for each. A plain handler's replies to all the messages of
-one read leave in one write. A handler may be ``async def``: its replies are
-awaited in a per-connection chain, so they still leave in request order.
+buffer is consumed before the next read) and hands the bytes to the
+connection's `Session` (``server/_session.py``), which decodes them, calls the
+handler for each message and gives back the bytes to write. A plain handler's
+replies to all the messages of one read leave in one write. A handler may be
+``async def``: the session hands its replies out, and the protocol awaits
+them in a per-connection chain and gives them back, so they still leave in
+request order.
 
 Accepting uses the same policy as every engine (`accept_ready`), with the
 listening socket watched by ``loop.add_reader`` and each accepted socket given

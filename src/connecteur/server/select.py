@@ -5,7 +5,8 @@ elsewhere: kqueue on BSD and macOS). The listening socket sits in the
 readers; every connection is non-blocking. A readable connection is read
 once with ``recv_into`` into one buffer shared by all connections (the loop
 is single-threaded), or straight into the body of a large message under way;
-the bytes go to the connection's decoder, and the replies to every message
+the bytes go to the connection's `Session` (``server/_session.py``: decoder,
+handler calls, replies, counts, deadlines), and the replies to every message
 of that read leave in one write (a large reply with its header, uncopied, in
 one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
