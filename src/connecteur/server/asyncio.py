@@ -460,9 +460,10 @@ class _AioLink(asyncio.BufferedProtocol):
             self._timer.cancel()
         self._timer_due = due
         # Deadlines use time.monotonic(); the loop has its own clock.
-        self._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._check_timers)
+        self._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self.check_timers)
 
-    def _check_timers(self) -> None:
+    def check_timers(self) -> None:
+        """The timer came due: close on an expired deadline, else re-arm."""
         self._timer = self._timer_due = None
         if not self.is_open:
             return
