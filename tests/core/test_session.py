@@ -91,6 +91,7 @@ def make_session(
     channel: ChannelSpec | None = None,
     handshake_timeout: float | None = None,
     max_buffered: int = 2**30,
+    async_replies: bool = False,
 ) -> tuple[Session, Counters, Budget]:
     counters = Counters()
     config = EngineConfig(
@@ -114,6 +115,7 @@ def make_session(
         budget=budget,
         holder=FakeHolder(),
         clock=clock or Clock(),
+        async_replies=async_replies,
     )
     link.session = session
     counters.opened()
@@ -199,6 +201,64 @@ def test_capabilities_are_probed_once_from_the_framing() -> None:
     lines = Capabilities.probe(Delimited(), Delimited().decoder())
     assert not lines.direct_reads and not lines.pools_bodies and lines.encode_parts is None
     assert lines.encode_all([b"a", b"b"]) == b"a\nb\n"
+
+
+# --- async replies ---------------------------------------------------------------------------
+
+
+def settle(awaitable: Any) -> Any:
+    """What a coroutine that never suspends returns (the asyncio loop would await it)."""
+    try:
+        awaitable.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")  # pragma: no cover
+
+
+def test_async_replies_come_back_through_the_loop_in_order() -> None:
+    """An awaitable reply is handed out; the replies after it wait behind it, even ready ones."""
+
+    async def later(message: bytes) -> bytes:
+        return message.upper()
+
+    def handler(message: bytes) -> object:
+        return later(message) if message.startswith(b"slow") else message
+
+    session, counters, _ = make_session(handler, async_replies=True)
+    session.receive_data(wire(b"first", b"slow one", b"after"))
+    assert sent(session) == wire(b"first")  # before the awaitable: at once
+    chained = session.take_async_replies()
+    assert [counts for _, counts in chained] == [True, True] and session.pending_replies == 2
+    session.close()  # waits for them
+    assert not session.close_expected()
+    for reply, counts in chained:
+        session.reply(settle(reply) if not isinstance(reply, bytes) else reply, counts=counts)
+    assert sent(session) == wire(b"SLOW ONE", b"after")
+    assert session.close_expected() and session.error is None
+    assert counters.snapshot().messages_out == 3
+
+
+def test_an_async_reply_that_raises_ends_the_connection() -> None:
+    async def broken(message: bytes) -> bytes:
+        raise ValueError("no")
+
+    session, _, _ = make_session(broken, async_replies=True)
+    session.receive_data(wire(b"x"))
+    ((reply, counts),) = session.take_async_replies()
+    try:
+        settle(reply)
+    except ValueError as exc:
+        session.reply(None, counts=counts, error=exc)
+    assert isinstance(session.error, ValueError) and session.close_expected()
+
+
+def test_an_async_reply_is_refused_without_an_event_loop() -> None:
+    async def handler(message: bytes) -> bytes:  # pragma: no cover - never awaited
+        return message
+
+    session, _, _ = make_session(handler)
+    session.receive_data(wire(b"x"))
+    assert isinstance(session.error, TypeError) and "engine='asyncio'" in str(session.error)
 
 
 # --- closing ---------------------------------------------------------------------------------
