@@ -120,9 +120,9 @@ def test_a_child_stuck_in_its_handshake_is_ended_by_the_watchdog(monkeypatch: py
     child, forked with this patch, must be ended by SIGALRM at about
     handshake_timeout + 1 s, and reported as a child that died.
     """
-    import connecteur._socket
+    from connecteur.server._session import Session
 
-    monkeypatch.setattr(connecteur._socket, "handshake", lambda sock, channel, timeout: time.sleep(60))
+    monkeypatch.setattr(Session, "start", lambda self: time.sleep(60))
     server = Server(pid_and_crash, "127.0.0.1:0", engine="processes", auth_key=b"k", handshake_timeout=0.5)
     with server, socket.create_connection(server.address[:2], timeout=TIMEOUT) as client:
         started = time.monotonic()

@@ -1,6 +1,8 @@
 """One connection served by a blocking loop, in a thread (threads engine) or a process (processes engine).
 
-Here, not in either engine, so that neither engine imports the other.
+Here, not in either engine, so that neither engine imports the other. The
+loop reads, hands the bytes to the connection's `Session` (``server/_session.py``)
+and writes what it gives back; the session does the rest.
 """
 
 from __future__ import annotations
@@ -12,15 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from .. import _socket
-from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
-from ..errors import ConnectionClosed, FramingError
-from ..framing import BodyPool, Buffer, Decoder, batch_encoder
+from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
-from ._engine import EngineConfig, channel_opened, logger
-from ._handler import HandlerFailed, frame_replies, log_closing
-from ._peer import Peer, closed_locally
+from ._engine import EngineConfig, logger
+from ._peer import closed_locally
+from ._session import Session
 
 __all__ = ["RECV_SIZE", "BlockingLink", "thread_budget"]
 
@@ -41,7 +40,7 @@ def thread_budget(config: EngineConfig) -> Budget:
 
 
 class BlockingLink:
-    """One connection served by a blocking loop (`run`) in its own thread or process.
+    """One connection served by a blocking loop (`run`) around its `Session`, in its own thread or process.
 
     Args:
         on_end: called with the link once it is closed and reported.
@@ -63,65 +62,66 @@ class BlockingLink:
         body_pool: BodyPool | None = None,
     ) -> None:
         self._config = config
-        self._budget = budget
-        self._body_pool = BodyPool() if body_pool is None else body_pool
         self._budget_room = threading.Event()  # cleared while paused for the budget
         self._budget_room.set()
         self._evicted: OverBudget | None = None
-        self._held = 0  # bytes held, as last told to the budget
         self._on_end = on_end
-        self._on_open = on_open
         self._sock = sock
-        # Serializes sends, shutdown and close. Re-entrant so that abort()
+        # Serializes writes, shutdown and close. Re-entrant so that abort()
         # may run in a signal handler that interrupted a send (processes engine).
         self._lock = threading.RLock()
-        self._closing = False  # peer.close() asked
+        self._close_asked = False  # close() from another thread
         self._aborted = False  # the stop deadline passed
         self._closed = False
         self.thread_id = 0  # the connection's own thread, once it runs
-        self._deadlines = self._config.deadlines()
-        # The own thread counts what it reads; senders what they send, under _lock.
-        self._traffic = self._config.counters.traffic()
-        self._encode_all = batch_encoder(self._config.framing)
-        self._channel = self._config.channel.open(address)
-        # With TLS, decrypting (the own thread) and encrypting (any sender) must
-        # not run at once in OpenSSL; held only around the crypto, never across I/O.
-        self._crypto_lock = threading.Lock()
-        self.peer = Peer(self, address, self._config.handler.encode_value)
+        # The own thread counts what it reads; senders what they send, under the session's lock.
+        self._traffic = config.counters.traffic()
+        self.session = Session(
+            config,
+            address,
+            self,
+            traffic=self._traffic,
+            budget=budget,
+            holder=self,
+            body_pool=BodyPool() if body_pool is None else body_pool,
+            # Any thread may send: the counts, the outgoing list and TLS (decrypting
+            # in the own thread, encrypting in a sender's: not at once in OpenSSL)
+            # are shared. Held only around them, never across I/O.
+            lock=threading.Lock(),
+            on_open=on_open,
+            on_reply=self._flush,
+        )
 
     # --- the Link interface (any thread) ---------------------------------------
 
     def send(self, message: Buffer) -> None:
         """Write one message now; blocks while the peer does not read."""
-        if self._closing:
-            raise closed_locally(self.peer.address)
-        self._write(self._config.framing.encode(message))
-
-    def _write(self, data: bytes, messages: int = 1) -> None:
+        if self._close_asked or self.session.closing:
+            raise closed_locally(self.session.peer.address)
+        data = self.session.frame(message)
         with self._lock:
             if self._closed:
-                raise closed_locally(self.peer.address)
-            channel = self._channel
-            if channel is None:
-                self._sock.sendall(data)
-            else:
-                with self._crypto_lock:
-                    wire = channel.send(data)
-                self._sock.sendall(wire)
-            self._traffic.messages_out += messages
-            self._traffic.bytes_out += len(data)
-        if self._deadlines.is_active:
-            self._deadlines.moved()
+                raise closed_locally(self.session.peer.address)
+            self.session.queue(data)
+            self._sendall(self.session.data_to_send())
 
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""
-        self._closing = True
-        if threading.get_ident() != self.thread_id:
+        if threading.get_ident() == self.thread_id:
+            self.session.close()
+        else:
+            self._close_asked = True
             self._shutdown()
 
     def abort(self) -> None:
         """Wake the thread and end the connection: the stop deadline passed."""
         self._aborted = True
+        self._budget_room.set()
+        self._shutdown()
+
+    def evict(self, error: OverBudget) -> None:
+        """End the connection: the process stayed over `max_buffered` and this one holds the most."""
+        self._evicted = error
         self._budget_room.set()
         self._shutdown()
 
@@ -132,11 +132,99 @@ class BlockingLink:
         else:
             self._budget_room.set()
 
-    def evict(self, error: OverBudget) -> None:
-        """End the connection: the process stayed over `max_buffered` and this one holds the most."""
-        self._evicted = error
-        self._budget_room.set()
-        self._shutdown()
+    # --- the connection's own thread -------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection until it ends, then report and clean up."""
+        self.thread_id = threading.get_ident()
+        session = self.session
+        try:
+            session.start()
+            self._flush()
+            self._serve()
+        except Exception as exc:  # a bug of ours: keep the server alive, but say it
+            logger.exception("closing %s after an internal error", format_address(session.peer.address))
+            session.fail(exc)
+        finally:
+            with self._lock:
+                self._closed = True
+                if session.error is None and not self._aborted:
+                    self._say_goodbye()
+                self._sock.close()
+            self._config.counters.retire(self._traffic)  # _closed is set: nobody sends any more
+            session.connection_lost()
+            self._on_end(self)
+
+    def _serve(self) -> None:
+        """The receive loop, until the session closes (it then holds the error, if any)."""
+        session, sock = self.session, self._sock
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        while not session.closing:
+            self._budget_room.wait()  # set again within the budget's grace period
+            self._set_timeout()
+            # Always into the own buffer, never straight into a large body
+            # (`Session.recv_buffer`): the budget is checked before each read, and
+            # threads read at once, so each read must stay small (RECV_SIZE).
+            try:
+                count = sock.recv_into(buffer)
+            except TimeoutError:
+                session.check_deadlines(time.monotonic())
+                continue
+            except OSError as exc:
+                self._recv_failed(exc)
+                return
+            if self._evicted is not None:
+                session.fail(self._evicted)
+                return
+            if self._aborted or self._close_asked:
+                return
+            if count:
+                session.receive_data(view[:count])
+            else:
+                session.receive_eof()
+            session.account(0)  # what a blocking loop holds is its decoder's
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what the session has to send, blocking until the socket takes it.
+
+        Taken under the lock, so that what leaves is in the order the session
+        queued it (TLS records must), whichever thread writes it.
+        """
+        try:
+            with self._lock:
+                if not self._closed and (data := self.session.data_to_send()):
+                    self._sendall(data)
+        except OSError as exc:
+            self.session.fail(exc)
+
+    def _sendall(self, data: list[Buffer]) -> None:
+        self._sock.sendall(data[0] if len(data) == 1 else b"".join(data))
+
+    def _set_timeout(self) -> None:
+        """Wake the read when the session's next deadline falls."""
+        due = self.session.next_deadline()
+        if due is not None:
+            # Never 0.0: that would make the socket non-blocking, not a timeout.
+            self._sock.settimeout(max(1e-3, due - time.monotonic()))
+        elif self._sock.gettimeout() is not None:
+            self._sock.settimeout(None)
+
+    def _recv_failed(self, error: OSError) -> None:
+        """A read failed: because this side ended it (a stop, a close, the budget), or the network's error."""
+        if self._evicted is not None:
+            self.session.fail(self._evicted)
+        elif not (self._aborted or self._close_asked):
+            self.session.fail(error)
+
+    def _say_goodbye(self) -> None:
+        """Send TLS's close_notify, if the socket takes it now: a clean end, not a truncation."""
+        self.session.close()
+        if data := self.session.data_to_send():
+            with contextlib.suppress(OSError):
+                self._sock.setblocking(False)
+                self._sock.send(b"".join(data))
 
     def _shutdown(self) -> None:
         # Without waiting for _lock: a send holding it may block for ever on a
@@ -150,191 +238,3 @@ class BlockingLink:
         finally:
             if locked:
                 self._lock.release()
-
-    # --- the connection's own thread -------------------------------------------
-
-    def run(self) -> None:
-        """Serve the connection until it ends, then report and clean up."""
-        self.thread_id = threading.get_ident()
-        handler, peer = self._config.handler, self.peer
-        error: BaseException | None = None
-        try:
-            received = self._open_channel()
-        except (*HANDSHAKE_ERRORS, OSError) as exc:
-            self._end_handshake(exc)
-            return
-        if self._on_open is not None:
-            self._on_open()
-        try:
-            handler.connected(peer)
-            error = self._serve(received)
-        except HandlerFailed as exc:
-            error = exc
-        except Exception as exc:  # a bug of ours: keep the server alive, but say it
-            error = exc
-            logger.exception("closing %s after an internal error", format_address(peer.address))
-        finally:
-            if error is not None:
-                error = log_closing(peer.address, error)
-            with self._lock:
-                self._closed = True
-                if error is None and not self._aborted:
-                    self._say_goodbye()
-                self._sock.close()
-            self._budget.forget(self)
-            counters = self._config.counters
-            counters.retire(self._traffic)  # _closed is set: nobody sends any more
-            counters.closed(error=error is not None)
-            self._report_closed(error)
-            self._on_end(self)
-
-    def _say_goodbye(self) -> None:
-        """Send TLS's close_notify, if the socket takes it now: a clean end, not a truncation."""
-        if self._channel is not None:
-            with self._crypto_lock:
-                data = self._channel.close_write()
-            with contextlib.suppress(OSError):
-                self._sock.setblocking(False)
-                self._sock.send(data)
-
-    def _open_channel(self) -> Buffer:
-        """Run the PROXY, TLS and authentication handshakes; return the bytes after them."""
-        channel = self._channel
-        if channel is None:
-            return b""
-        received = _socket.handshake(self._sock, channel, self._config.handshake_timeout)
-        self._channel = channel_opened(channel, self.peer, self._deadlines)
-        return received
-
-    def _end_handshake(self, error: BaseException) -> None:
-        """The handshake failed: close without the handler ever seeing this peer."""
-        if not self._aborted:
-            log_closing(self.peer.address, error)
-        with self._lock:
-            self._closed = True
-            self._sock.close()
-        counters = self._config.counters
-        counters.retire(self._traffic)
-        counters.closed(error=not self._aborted)
-        if not self._aborted and isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
-            counters.handshake_failed()
-        self._on_end(self)
-
-    def _report_closed(self, error: BaseException | None) -> None:
-        try:
-            self._config.handler.closed(self.peer, error)
-        except HandlerFailed as exc:
-            logger.error("%s", exc, exc_info=exc.__cause__)
-        finally:
-            self.peer._detach()  # a handler that keeps its peers must not keep this link
-            if error is not None:
-                # Its traceback holds this thread's frames, whose locals hold the
-                # error, the decoder and the read buffer: a cycle that would keep
-                # them until the garbage collector runs. Logged and reported: drop it.
-                error.__traceback__ = None
-
-    def _serve(self, received: Buffer) -> BaseException | None:
-        """The receive loop. Returns the error that ended it, or None after a clean end."""
-        sock, decoder = self._sock, self._config.framing.decoder()
-        if (use_pool := getattr(decoder, "use_pool", None)) is not None:
-            use_pool(self._body_pool)
-        if received and (error := self._deliver(decoder, received, at_eof=False)):
-            return error
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
-        deadlines = self._deadlines
-        while not self._closing:
-            self._budget_room.wait()  # set again within the budget's grace period
-            if deadlines.is_active:
-                due = deadlines.next_due()
-                # Never 0.0: that would make the socket non-blocking, not a timeout.
-                sock.settimeout(None if due is None else max(1e-3, due - time.monotonic()))
-            try:
-                count = sock.recv_into(buffer)
-            except TimeoutError:
-                if (expired := deadlines.expired()) is not None:
-                    return expired
-                continue
-            except OSError as exc:
-                return self._evicted or (None if self._aborted or self._closing else exc)
-            if self._evicted is not None:
-                return self._evicted
-            if self._aborted or self._closing:
-                return None
-            data: Buffer = view[:count]
-            if self._channel is not None and count:
-                try:
-                    with self._crypto_lock:
-                        data = self._channel.receive(data)
-                except HANDSHAKE_ERRORS as exc:
-                    return exc
-            if error := self._deliver(decoder, data, at_eof=not count):
-                return error
-            if not count:
-                return None
-        return None
-
-    def _deliver(self, decoder: Decoder, data: Buffer, *, at_eof: bool) -> BaseException | None:
-        """Decode what was read (or the end of stream) and answer every message."""
-        try:
-            messages = decoder.eof() if at_eof else decoder.feed(data)
-        except FramingError as exc:
-            self._dispatch(exc.messages)
-            return exc
-        self._traffic.messages_in += len(messages)
-        self._traffic.bytes_in += len(data)
-        if self._deadlines.is_active:  # no clock read without a timeout
-            self._deadlines.received(bool(messages), decoder.buffered)
-        if decoder.buffered != self._held:
-            self._held = decoder.buffered
-            self._budget.update(self, self._held)
-        return self._dispatch(messages)
-
-    def _dispatch(self, messages: list[bytes]) -> OSError | None:
-        """Hand each message to the handler and send its reply, in order."""
-        handler, peer = self._config.handler, self.peer
-        if handler.is_plain:
-            return self._answer_plain(messages)
-        for message in messages:
-            reply = handler.received(peer, message)
-            if reply is not None:
-                try:
-                    data = self._config.framing.encode(reply)
-                except FramingError as exc:
-                    raise HandlerFailed("received", exc) from exc
-                try:
-                    # Not send(): a reply is still due after the handler's own peer.close().
-                    self._write(data)
-                except ConnectionClosed:
-                    return None
-                except OSError as exc:
-                    return exc
-            if self._closing:
-                return None
-        return None
-
-    def _answer_plain(self, messages: list[bytes]) -> OSError | None:
-        """`_dispatch` for a plain function, which cannot send or close: the replies to one read in one write.
-
-        Measured with ``connecteur bench`` (pipeline: 64 B messages, many in
-        flight), a ``sendall`` per reply made this engine 10 times as costly
-        per message as the select engine.
-        """
-        replies: list[Buffer] = []
-        failure: HandlerFailed | None = None
-        try:
-            self._config.handler.answer_plain(messages, replies)
-        except HandlerFailed as exc:
-            failure = exc  # answer the messages before the one that failed, then close
-        if replies:
-            wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-            failure = failure or too_large
-            try:
-                self._write(wire, count)
-            except ConnectionClosed:
-                return None
-            except OSError as exc:
-                return exc
-        if failure is not None:
-            raise failure
-        return None

@@ -7,6 +7,7 @@ call_at); what is due and when is decided here, once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import final
 
 from ..errors import Timeout
@@ -22,9 +23,13 @@ class Deadlines:
     not open `handshake_timeout` after accept. Idle: no whole message moved in
     either direction for `idle_timeout` (stray bytes do not count). Slow: a
     message not complete `message_timeout` after its first byte.
+
+    It reads `clock` (`time.monotonic` unless a test passes a fake one) only
+    when a deadline is configured; `expired` takes the time from its caller.
     """
 
     __slots__ = (
+        "_clock",
         "_handshake_due",
         "_handshake_timeout",
         "_idle_timeout",
@@ -35,11 +40,16 @@ class Deadlines:
     )
 
     def __init__(
-        self, idle_timeout: float | None, message_timeout: float | None, handshake_timeout: float | None = None
+        self,
+        idle_timeout: float | None,
+        message_timeout: float | None,
+        handshake_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._idle_timeout = idle_timeout
         self._message_timeout = message_timeout
-        self._last_activity = now = time.monotonic()
+        self._last_activity = now = clock()
         self._message_started: float | None = None
         self._handshake_timeout = handshake_timeout
         self._handshake_due = None if handshake_timeout is None else now + handshake_timeout
@@ -54,12 +64,12 @@ class Deadlines:
     def handshake_done(self) -> None:
         """The channel is open: idle time counts from now."""
         self._handshake_due = None
-        self._last_activity = time.monotonic()
+        self._last_activity = self._clock()
         self.is_active = self._any_deadline()
 
     def moved(self) -> None:
         """A whole message was received or sent."""
-        self._last_activity = time.monotonic()
+        self._last_activity = self._clock()
 
     def received(self, completed: bool, buffered: int) -> bool:
         """Note a read that completed messages (or not) and left `buffered` bytes.
@@ -67,7 +77,7 @@ class Deadlines:
         Returns:
             True when a new message started, so its deadline may be the next due.
         """
-        now = time.monotonic()
+        now = self._clock()
         if completed:
             self._last_activity = now
         if not buffered:
@@ -79,7 +89,7 @@ class Deadlines:
         return False
 
     def next_due(self) -> float | None:
-        """The `time.monotonic()` when the earliest deadline falls, or None."""
+        """The time (of `clock`) when the earliest deadline falls, or None."""
         if self._handshake_due is not None:
             return self._handshake_due
         dues = []
@@ -89,13 +99,12 @@ class Deadlines:
             dues.append(self._message_started + self._message_timeout)
         return min(dues) if dues else None
 
-    def expired(self) -> Timeout | None:
-        """The `Timeout` to close the connection with, if a deadline has passed.
+    def expired(self, now: float) -> Timeout | None:
+        """The `Timeout` to close the connection with, if a deadline has passed at `now`.
 
         A handshake that ran out gives a `Timeout` whose message the engine
         replaces with its channel's account (`Channel.timed_out`).
         """
-        now = time.monotonic()
         if self._handshake_due is not None:
             if now < self._handshake_due:
                 return None

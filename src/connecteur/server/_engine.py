@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -268,10 +269,10 @@ class EngineConfig:
     handshake_timeout: float | None = None
     max_buffered: int = DEFAULT_MAX_BUFFERED
 
-    def deadlines(self) -> Deadlines:
-        """The deadlines of a new connection (a handshake deadline when it needs one)."""
+    def deadlines(self, clock: Callable[[], float] = time.monotonic) -> Deadlines:
+        """The deadlines of a new connection (a handshake deadline when it needs one), read on `clock`."""
         handshake = None if self.channel.is_plain else self.handshake_timeout
-        return Deadlines(self.idle_timeout, self.message_timeout, handshake)
+        return Deadlines(self.idle_timeout, self.message_timeout, handshake, clock)
 
 
 class Engine(Protocol):

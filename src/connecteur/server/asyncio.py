@@ -2,10 +2,13 @@
 
 Each connection is an ``asyncio.BufferedProtocol``: the loop reads straight
 into one buffer the whole engine shares (the loop is single-threaded and a
-buffer is consumed before the next read), the decoder cuts messages, and the
-handler is called for each. A plain handler's replies to all the messages of
-one read leave in one write. A handler may be ``async def``: its replies are
-awaited in a per-connection chain, so they still leave in request order.
+buffer is consumed before the next read) and hands the bytes to the
+connection's `Session` (``server/_session.py``), which decodes them, calls the
+handler for each message and gives back the bytes to write. A plain handler's
+replies to all the messages of one read leave in one write. A handler may be
+``async def``: the session hands its replies out, and the protocol awaits
+them in a per-connection chain and gives them back, so they still leave in
+request order.
 
 Accepting uses the same policy as every engine (`accept_ready`), with the
 listening socket watched by ``loop.add_reader`` and each accepted socket given
@@ -30,10 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
-from .._channel import HANDSHAKE_ERRORS
 from ..address import format_address
-from ..errors import FramingError
-from ..framing import BodyPool, Buffer, batch_encoder
+from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
 from ._engine import (
     ACCEPT_BACKOFF,
@@ -42,16 +43,15 @@ from ._engine import (
     EngineConfig,
     StopSignal,
     accept_ready,
-    channel_opened,
     log_abandoned,
     logger,
     refuse_if_full,
     refuse_untrusted,
     shut_down,
 )
-from ._handler import HandlerFailed, frame_replies, log_closing
 from ._limits import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
-from ._peer import Peer, closed_locally
+from ._peer import closed_locally
+from ._session import Session
 
 __all__ = ["LOOPS", "AsyncioEngine", "loop_factory"]
 
@@ -261,49 +261,44 @@ class AsyncioEngine:
 
 
 class _AioLink(asyncio.BufferedProtocol):
-    """One connection: the protocol callbacks, the handler calls, the reply chain."""
+    """One connection: the protocol callbacks around its `Session`, and the chain of async replies."""
 
     def __init__(self, engine: AsyncioEngine, address: object, sock: socket.socket) -> None:
         self._engine = engine
         self.sock = sock  # the transport's; only for abandon() to shut down
-        self._config = engine._config
-        self._traffic = engine._traffic
-        self._decoder = self._config.framing.decoder()
-        if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
-            use_pool(engine.body_pool)
-        self._deadlines = self._config.deadlines()
-        # PROXY header, TLS, authentication; None once open if it has nothing left to do.
-        self._channel = self._config.channel.open(address)
-        self._announced = False  # the handler's connected() was called
+        self.session = Session(
+            engine._config, address, self, traffic=engine._traffic, budget=engine.budget, holder=self,
+            body_pool=engine.body_pool, async_replies=True,
+        )  # fmt: skip
         self._transport: asyncio.Transport | None = None
         self._tail: asyncio.Future[None] | None = None  # the last async reply in the chain
-        self._encode_all = batch_encoder(self._config.framing)
-        self._pending = 0  # async replies in flight
         self._writing_paused = False
         self._budget_paused = False  # the server is over max_buffered
         self._reading_paused = False
-        self._held = 0  # bytes held, as last told to the engine's budget
-        self._closing = False
+        self._close_asked = False  # close() called, not run yet
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
-        self._error: BaseException | None = None
-        # While plain handler calls run: their replies and peer.send() messages,
-        # to leave in one write, in order.
-        self._batch: list[bytes] | None = None
         self.is_open = True
-        self.peer = Peer(self, address, self._config.handler.encode_value)
 
     # --- the Link interface ---------------------------------------------------
 
     def send(self, message: Buffer) -> None:
         """Queue one message; safe from any thread."""
-        if not self.is_open or self._closing:
-            raise closed_locally(self.peer.address)
-        data = self._config.framing.encode(message)
-        if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
-            self._batch.append(data)  # from a plain handler: after the replies before it
+        if not self.is_open or self._close_asked or self.session.closing:
+            raise closed_locally(self.session.peer.address)
+        data = self.session.frame(message)
+        if threading.get_ident() == self._engine._loop_thread:
+            self._send_framed(data)
         else:
-            self._call_in_loop(lambda: self._write(data, 1))
+            loop = self._engine._loop
+            assert loop is not None
+            loop.call_soon_threadsafe(self._send_framed, data)
+
+    def _send_framed(self, data: bytes) -> None:
+        if self.is_open:
+            self.session.send(data)  # from a handler: after the replies before it, in one write
+            if not self.session.in_handler:
+                self._flush()
 
     def close(self) -> None:
         """Close once the replies already due are sent; safe from any thread.
@@ -311,19 +306,24 @@ class _AioLink(asyncio.BufferedProtocol):
         Always deferred to the loop's next turn, so that a handler that
         closes its peer still gets the reply it returns sent first.
         """
-        self._closing = True
+        self._close_asked = True
         loop = self._engine._loop
         assert loop is not None
-        loop.call_soon_threadsafe(self._close_when_flushed)
+        loop.call_soon_threadsafe(self._close_now)
+
+    def _close_now(self) -> None:
+        if self.is_open:
+            self.session.close()
+            self._flush()
 
     def abort(self) -> None:
         """Close at once: the stop deadline passed."""
-        if self._pending:
+        if pending := self.session.pending_replies:
             logger.warning(
                 "stop deadline passed with %d replies of handler %s still pending for %s: closing",
-                self._pending,
-                self._config.handler.name,
-                format_address(self.peer.address),
+                pending,
+                self._engine._config.handler.name,
+                format_address(self.session.peer.address),
             )
         if self._transport is not None:
             self._transport.abort()
@@ -337,142 +337,26 @@ class _AioLink(asyncio.BufferedProtocol):
         self._budget_paused = paused
         self._update_reading()
 
-    def _call_in_loop(self, action: Callable[[], None]) -> None:
-        loop = self._engine._loop
-        assert loop is not None
-        if threading.get_ident() == self._engine._loop_thread:
-            action()
-        else:
-            loop.call_soon_threadsafe(action)
-
     # --- protocol callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without inheriting it.
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
-        if self._channel is not None:
-            self._write_raw(self._channel.data_to_send())
-            self._arm_timer()
-            return
-        self._announce()
-
-    def _announce(self) -> None:
-        self._announced = True
-        try:
-            started = self._config.handler.connected(self.peer)
-        except HandlerFailed as exc:
-            self._fail(exc)
-            return
-        if inspect.isawaitable(started):
-            self._chain(started, counts=False)
-        self._arm_timer()
+        self.session.start()
+        self._flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._engine._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        data: Buffer = self._engine._view[:nbytes]
-        if self._channel is not None:
-            received = self._through_channel(data)
-            if received is None or not self._announced:
-                return  # closed, or still in the handshake
-            data = received
-        try:
-            messages = self._decoder.feed(data)
-        except FramingError as exc:
-            self._dispatch(exc.messages)
-            self._fail(exc)
-            return
-        self._traffic.messages_in += len(messages)
-        self._traffic.bytes_in += len(data)
-        deadlines = self._deadlines
-        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
-            self._arm_timer()
-        self._dispatch(messages)
-        self._account()
-
-    def _through_channel(self, data: Buffer) -> Buffer | None:
-        """Pass what was read through the channel; None if the connection ended."""
-        channel = self._channel
-        assert channel is not None
-        was_open = channel.is_open
-        try:
-            data = channel.receive(data)
-        except HANDSHAKE_ERRORS as exc:
-            self._write_raw(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
-            self._fail(exc)
-            return None
-        self._write_raw(channel.data_to_send())
-        if not was_open and channel.is_open:
-            self._channel = channel_opened(channel, self.peer, self._deadlines)
-            self._announce()
-        return data if self.is_open else None
+        self.session.receive_data(self._engine._view[:nbytes])
+        self._flush()
 
     def eof_received(self) -> bool:
-        if self._channel is not None and not self._channel.is_open:
-            try:
-                self._channel.receive_eof()
-            except HANDSHAKE_ERRORS as exc:
-                self._fail(exc)
-                return False
-        try:
-            messages = self._decoder.eof()
-        except FramingError as exc:
-            self._fail(exc)
-            return False
-        self._traffic.messages_in += len(messages)
-        self._dispatch(messages)
-        self._closing = True
-        self._close_when_flushed()
-        return True  # keep the transport open to send the replies still due
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.is_open:
-            return
-        self.is_open = False
-        if self._timer is not None:
-            self._timer.cancel()
-        error = self._error if self._error is not None else exc
-        self._release()
-        self._config.counters.closed(error=error is not None)
-        self._engine.forget(self)
-        if not self._announced:  # the handshake failed: the handler never saw this peer
-            if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
-                self._config.counters.handshake_failed()
-            return
-        try:
-            ended = self._config.handler.closed(self.peer, error)
-        except HandlerFailed as failure:
-            logger.error("%s", failure, exc_info=failure.__cause__)
-            return
-        finally:
-            self.peer._detach()
-        if inspect.isawaitable(ended):
-            self._engine.keep(asyncio.ensure_future(self._log_failure(ended)))
-
-    def _release(self) -> None:
-        """Free the buffers now, and the references that would make cycles (the error's
-        traceback holds this object's frames): nothing waits for the garbage collector."""
-        self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
-        self._channel = None
-        self._error = None
-        self._transport = None
-        self._held = 0
-        self._engine.budget.forget(self)
-
-    def _account(self) -> None:
-        """Tell the engine's budget what this connection holds now, if that changed.
-
-        The transport's queue drains without telling us: the budget's count of
-        it is as of this connection's last read or write, and a check past the
-        grace period closes connections on those counts.
-        """
-        transport = self._transport
-        held = self._decoder.buffered + (transport.get_write_buffer_size() if transport is not None else 0)
-        if held != self._held:
-            self._held = held
-            self._engine.budget.update(self, held)
+        self.session.receive_eof()
+        self._flush()
+        return self.session.error is None  # True: keep the transport open to send the replies still due
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -483,146 +367,52 @@ class _AioLink(asyncio.BufferedProtocol):
         self._update_reading()
         self._account()
 
-    # --- messages and replies -------------------------------------------------
-
-    def _dispatch(self, messages: list[bytes]) -> None:
-        """Call the handler for each message; plain replies of one read leave in one write."""
-        handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
-        if handler.is_plain and self._tail is None and messages:
-            messages = self._answer_plain(messages)
-            if not messages:
-                return
-        replies: list[bytes] = []
-        self._batch = replies
-        try:
-            for message in messages:
-                if not self.is_open:
-                    return
-                reply = handler.received_maybe_async(peer, message)
-                if reply is None and self._tail is None:
-                    continue
-                # Checked per message: plain bytes first, the costly awaitable test last.
-                if self._tail is None and (type(reply) is bytes or not inspect.isawaitable(reply)):
-                    replies.append(self._encode_reply(handler.check_reply(reply), encode))
-                else:
-                    self._flush(replies)
-                    self._chain(reply)
-        except HandlerFailed as exc:
-            self._flush(replies)  # answer the messages before the one that failed, then close
-            self._fail(exc)
+    def _flush(self) -> None:
+        """Write what the session has to send, chain its async replies, arm its deadline, close when due."""
+        session, transport = self.session, self._transport
+        if transport is None or not self.is_open:
             return
-        finally:
-            self._batch = None
-        self._flush(replies)
-
-    def _answer_plain(self, messages: list[bytes]) -> list[bytes]:
-        """The hot path of `_dispatch`: a plain function's replies to one read, framed at once in one write.
-
-        Measured with ``connecteur bench`` (pipeline), the general loop
-        (per message: the awaitable test, the framing, the reply check)
-        cost twice the select engine's CPU per message. Returns the messages
-        still to answer, after the first reply that was an awaitable (now
-        chained) or a failure (the connection is then closed).
-        """
-        replies: list[Buffer] = []
-        try:
-            stop, pending = self._config.handler.answer_plain(messages, replies, async_ok=True)
-        except HandlerFailed as exc:
-            self._write_replies(replies)  # answer the messages before the one that failed, then close
-            self._fail(exc)
-            return []
-        if not self._write_replies(replies):
-            return []
-        if pending is None:
-            return []
-        self._chain(pending)
-        return messages[stop + 1 :]
-
-    def _write_replies(self, replies: list[Buffer]) -> bool:
-        """Frame and write `replies` in one write; False if one was too large (the connection then fails)."""
-        if not replies:
-            return True
-        wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-        if count:
-            self._write(wire, count)
-        if too_large is not None:
-            self._fail(too_large)
-            return False
-        return True
-
-    def _encode_reply(self, reply: Buffer | None, encode: Callable[[Buffer], bytes]) -> bytes:
-        assert reply is not None
-        try:
-            return encode(reply)
-        except FramingError as exc:
-            raise HandlerFailed("received", exc) from exc
-
-    def _flush(self, replies: list[bytes]) -> None:
-        if replies:
-            self._write(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
-            replies.clear()
-
-    def _chain(self, reply: object, *, counts: bool = True) -> None:
-        """Queue a reply (awaitable or not) behind the async replies already in flight."""
-        self._pending += 1
-        self._tail = self._engine.keep(asyncio.ensure_future(self._in_order(self._tail, reply, counts)))
-        self._update_reading()
-
-    async def _in_order(self, previous: Awaitable[None] | None, reply: object, counts: bool) -> None:
-        try:
-            if previous is not None:
-                await previous
-            if inspect.isawaitable(reply):
-                try:
-                    reply = await reply
-                except Exception as exc:
-                    raise HandlerFailed("received", exc) from exc
-            if counts and self.is_open:
-                checked = self._config.handler.check_reply(reply)
-                if checked is not None:
-                    self._write(self._encode_reply(checked, self._config.framing.encode), 1)
-        except HandlerFailed as exc:
-            self._fail(exc)
-        finally:
-            self._pending -= 1
-            if self._tail is asyncio.current_task():  # the last in the chain: none is waiting
-                self._tail = None
-            self._update_reading()
-            if self._closing:
-                self._close_when_flushed()
-
-    async def _log_failure(self, awaitable: Awaitable[Any]) -> None:
-        try:
-            await awaitable
-        except Exception as exc:
-            logger.error("the handler's closed() raised %s: %s", type(exc).__name__, exc, exc_info=exc)
-
-    def _write(self, data: bytes, messages: int) -> None:
-        transport = self._transport
-        if transport is None or not self.is_open or transport.is_closing():
-            return
-        transport.write(data if self._channel is None else self._channel.send(data))
-        if self._deadlines.is_active:
-            self._deadlines.moved()
-        self._traffic.messages_out += messages
-        self._traffic.bytes_out += len(data)
-        queued = transport.get_write_buffer_size()
-        if queued > HARD_CAP:
-            self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
-        elif queued:
+        if out := session.data_to_send():
+            self._write(transport, out)
+        for reply, counts in session.take_async_replies():
+            self._chain(reply, counts)
+        if session.new_deadline:
+            self._arm_timer()
+        if session.error is not None:
+            self._fail(session.error)
+        elif session.close_expected():
+            transport.close()  # the transport flushes its buffer itself
+        else:
             self._account()
 
-    def _write_raw(self, data: bytes) -> None:
-        """Write handshake bytes, which are no messages."""
+    def _write(self, transport: asyncio.Transport, out: list[Buffer]) -> None:
+        if transport.is_closing():
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+        queued = transport.get_write_buffer_size()
+        if queued > HARD_CAP:
+            self.session.fail(
+                ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}")
+            )
+
+    def _account(self) -> None:
+        """Tell the engine's budget what this connection holds now.
+
+        The transport's queue drains without telling us: the budget's count of
+        it is as of this connection's last read or write, and a check past the
+        grace period closes connections on those counts.
+        """
         transport = self._transport
-        if data and transport is not None and self.is_open and not transport.is_closing():
-            transport.write(data)
+        self.session.account(transport.get_write_buffer_size() if transport is not None else 0)
 
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or not self.is_open or transport.is_closing():
             return
-        should_pause = self._writing_paused or self._budget_paused or self._pending > MAX_PENDING_REPLIES
+        should_pause = self._writing_paused or self._budget_paused or self.session.pending_replies > MAX_PENDING_REPLIES
         if should_pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()
@@ -630,18 +420,39 @@ class _AioLink(asyncio.BufferedProtocol):
             self._reading_paused = False
             transport.resume_reading()
 
-    def _close_when_flushed(self) -> None:
-        """Close once no async reply is in flight; the transport flushes its buffer itself."""
-        if self._transport is not None and self.is_open and self._pending == 0:
-            if self._channel is not None and self._channel.is_open:
-                self._write_raw(self._channel.close_write())  # TLS close_notify: a clean end, not a truncation
-                self._channel = None
-            self._transport.close()
+    # --- async replies ------------------------------------------------------------
+
+    def _chain(self, reply: object, counts: bool) -> None:
+        """Await `reply` (awaitable or not) behind the async replies already in flight."""
+        self._tail = self._engine.keep(asyncio.ensure_future(self._in_order(self._tail, reply, counts)))
+        self._update_reading()
+
+    async def _in_order(self, previous: Awaitable[None] | None, reply: object, counts: bool) -> None:
+        error: Exception | None = None
+        try:
+            if previous is not None:
+                await previous
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except Exception as exc:
+            error = exc
+        finally:
+            if self._tail is asyncio.current_task():  # the last in the chain: none is waiting
+                self._tail = None
+        self.session.reply(reply, counts=counts, error=error)
+        self._update_reading()
+        self._flush()
+
+    async def _log_failure(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.error("the handler's closed() raised %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     # --- deadlines --------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        due = self._deadlines.next_due()
+        due = self.session.next_deadline()
         loop = self._engine._loop
         if due is None or loop is None or (self._timer_due is not None and self._timer_due <= due):
             return
@@ -649,27 +460,37 @@ class _AioLink(asyncio.BufferedProtocol):
             self._timer.cancel()
         self._timer_due = due
         # Deadlines use time.monotonic(); the loop has its own clock.
-        self._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._check_timers)
+        self._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self.check_timers)
 
-    def _check_timers(self) -> None:
+    def check_timers(self) -> None:
+        """The timer came due: close on an expired deadline, else re-arm."""
         self._timer = self._timer_due = None
         if not self.is_open:
             return
-        if (expired := self._deadlines.expired()) is not None:
-            if self._channel is not None and not self._channel.is_open:
-                self._fail(self._channel.timed_out(expired.seconds))
-                return
-            self._fail(expired)
+        self.session.check_deadlines(time.monotonic())
+        if self.session.error is not None:
+            self._fail(self.session.error)
         else:
             self._arm_timer()
 
     # --- ending -----------------------------------------------------------------
 
     def _fail(self, error: BaseException) -> None:
-        error = log_closing(self.peer.address, error)
-        if self._error is None:
-            self._error = error
+        """Close at once because of `error` (the session logs it, once)."""
+        self.session.fail(error)
         if self._transport is not None:
             self._transport.abort()
         else:
             self.connection_lost(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+        ended = self.session.connection_lost(exc)
+        self._engine.forget(self)
+        if inspect.isawaitable(ended):
+            self._engine.keep(asyncio.ensure_future(self._log_failure(ended)))

@@ -5,7 +5,8 @@ elsewhere: kqueue on BSD and macOS). The listening socket sits in the
 readers; every connection is non-blocking. A readable connection is read
 once with ``recv_into`` into one buffer shared by all connections (the loop
 is single-threaded), or straight into the body of a large message under way;
-the bytes go to the connection's decoder, and the replies to every message
+the bytes go to the connection's `Session` (``server/_session.py``: decoder,
+handler calls, replies, counts, deadlines), and the replies to every message
 of that read leave in one write (a large reply with its header, uncopied, in
 one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
@@ -31,13 +32,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from .. import _socket
-from .._channel import HANDSHAKE_ERRORS
 from .._loop import Inbox, Timers
-from ..errors import FramingError
-from ..framing import LARGE_MESSAGE, BodyPool, Buffer, batch_encoder, direct_decoder
+from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
 from ._engine import (
     ACCEPT_BACKOFF,
@@ -46,26 +45,25 @@ from ._engine import (
     EngineConfig,
     StopSignal,
     accept_ready,
-    channel_opened,
     log_abandoned,
-    logger,
     refuse_if_full,
     refuse_untrusted,
     shut_down,
 )
-from ._handler import HandlerFailed, frame_replies, log_closing
 from ._limits import HARD_CAP as HARD_CAP
 from ._limits import HIGH_WATER as HIGH_WATER
 from ._limits import LOW_WATER as LOW_WATER
 from ._limits import RECV_SIZE as RECV_SIZE
-from ._peer import Peer, closed_locally
+from ._peer import closed_locally
 from ._poller import READ, READABLE, WRITABLE, WRITE, Poller
+from ._session import Session
 
 __all__ = ["SelectEngine"]
 
 _ACCEPT = object()  # selector data of the listening socket
 _WAKE = object()  # selector data of the wake-up socket
 _READ, _WRITE, _READABLE, _WRITABLE = READ, WRITE, READABLE, WRITABLE
+_GATHER_MAX = 64  # buffers in one sendmsg, far under IOV_MAX (1024 on Linux); more are joined first
 
 
 class SelectEngine:
@@ -265,345 +263,105 @@ def _is_live(due: float, ref: weakref.ref[_SelectLink] | None) -> bool:
 
 
 class _SelectLink:
-    """One non-blocking connection, driven by the engine's loop."""
+    """One non-blocking connection: the I/O around its `Session`, driven by the engine's loop."""
 
     __slots__ = (
         "__weakref__",
-        "_announced",
-        "_batch",
         "_budget_paused",
-        "_channel",
-        "_closing",
-        "_config",
-        "_deadlines",
-        "_decoder",
-        "_direct",
-        "_encode_all",
-        "_encode_parts",
+        "_close_asked",
         "_engine",
         "_events",
-        "_held",
         "_outgoing",
         "_paused",
-        "_plain",
         "_queued",
-        "_read_ended",
         "_timer_due",
-        "_traffic",
         "is_open",
-        "peer",
+        "session",
         "sock",
     )
 
     def __init__(self, engine: SelectEngine, sock: socket.socket, address: object) -> None:
         self._engine = engine
-        self._config = engine._config
         self.sock = sock
-        self.peer = Peer(self, address, self._config.handler.encode_value)
-        self._decoder = self._config.framing.decoder()
-        if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
-            use_pool(engine.body_pool)
+        self.session = Session(
+            engine._config, address, self, traffic=engine._traffic, budget=engine.budget, holder=self,
+            body_pool=engine.body_pool,
+        )  # fmt: skip
         self._outgoing: deque[memoryview] = deque()
         self._queued = 0  # bytes in _outgoing
         self._events = _READ
         self._paused = False  # reading stopped by backpressure
         self._budget_paused = False  # reading stopped: the server is over max_buffered
-        self._held = 0  # bytes held, as last told to the engine's budget
-        self._read_ended = False  # the peer's EOF was seen
-        self._closing = False  # close once the queue is flushed
-        # While handler calls run, the replies (and peer.send() messages) they
-        # produce, to leave in one write after them; a close waits for them.
-        self._batch: list[bytes] | None = None
-        self._deadlines = self._config.deadlines()
+        self._close_asked = False  # close() from another thread, not run yet
         self._timer_due: float | None = None
-        self._traffic = engine._traffic
-        # PROXY header, TLS, authentication; None once open if it has nothing left to do.
-        self._channel = self._config.channel.open(address)
-        self._announced = False  # the handler's connected() was called
-        self._plain = self._config.handler.is_plain  # answered by _answer_plain
-        self._encode_all = batch_encoder(self._config.framing)
-        self._encode_parts: Callable[[Buffer], list[Buffer]] | None = getattr(
-            self._config.framing, "encode_parts", None
-        )
-        self._direct = direct_decoder(self._decoder)  # None: it cannot read straight into a large message
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
 
     def send(self, message: Buffer) -> None:
         """Queue one message; from another thread the loop writes it soon after."""
-        if not self.is_open or self._closing:
-            raise closed_locally(self.peer.address)
-        data = self._config.framing.encode(message)
-        if self._batch is not None and threading.get_ident() == self._engine._loop_thread:
-            self._batch.append(data)  # from a handler: after the replies before it, in one write
+        if not self.is_open or self._close_asked or self.session.closing:
+            raise closed_locally(self.session.peer.address)
+        data = self.session.frame(message)
+        if threading.get_ident() == self._engine._loop_thread:
+            self._send_framed(data)
         else:
-            self._engine.call_soon(lambda: self._push(data, 1))
+            self._engine.call_soon(lambda: self._send_framed(data))
+
+    def _send_framed(self, data: bytes) -> None:
+        if self.is_open:
+            self.session.send(data)  # from a handler: after the replies before it, in one write
+            if not self.session.in_handler:
+                self._flush()
 
     def close(self) -> None:
         """Close once the replies already due are sent; safe from any thread."""
         if threading.get_ident() != self._engine._loop_thread:
-            self._closing = True  # so that a send() after this close() raises at once
+            self._close_asked = True  # so that a send() after this close() raises at once
             self._engine.call_soon(self.close)
         elif self.is_open:
-            self._closing = True
-            if self._batch is None:
-                self._close_when_flushed()
+            self.session.close()
+            if not self.session.in_handler:
+                self._flush()
 
     def abort(self) -> None:
         """Close at once, dropping what is queued: the stop deadline passed."""
-        self._finish(None)
+        self._finish()
 
     def evict(self, error: OverBudget) -> None:
         """Close at once: the server stayed over `max_buffered` and this connection holds the most."""
         self._fail(error)
 
-    def _close_when_flushed(self) -> None:
-        if self._channel is not None and self._channel.is_open:
-            self._write(self._channel.close_write())  # TLS close_notify: a clean end, not a truncation
-            self._channel = None
-        if self._queued:
-            self._set_events(_WRITE)
-        else:
-            self._finish(None)
+    def pause_reading_for_budget(self, paused: bool) -> None:
+        """Stop or resume reading this connection for the server's memory budget."""
+        self._budget_paused = paused
+        self._set_events(_READ | (_WRITE if self._queued else 0))  # the loop's invariant; _set_events masks
 
     # --- the loop's side --------------------------------------------------------
 
     def start(self) -> None:
         """Tell the handler (or begin the handshake), and arm the timers."""
-        if self._channel is not None:
-            self._write(self._channel.data_to_send())
-            self._arm_timer()
-            return
-        self._announce()
-
-    def _announce(self) -> None:
-        self._announced = True
-        try:
-            self._config.handler.connected(self.peer)
-        except HandlerFailed as exc:
-            self._fail(exc)
-            return
-        self._arm_timer()
-
-    def _through_channel(self, data: Buffer) -> Buffer | None:
-        """Pass what was read through the channel; None if the connection ended."""
-        channel = self._channel
-        assert channel is not None
-        was_open = channel.is_open
-        try:
-            if data:
-                data = channel.receive(data)
-            else:
-                channel.receive_eof()
-        except HANDSHAKE_ERRORS as exc:
-            self._write(channel.data_to_send())  # an alert or #FAILURE# for the peer, if it still reads
-            self._fail(exc)
-            return None
-        self._write(channel.data_to_send())
-        if not was_open and channel.is_open:
-            self._channel = channel_opened(channel, self.peer, self._deadlines)
-            self._announce()
-        return data if self.is_open else None
+        self.session.start()
+        self._flush()
 
     def on_readable(self) -> None:
-        """Read once, hand every complete message to the handler, queue the replies."""
-        engine = self._engine
-        # A large message under way is read straight into its body (no copy).
-        decoder, direct = self._direct, None
-        if decoder is not None and decoder.reading_body and self._channel is None:
-            direct = decoder.recv_buffer()
+        """Read once and hand the bytes to the session (a large message's body straight, uncopied)."""
+        session = self.session
+        direct = session.recv_buffer()
         try:
-            count = self.sock.recv_into(engine._buffer if direct is None else direct)
+            count = self.sock.recv_into(self._engine._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fail(exc)
             return
-        data: Buffer = engine._view[:count]
-        if self._channel is not None:
-            received = self._through_channel(data)
-            if received is None:
-                return
-            if not self._announced:
-                return  # still in the handshake
-            data = received
-        try:
-            if not count:
-                messages = self._decoder.eof()
-            elif direct is None:
-                messages = self._decoder.feed(data)
-            else:
-                assert decoder is not None
-                messages = decoder.buffer_filled(count)
-                data = direct[:count]
-        except FramingError as exc:
-            self._dispatch(exc.messages)
-            self._fail(exc)
-            return
-        deadlines = self._deadlines
-        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
-            self._arm_timer()
-        if messages and self._plain:
-            if not self._answer_plain(messages, len(data)):
-                return
-        else:
-            self._traffic.messages_in += len(messages)
-            self._traffic.bytes_in += len(data)
-            if not self._dispatch(messages):
-                return
-        self._account()
         if not count:
-            self._read_ended = True
-            self._closing = True
-            self._close_when_flushed()
-
-    def _dispatch(self, messages: list[bytes]) -> bool:
-        """Call the handler for each message; queue the replies as one write.
-
-        Returns False when the connection was closed on the way.
-        """
-        if not messages:
-            return True
-        handler, peer, encode = self._config.handler, self.peer, self._config.framing.encode
-        replies: list[bytes] = []
-        self._batch = replies
-        try:
-            for message in messages:
-                reply = handler.received(peer, message)
-                if reply is not None:
-                    try:
-                        replies.append(encode(reply))
-                    except FramingError as exc:
-                        raise HandlerFailed("received", exc) from exc
-                if self._closing or not self.is_open:
-                    break
-        except HandlerFailed as exc:
-            if replies:  # answer the messages before the one that failed, then close
-                self._push(b"".join(replies), len(replies))
-            self._fail(exc)
-            return False
-        finally:
-            self._batch = None
-        if replies and self.is_open:
-            self._push(b"".join(replies) if len(replies) > 1 else replies[0], len(replies))
-        if self._closing and self.is_open:
-            self._close_when_flushed()
-        return self.is_open
-
-    def _answer_plain(self, messages: list[bytes], size: int) -> bool:
-        """`_dispatch` for a plain function, the hot path of a server: the `size` bytes read held `messages`.
-
-        Dense on purpose. Measured with ``connecteur bench`` (many: 1,000
-        connections, one 64 B request in flight on each), the server spends
-        ~15 µs a round trip, mostly in the kernel; each Python call saved
-        here was ~0.1 µs of it. So: one handler loop and one framing call per
-        read, the counters with no lock (`Traffic`), the clock read only when a timeout
-        is set, and the write tried at once.
-        """
-        replies: list[Buffer] = []
-        failure: HandlerFailed | None = None
-        try:
-            self._config.handler.answer_plain(messages, replies)
-        except HandlerFailed as exc:
-            failure = exc  # answer the messages before the one that failed, then close
-        encode_parts, parts = self._encode_parts, None
-        try:
-            if encode_parts is not None and len(replies) == 1 and len(replies[0]) >= LARGE_MESSAGE:
-                parts = encode_parts(replies[0])  # no copy of a large reply: one gathering write
-                wire, wire_size = b"", sum(map(len, parts))
-            else:
-                wire = self._encode_all(replies)
-                wire_size = len(wire)
-            count, too_large = len(replies), None
-        except FramingError:  # a reply too large: send those before it
-            wire, count, too_large = frame_replies(self._config.framing, self._encode_all, replies)
-            wire_size = len(wire)
-        traffic = self._traffic
-        traffic.messages_in += len(messages)
-        traffic.bytes_in += size
-        traffic.messages_out += count
-        traffic.bytes_out += wire_size
-        if count:
-            if self._deadlines.is_active:
-                self._deadlines.moved()
-            if self._channel is not None:
-                self._write(self._channel.send(wire if parts is None else b"".join(parts)))
-            elif parts is None:
-                self._write(wire)
-            else:
-                self._write_parts(parts)
-        failure = failure or too_large
-        if failure is not None:
-            self._fail(failure)
-            return False
-        if self._closing and self.is_open:
-            self._close_when_flushed()
-        return self.is_open
-
-    def _push(self, data: bytes, messages: int) -> None:
-        """Send `messages` messages: count them, and write them (encrypted with TLS)."""
-        if not self.is_open:
-            return
-        self._deadlines.moved()
-        self._traffic.messages_out += messages
-        self._traffic.bytes_out += len(data)
-        self._write(data if self._channel is None else self._channel.send(data))
-
-    def _write(self, data: Buffer) -> None:
-        """Write `data` now, as far as the socket takes it; queue the rest.
-
-        The common case in few steps: measured with callgrind (many), going
-        through `_write_parts` cost 10% of a round trip's instructions.
-        """
-        if self._queued or not self.is_open or not data:
-            self._write_parts((data,))
-            return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
-        if sent < len(data):
-            self._queue(memoryview(data)[sent:])
-
-    def _write_parts(self, parts: Sequence[Buffer]) -> None:
-        """Write `parts` now, in one system call, as far as the socket takes them; queue the rest.
-
-        Several parts (a large reply's header and body) leave in one
-        gathering ``sendmsg``, uncopied.
-        """
-        if not self.is_open or not any(parts):
-            return
-        if self._queued:
-            for part in parts:
-                self._outgoing.append(memoryview(part))
-                self._queued += len(part)
-            self._apply_backpressure()
-            return
-        try:
-            sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
-        for part in parts:
-            if sent >= len(part):
-                sent -= len(part)
-            else:
-                self._queue(memoryview(part)[sent:])
-                sent = 0
-
-    def _queue(self, rest: memoryview) -> None:
-        """Queue what the socket did not take of a write."""
-        self._outgoing.append(rest)
-        self._queued += rest.nbytes
-        self._set_events(self._events | _WRITE)
-        self._apply_backpressure()
-        self._account()
+            session.receive_eof()
+        elif direct is None:
+            session.receive_data(self._engine._view[:count])
+        else:
+            session.buffer_filled(count)
+        self._flush()
 
     def on_writable(self) -> None:
         """Send queued bytes until the socket would block or the queue is empty."""
@@ -622,14 +380,65 @@ class _SelectLink:
                 outgoing[0] = chunk[sent:]
                 break
             outgoing.popleft()
-        self._account()
+        self.session.account(self._queued)
         if self._queued:
             self._apply_backpressure()
             return
-        if self._closing:
-            self._finish(None)
+        if self.session.closing:
+            self._finish()
             return
         self._set_events(self._events & ~_WRITE)
+        self._apply_backpressure()
+
+    def _flush(self) -> None:
+        """Write what the session has to send; arm its next deadline; close when it says so."""
+        session = self.session
+        if out := session.data_to_send():
+            self._write(out)
+            if not self.is_open:
+                return
+        if session.new_deadline:
+            self._arm_timer()
+        session.account(self._queued)
+        if session.closing:
+            if session.error is not None or not self._queued:
+                self._finish()
+            else:
+                self._set_events(_WRITE)  # no more reading
+
+    def _write(self, buffers: list[Buffer]) -> None:
+        """Write `buffers` now, in one system call, as far as the socket takes them; queue the rest.
+
+        Several buffers (a large reply's header and body) leave in one
+        gathering ``sendmsg``, uncopied.
+        """
+        if len(buffers) > _GATHER_MAX:
+            buffers = [b"".join(buffers)]
+        if self._queued:
+            for part in buffers:
+                self._outgoing.append(memoryview(part))
+                self._queued += len(part)
+            self._apply_backpressure()
+            return
+        try:
+            sent = self.sock.send(buffers[0]) if len(buffers) == 1 else self.sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        for part in buffers:
+            if sent >= len(part):
+                sent -= len(part)
+            else:
+                self._queue(memoryview(part)[sent:])
+                sent = 0
+
+    def _queue(self, rest: memoryview) -> None:
+        """Queue what the socket did not take of a write."""
+        self._outgoing.append(rest)
+        self._queued += rest.nbytes
+        self._set_events(self._events | _WRITE)
         self._apply_backpressure()
 
     def _apply_backpressure(self) -> None:
@@ -643,22 +452,8 @@ class _SelectLink:
             self._paused = False
             self._set_events(self._events | _READ)
 
-    def _account(self) -> None:
-        """Tell the engine's budget what this connection holds now, if that changed."""
-        held = self._decoder.buffered + self._queued
-        if held != self._held:
-            self._held = held
-            self._engine.budget.update(self, held)
-
-    def pause_reading_for_budget(self, paused: bool) -> None:
-        """Stop or resume reading this connection for the server's memory budget."""
-        self._budget_paused = paused
-        self._set_events(_READ | (_WRITE if self._queued else 0))  # the loop's invariant; _set_events masks
-
     def _set_events(self, events: int) -> None:
-        if self._read_ended or self._closing:
-            events &= ~_READ
-        if self._paused or self._budget_paused:
+        if self.session.closing or self._paused or self._budget_paused:
             events &= ~_READ
         if not events and not (self._budget_paused and not self._queued):
             # Nothing to wait for: keep the socket registered for errors only.
@@ -672,7 +467,7 @@ class _SelectLink:
     # --- timers ----------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        due = self._deadlines.next_due()
+        due = self.session.next_deadline()
         if due is not None and (self._timer_due is None or due < self._timer_due):
             self._timer_due = due
             self._engine.add_timer(due, self)
@@ -684,45 +479,26 @@ class _SelectLink:
     def check_timers(self) -> None:
         """Its heap entry came due: close on an expired deadline, else re-arm."""
         self._timer_due = None
-        if (expired := self._deadlines.expired()) is not None:
-            if self._channel is not None and not self._channel.is_open:
-                self._fail(self._channel.timed_out(expired.seconds))
-                return
-            self._fail(expired)
+        self.session.check_deadlines(time.monotonic())
+        if self.session.error is not None:
+            self._finish()
         else:
             self._arm_timer()
 
     # --- ending ------------------------------------------------------------------
 
     def _fail(self, error: BaseException) -> None:
-        """Close at once because of `error`, logging it as its kind deserves."""
-        self._finish(log_closing(self.peer.address, error))
+        """Close at once because of `error`."""
+        self.session.fail(error)
+        self._finish()
 
-    def _finish(self, error: BaseException | None) -> None:
+    def _finish(self) -> None:
+        """Close the socket, drop what is queued, and let the session report the end."""
         if not self.is_open:
             return
         self.is_open = False
         self._engine.forget(self)
         self.sock.close()
-        self._release()
-        self._held = 0
-        self._engine.budget.forget(self)
-        self._config.counters.closed(error=error is not None)
-        if not self._announced:  # the handshake failed: the handler never saw this peer
-            if isinstance(error, HANDSHAKE_ERRORS):  # not a mere reset
-                self._config.counters.handshake_failed()
-            return
-        try:
-            self._config.handler.closed(self.peer, error)
-        except HandlerFailed as exc:
-            logger.error("%s", exc, exc_info=exc.__cause__)
-        finally:
-            self.peer._detach()
-
-    def _release(self) -> None:
-        """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
-        self._outgoing.clear()
+        self._outgoing.clear()  # now: a timer entry or the handler may hold this object longer
         self._queued = 0
-        self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
-        self._direct = None
-        self._channel = None
+        self.session.connection_lost()
