@@ -39,6 +39,7 @@ __all__ = [
     "listen",
     "numeric_targets",
     "open_connection",
+    "request_timed_out",
     "resolve",
     "socket_address",
     "start_connection",
@@ -77,6 +78,21 @@ def as_timeout(exc: TimeoutError, what: str, seconds: float | None) -> TimeoutEr
     if isinstance(exc, Timeout) or exc.errno is not None:
         return exc
     return Timeout(f"{what} timed out after {seconds} s", seconds=seconds or 0.0)
+
+
+def request_timed_out(address: object, exc: Timeout) -> tuple[str, Timeout]:
+    """Why a connection is abandoned when `request()` timed out, and the `Timeout` to raise.
+
+    Both clients close the connection then: its late reply would answer the
+    next request.
+    """
+    why = f"when request() timed out after {exc.seconds} s: its late reply would answer the next one"
+    error = Timeout(
+        f"no reply from {format_address(address)} within {exc.seconds} s; the connection is closed,"
+        " as the late reply would answer the next request",
+        seconds=exc.seconds,
+    )
+    return why, error
 
 
 HAPPY_EYEBALLS_DELAY: Final = 0.25

@@ -524,12 +524,9 @@ class Connection(Generic[T]):
             await self._write(data, deadline)
             reply = await self._recv_bytes(deadline)
         except Timeout as exc:
-            self._abandon(f"when request() timed out after {exc.seconds} s: its late reply would answer the next one")
-            raise Timeout(
-                f"no reply from {format_address(self.address)} within {exc.seconds} s; the connection is closed,"
-                " as the late reply would answer the next request",
-                seconds=exc.seconds,
-            ) from exc
+            why, error = _socket.request_timed_out(self.address, exc)
+            self._abandon(why)
+            raise error from exc
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the reply is owed all the same
                 self._abandon("when request() was cancelled: its late reply would answer the next one")
