@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,31 @@ def test_a_child_terminated_as_it_starts_is_not_an_error(caplog: pytest.LogCaptu
             client.close()
     assert [record.getMessage() for record in caplog.records] == []
     assert server.stats.errors == 0
+
+
+def test_a_child_writes_its_standard_streams_to_descriptors_1_and_2(tmp_path: Path) -> None:
+    """sys.stderr replaced by a file on another descriptor (as pytest's capture does): after
+    become_child closed that descriptor, the child's stderr is descriptor 2 again, so a socket
+    that reuses the number never receives the child's log lines."""
+    from connecteur.server._fork import become_child
+
+    reader, writer = os.pipe()
+    replaced = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 - closed in the finally
+    saved = sys.stderr
+    sys.stderr = replaced
+    pid = os.fork()
+    if pid == 0:  # the child: report the descriptors its streams now write to
+        try:
+            become_child(keep={writer})
+            os.write(writer, f"{sys.stdout.fileno()} {sys.stderr.fileno()}".encode())
+        finally:
+            os._exit(0)
+    sys.stderr = saved
+    try:
+        os.close(writer)
+        report = os.read(reader, 100).decode()
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+        replaced.close()
+    assert report == "1 2"

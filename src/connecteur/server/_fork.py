@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import warnings
 from dataclasses import asdict
 
@@ -39,6 +40,7 @@ def become_child(keep: set[int]) -> None:
     stop; drops log handlers whose files were just closed.
     """
     _close_all_but({0, 1, 2, *keep})
+    _rebind_standard_streams()
     with contextlib.suppress(ValueError):  # the parent's wakeup fd, just closed (fork from a non-main thread: none)
         signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,6 +48,25 @@ def become_child(keep: set[int]) -> None:
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
     for each in loggers:
         each.handlers[:] = [h for h in each.handlers if _stream_fileno(h) in (1, 2)]
+
+
+def _rebind_standard_streams() -> None:
+    """Point `sys.stdout` and `sys.stderr` back at descriptors 1 and 2 if they wrote elsewhere.
+
+    An application (or pytest's output capture) may have replaced them with
+    files on other descriptors, which `become_child` just closed: the next
+    socket the child accepts would reuse the number and receive the process's
+    prints and log lines (`logging.lastResort` writes to `sys.stderr`).
+    Streams without a descriptor (``io.StringIO``) stay as they are.
+    """
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            if stream is None or stream.fileno() == fd:
+                continue
+        except (AttributeError, OSError, ValueError):
+            continue  # no descriptor of its own: it writes to memory, not to a number that may be reused
+        setattr(sys, name, open(fd, "w", buffering=1, closefd=False))  # noqa: SIM115 - the process's stream
 
 
 def write_report(pipe: int, stats: Stats) -> None:
