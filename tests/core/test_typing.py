@@ -57,7 +57,10 @@ def test_recv_is_bytes_without_a_codec_and_the_codecs_type_with_one(
     api = pytest.importorskip("mypy.api", reason="mypy is not installed (the dev extra; .ci/run runs this test)")
     (tmp_path / "snippet.py").write_text(SNIPPET)
     # The connecteur these tests import, not another one installed (an editable install of a sibling clone).
-    monkeypatch.setenv("MYPYPATH", str(Path(connecteur.__file__).resolve().parents[1]))
+    # Not when that is an installed copy: mypy refuses site-packages on MYPYPATH, and finds it there anyway.
+    sources = Path(connecteur.__file__).resolve().parents[1]
+    if sources.name not in ("site-packages", "dist-packages"):
+        monkeypatch.setenv("MYPYPATH", str(sources))
     stdout, stderr, status = api.run(
         [
             "--strict",
