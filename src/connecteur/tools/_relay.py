@@ -17,7 +17,9 @@ Invariants, checked each time a relay's interest is updated:
   timer in the loop's heap, never a sleep;
 * a flow forwards its source's EOF, as ``shutdown(SHUT_WR)``, only after its
   last byte, and the opposite flow goes on: a half-close stays a half-close.
-  The relay closes both sockets once both flows have ended.
+  The relay closes both sockets once both flows have ended;
+* a flow whose faults close the relay at a time (`reset_after`, `timeout`)
+  keeps a timer armed for it whatever else it waits for, ended or not.
 """
 
 from __future__ import annotations
@@ -109,6 +111,16 @@ class FaultSettings(Protocol):
     def reset(self) -> bool: ...
     @property
     def blackhole_after(self) -> int | None: ...
+    @property
+    def slow_close(self) -> float: ...
+    @property
+    def timeout(self) -> float | None: ...
+    @property
+    def reset_after(self) -> float | None: ...
+    @property
+    def fragment_delay(self) -> float: ...
+    @property
+    def fragment_variation(self) -> int: ...
 
 
 class RelayLoop(Protocol):
@@ -170,7 +182,9 @@ class Relay:
         self._client_events = self._target_events = 0
 
     def start(self) -> None:
-        """Watch the target connection's completion, and the client."""
+        """Watch the target connection's completion, and the client; arm the faults' deadlines."""
+        self.upstream.pump()
+        self.downstream.pump()
         self.update_interest()
 
     def on_event(self, sock: object, mask: int) -> None:
@@ -187,7 +201,8 @@ class Relay:
 
     def set_faults(self, upstream: FaultSettings, downstream: FaultSettings) -> None:
         """Apply new faults to the bytes not yet forwarded."""
-        self.upstream.faults, self.downstream.faults = upstream, downstream
+        self.upstream.replace_faults(upstream)
+        self.downstream.replace_faults(downstream)
         self.upstream.pump()
         self.downstream.pump()
         self.update_interest()
@@ -235,9 +250,9 @@ class Relay:
             logger.debug("relay of %s ended", self._name)
             self.close()
 
-    def cut(self, *, reset: bool) -> None:
-        """Close both sides now, as the faults ask (a `cut_after` reached)."""
-        logger.debug("cutting %s%s", self._name, " with RST" if reset else "")
+    def cut(self, *, reset: bool, why: str = "cut_after") -> None:
+        """Close both sides now, as the faults ask (`why`: the fault, for the log)."""
+        logger.debug("cutting %s (%s)%s", self._name, why, " with RST" if reset else "")
         self.close(reset_client=reset, reset_target=reset)
 
     def abort(self, broken: socket.socket, error: OSError) -> None:
@@ -262,7 +277,7 @@ class Flow:
     """One direction of a relay: read from `source`, held as the faults say, written to `dest`.
 
     Attributes:
-        faults: the faults in force; replaced by `Relay.set_faults`.
+        faults: the faults in force; replaced by `replace_faults`.
         forwarded: bytes written to `dest` since the connection opened (what
             `cut_after` and `blackhole_after` count).
         is_ended: the source's EOF was forwarded; nothing more will move.
@@ -270,8 +285,9 @@ class Flow:
         timer_due: when this flow's live heap entry is due, None without one.
     """
 
-    __slots__ = ("_eof_due", "_fragment_sent_at", "_gate", "_pending", "_queued", "_source_ended", "dest", "faults",
-                 "forwarded", "is_ended", "relay", "source", "timer_due", "wants_write")  # fmt: skip
+    __slots__ = ("_eof_due", "_fragment_sent_at", "_gate", "_pending", "_queued", "_reset_since", "_source_ended",
+                 "_timeout_since", "dest", "faults", "forwarded", "is_ended", "relay", "source", "timer_due",
+                 "wants_write")  # fmt: skip
 
     def __init__(self, relay: Relay, source: socket.socket, dest: socket.socket, faults: FaultSettings) -> None:
         self.relay = relay
@@ -288,6 +304,18 @@ class Flow:
         self.is_ended = False
         self.wants_write = False
         self.timer_due: float | None = None
+        # When `reset_after` and `timeout` started counting: the connection's
+        # opening, or the moment the fault was set on it (as Toxiproxy does).
+        self._reset_since = self._timeout_since = time.monotonic()
+
+    def replace_faults(self, faults: FaultSettings) -> None:
+        """Put `faults` in force; a changed `reset_after` or `timeout` counts from now."""
+        now = time.monotonic()
+        if faults.reset_after != self.faults.reset_after:
+            self._reset_since = now
+        if faults.timeout != self.faults.timeout:
+            self._timeout_since = now
+        self.faults = faults
 
     @property
     def wants_read(self) -> bool:
@@ -339,7 +367,9 @@ class Flow:
         the relay closed (a cut, a broken side).
         """
         self.wants_write = False
-        if self.is_ended or not self.relay.is_connected or not self.relay.is_open:
+        if not self.relay.is_open or self._closed_on_time():
+            return
+        if self.is_ended or not self.relay.is_connected:
             return
         sent_fragment = False
         while not self._limit_reached():
@@ -352,7 +382,7 @@ class Flow:
                 self.wants_write = True
                 return
             due, data = self._pending[0]
-            start = max(due, self._gate) if self.faults.bandwidth is not None else due
+            start = self._start_time(due)
             if start > time.monotonic():
                 self._wait(start)
                 return
@@ -362,12 +392,37 @@ class Flow:
                 return
             sent_fragment = self.faults.fragment is not None
 
+    def _closed_on_time(self) -> bool:
+        """Apply `reset_after` and `timeout`'s close: True when the relay was closed, else arm their timers."""
+        faults, now = self.faults, time.monotonic()
+        deadlines = (
+            (faults.reset_after, self._reset_since, True, "reset_after"),
+            (faults.timeout or None, self._timeout_since, faults.reset, "timeout"),  # 0: hold, never close
+        )
+        for after, since, reset, why in deadlines:
+            if after is not None:
+                if now >= since + after:
+                    self.relay.cut(reset=reset, why=why)
+                    return True
+                self._wait(since + after)
+        return False
+
+    def _start_time(self, due: float) -> float:
+        """When the head chunk may leave: its due time, later if the bandwidth or the slicer's delay say so."""
+        faults = self.faults
+        start = max(due, self._gate) if faults.bandwidth is not None else due
+        if faults.fragment_delay:
+            start = max(start, self._fragment_sent_at + faults.fragment_delay)
+        return start
+
     def _limit_reached(self) -> bool:
-        """Apply `cut_after` and `blackhole_after`; True when nothing may be sent now."""
+        """Apply `cut_after`, `timeout` and `blackhole_after`; True when nothing may be sent now."""
         faults = self.faults
         if faults.cut_after is not None and self.forwarded >= faults.cut_after:
             self.relay.cut(reset=faults.reset)
             return True
+        if faults.timeout is not None:
+            return True  # held like a blackhole's, until the fault is lifted or closes the relay
         # Blackholed: bytes (and the EOF) stay queued, the source is read up
         # to the queue bound, both connections stay open, like a peer whose
         # host vanished. Lifting the fault with set_faults resumes the flow.
@@ -420,8 +475,7 @@ class Flow:
         faults = self.faults
         size = available
         if faults.fragment is not None:
-            largest = faults.fragment
-            size = min(size, self.relay.loop.rng.randint(1, largest) if faults.fragment_random else largest)
+            size = min(size, self._fragment_size(faults.fragment))
         if faults.bandwidth is not None:
             size = min(size, max(1, int(faults.bandwidth * BANDWIDTH_SLICE)))
         for limit in (faults.cut_after, faults.blackhole_after):
@@ -429,12 +483,22 @@ class Flow:
                 size = min(size, limit - self.forwarded)  # > 0: `_limit_reached` came first
         return size
 
+    def _fragment_size(self, size: int) -> int:
+        """The next fragment's size: `size`, or drawn around it as `fragment_random` or `fragment_variation` say."""
+        faults, rng = self.faults, self.relay.loop.rng
+        if faults.fragment_random:
+            return rng.randint(1, size)
+        if faults.fragment_variation:
+            return rng.randint(size - faults.fragment_variation, size + faults.fragment_variation)
+        return size
+
     def _try_forward_eof(self) -> None:
-        """The queue is empty: forward the source's EOF once it is due."""
+        """The queue is empty: forward the source's EOF once it is due (`slow_close` later than it came)."""
         if self._eof_due is None:
             return
-        if self._eof_due > time.monotonic():
-            self._wait(self._eof_due)
+        due = self._eof_due + self.faults.slow_close
+        if due > time.monotonic():
+            self._wait(due)
             return
         self.is_ended = True
         with contextlib.suppress(OSError):  # the destination may have gone already

@@ -37,6 +37,7 @@ from typing import Any, Final, Self, final
 from .. import _socket
 from .._loop import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, Inbox, StopSignal, Timers, accept_ready
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
+from ._control import ControlServer, check_loopback
 from ._relay import QUEUE_LIMIT, Flow, Relay, close_socket, logger
 
 __all__ = ["QUEUE_LIMIT", "Faults", "Proxy"]
@@ -61,9 +62,14 @@ class Faults:
     Attributes:
         fragment: forward in pieces of at most this many bytes, each its own
             send (TCP_NODELAY is on both sides, so each tends to be its own
-            segment). None: as read.
+            segment). None: as read. Toxiproxy's ``slicer``.
         fragment_random: piece sizes drawn from 1 to `fragment` (needs
             `fragment`; seed with ``Proxy(seed=...)``).
+        fragment_variation: piece sizes drawn from ``fragment - variation``
+            to ``fragment + variation`` (`fragment` is then the average, as
+            the slicer's ``average_size`` and ``size_variation``); below
+            `fragment`, and not with `fragment_random`.
+        fragment_delay: seconds between two pieces (needs `fragment`).
         delay: seconds each chunk is held before it leaves.
         jitter: seconds added to or taken from `delay` at random, for each
             chunk (never below zero; bytes never overtake earlier bytes).
@@ -78,12 +84,28 @@ class Faults:
             more, EOF included, while both connections stay open: a peer gone
             silent. The source is read until `QUEUE_LIMIT` bytes wait, then
             its sender's buffers fill.
+        slow_close: seconds the source's EOF (a close or a half-close) waits
+            before it is forwarded, counted from when it came (plus `delay`).
+        timeout: Toxiproxy's ``timeout``: forward nothing (bytes are held as
+            by `blackhole_after`), and close both sides, with RST if `reset`,
+            this many seconds after the fault began; 0: hold, never close.
+            None: off.
+        reset_after: close both sides with RST this many seconds after the
+            fault began, with or without traffic (Toxiproxy's ``reset_peer``).
+        toxicity: the fraction of connections these faults apply to, from 0
+            to 1: each connection draws one number when it opens (seeded by
+            ``Proxy(seed=...)``) and is faulted, in this direction, when it
+            is below `toxicity`. The same draw serves both directions and
+            every later change, so a connection faulted at 0.3 stays so at 0.5.
 
     `cut_after` and `blackhole_after` count bytes since the connection opened.
+    `timeout` and `reset_after` count time since the connection opened, or
+    since the fault was set on it, whichever is later (a new value restarts it).
 
     Raises:
         ValueError: a negative or non-finite duration, a size below its
-            minimum, or `fragment_random` without `fragment`.
+            minimum, a `toxicity` outside 0..1, or a fragment option without
+            `fragment`.
     """
 
     fragment: int | None = None
@@ -94,16 +116,38 @@ class Faults:
     cut_after: int | None = None
     reset: bool = False
     blackhole_after: int | None = None
+    slow_close: float = 0.0
+    timeout: float | None = None
+    reset_after: float | None = None
+    fragment_delay: float = 0.0
+    fragment_variation: int = 0
+    toxicity: float = 1.0
 
     def __post_init__(self) -> None:
         _check_bytes("fragment", self.fragment, minimum=1)
         _check_bytes("bandwidth", self.bandwidth, minimum=1)
         _check_bytes("cut_after", self.cut_after, minimum=0)
         _check_bytes("blackhole_after", self.blackhole_after, minimum=0)
-        _check_seconds("delay", self.delay)
-        _check_seconds("jitter", self.jitter)
-        if self.fragment_random and self.fragment is None:
-            raise ValueError("fragment_random needs fragment: the largest piece, in bytes")
+        _check_bytes("fragment_variation", self.fragment_variation, minimum=0)
+        for name in ("delay", "jitter", "slow_close", "fragment_delay"):
+            _check_seconds(name, getattr(self, name))
+        for name in ("timeout", "reset_after"):
+            if getattr(self, name) is not None:
+                _check_seconds(name, getattr(self, name))
+        if isinstance(self.toxicity, bool) or not isinstance(self.toxicity, int | float) or not 0 <= self.toxicity <= 1:
+            raise ValueError(f"toxicity must be a number from 0 to 1, not {self.toxicity!r}")
+        self._check_fragment_options()
+
+    def _check_fragment_options(self) -> None:
+        if self.fragment is None:
+            for name in ("fragment_random", "fragment_delay", "fragment_variation"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} needs fragment: the piece size, in bytes")
+        elif self.fragment_variation and (self.fragment_random or self.fragment_variation >= self.fragment):
+            raise ValueError(
+                f"fragment_variation must be below fragment ({self.fragment}) and without fragment_random,"
+                f" not {self.fragment_variation!r}"
+            )
 
 
 def _check_bytes(name: str, value: object, *, minimum: int) -> None:
@@ -127,6 +171,11 @@ class Proxy:
             conn = connecteur.connect(proxy.address)
         Proxy(target, delay=0.05, downstream=Faults(cut_after=100))
 
+    With `control`, an HTTP API lists and changes the faults at run time, as
+    JSON (see the fault proxy's page in the docs)::
+
+        Proxy(target, control="127.0.0.1:0")  # then proxy.control_address
+
     Args:
         target: the server to relay to (any `AddressLike`). A host name is
             resolved once, by `start`.
@@ -134,11 +183,17 @@ class Proxy:
         upstream: the faults of client → target bytes.
         downstream: the faults of target → client bytes.
         fragment: see `Faults`; the same for the other fault keywords.
-        seed: seeds the random fragment sizes and jitter, for repeatable runs.
+        seed: seeds the random fragment sizes, the jitter and the
+            `toxicity` draws, for repeatable runs.
+        control: where to serve the control API (a loopback TCP address;
+            port 0 picks a free port). None: no control API.
+        control_allow_remote: allow a `control` address that is not
+            loopback: anyone who reaches it can change the faults.
 
     Raises:
-        AddressError: `target` or `listen` cannot be parsed.
-        ValueError: an impossible fault (see `Faults`).
+        AddressError: `target`, `listen` or `control` cannot be parsed.
+        ValueError: an impossible fault (see `Faults`), or a `control`
+            address that is not loopback without `control_allow_remote`.
     """
 
     def __init__(
@@ -156,10 +211,23 @@ class Proxy:
         cut_after: int | None = None,
         reset: bool = False,
         blackhole_after: int | None = None,
+        slow_close: float = 0.0,
+        timeout: float | None = None,
+        reset_after: float | None = None,
+        fragment_delay: float = 0.0,
+        fragment_variation: int = 0,
+        toxicity: float = 1.0,
         seed: int | None = None,
+        control: AddressLike | None = None,
+        control_allow_remote: bool = False,
     ) -> None:
         self._target = parse_address(target)
         self._listen = parse_address(listen)
+        self._control_at = None if control is None else parse_address(control)
+        if self._control_at is not None and not control_allow_remote:
+            check_loopback(self._control_at)
+        if isinstance(self._control_at, UnixAddress):
+            raise ValueError(f"the control API listens on TCP, not {self._control_at}")
         both = Faults(
             fragment=fragment,
             fragment_random=fragment_random,
@@ -169,6 +237,12 @@ class Proxy:
             cut_after=cut_after,
             reset=reset,
             blackhole_after=blackhole_after,
+            slow_close=slow_close,
+            timeout=timeout,
+            reset_after=reset_after,
+            fragment_delay=fragment_delay,
+            fragment_variation=fragment_variation,
+            toxicity=toxicity,
         )
         self._faults = (upstream if upstream is not None else both, downstream if downstream is not None else both)
         self._seed = seed
@@ -176,6 +250,7 @@ class Proxy:
         self._bound: Any = None
         self._loop: _Loop | None = None
         self._thread: threading.Thread | None = None
+        self._control: ControlServer | None = None
 
     def __repr__(self) -> str:
         where = format_address(self._bound) if self._bound is not None else str(self._listen)
@@ -191,6 +266,11 @@ class Proxy:
         if self._bound is None:
             raise RuntimeError("the proxy is not started: use `with proxy:` or start()")
         return self._bound
+
+    @property
+    def control_address(self) -> tuple[str, int] | None:
+        """Where the control API listens (host, port), None without one or before `start`."""
+        return None if self._control is None else self._control.address
 
     @property
     def target(self) -> Address:
@@ -219,7 +299,7 @@ class Proxy:
         Raises:
             RuntimeError: the proxy was already started.
             OSError: the target's host name does not resolve, or the listen
-                address cannot be bound.
+                (or control) address cannot be bound.
         """
         if self._loop is not None:
             raise RuntimeError("this proxy was already started; create a new Proxy to start again")
@@ -227,13 +307,17 @@ class Proxy:
         listener = _socket.listen(self._listen, backlog=BACKLOG)
         try:
             self._bound = _socket.bound_address(listener)
+            if isinstance(self._control_at, TcpAddress):
+                self._control = ControlServer(self, self._control_at)
             with self._lock:  # a concurrent set_faults lands before or after, never lost
-                self._loop = _Loop(listener, target, self._faults, random.Random(self._seed))
+                self._loop = _Loop(listener, target, self._faults, self._seed)
         except BaseException:
             listener.close()
             raise
         self._thread = threading.Thread(target=self._loop.run, name=f"connecteur proxy {self!r}", daemon=True)
         self._thread.start()
+        if self._control is not None:
+            self._control.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the listener and every relayed connection; wait up to `timeout` s for the thread.
@@ -244,6 +328,8 @@ class Proxy:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        if self._control is not None:
+            self._control.stop(timeout)
         loop.request_stop()
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -259,7 +345,9 @@ class Proxy:
             downstream: the new faults of target → client bytes, over `faults`.
 
         The change applies to every connection, open or to come, for bytes
-        not yet forwarded; `delay` and `jitter`, to bytes read after it.
+        not yet forwarded; `delay` and `jitter`, to bytes read after it;
+        a changed `timeout` or `reset_after` counts from the change. Each
+        connection keeps its `toxicity` draw.
         """
         with self._lock:
             both = (faults, faults) if faults is not None else self._faults
@@ -279,6 +367,9 @@ class Proxy:
         self.stop()
 
 
+_NO_FAULTS: Final = Faults()
+
+
 def _resolve(address: Address) -> Address:
     """Resolve a host name once, so that the loop never waits on DNS for a connection."""
     if isinstance(address, UnixAddress):
@@ -291,14 +382,15 @@ class _Loop:
     """The proxy's thread: accepts, relays, runs timers; see the module's description."""
 
     def __init__(
-        self, listener: socket.socket, target: Address, faults: tuple[Faults, Faults], rng: random.Random
+        self, listener: socket.socket, target: Address, faults: tuple[Faults, Faults], seed: int | None
     ) -> None:
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
-        self.rng = rng
+        self.rng = random.Random(seed)
+        self._toxicity_rng = random.Random(seed)  # its own, so that the fragment sizes stay what a seed gave before
         self._listener = listener
         self._target = target
         self._faults = faults
-        self._relays: set[Relay] = set()
+        self._relays: dict[Relay, float] = {}  # each relay's toxicity draw
         self._timers: Timers[Flow | None] = Timers()  # None: resume accepting
         self._stop = StopSignal()
         self._inbox = Inbox(self._stop)
@@ -353,8 +445,13 @@ class _Loop:
     def set_faults(self, upstream: Faults, downstream: Faults) -> None:
         """Apply new faults to every relay and to the ones to come (on the loop's thread)."""
         self._faults = (upstream, downstream)
-        for relay in list(self._relays):
-            relay.set_faults(upstream, downstream)
+        for relay, draw in list(self._relays.items()):
+            relay.set_faults(*self._faults_drawn(draw))
+
+    def _faults_drawn(self, draw: float) -> tuple[Faults, Faults]:
+        """The faults of a connection whose toxicity draw is `draw`: each direction's, or none."""
+        upstream, downstream = (faults if draw < faults.toxicity else _NO_FAULTS for faults in self._faults)
+        return upstream, downstream
 
     # --- accepting -------------------------------------------------------------------
 
@@ -367,7 +464,8 @@ class _Loop:
 
     def _admit(self, client: socket.socket, address: object) -> bool:
         """Start relaying a new client; True when accepting must pause."""
-        upstream, downstream = self._faults
+        draw = self._toxicity_rng.random()
+        upstream, downstream = self._faults_drawn(draw)
         client.setblocking(False)
         _socket.configure_stream(client)
         try:
@@ -378,7 +476,7 @@ class _Loop:
             return exc.errno in RESOURCE_ERRNOS
         name = f"{format_address(address)} -> {self._target}"
         relay = Relay(self, client, target, upstream=upstream, downstream=downstream, name=name)
-        self._relays.add(relay)
+        self._relays[relay] = draw
         relay.start()
         return False
 
@@ -397,4 +495,4 @@ class _Loop:
 
     def forget(self, relay: Relay) -> None:
         """Drop a relay that closed its sockets."""
-        self._relays.discard(relay)
+        self._relays.pop(relay, None)
