@@ -394,7 +394,10 @@ class Flow:
 
     def _closed_on_time(self) -> bool:
         """Apply `reset_after` and `timeout`'s close: True when the relay was closed, else arm their timers."""
-        faults, now = self.faults, time.monotonic()
+        faults = self.faults
+        if faults.reset_after is None and not faults.timeout:
+            return False
+        now = time.monotonic()
         deadlines = (
             (faults.reset_after, self._reset_since, True, "reset_after"),
             (faults.timeout or None, self._timeout_since, faults.reset, "timeout"),  # 0: hold, never close
