@@ -18,7 +18,9 @@ byte, and the other direction keeps flowing (Toxiproxy closes both here,
 which breaks a client that sends, half-closes and reads the reply). The
 per-connection machinery is in `_relay.py`; this module holds the public API,
 the accept loop, the timers, and the wake-up other threads use (the loop's
-parts, and the accept policy, are the select engine's: `connecteur._loop`).
+parts, and the accept policy, are the select engine's: `connecteur._loop`);
+the HTTP control API, on a thread of its own, is in `_control.py` and changes
+faults only through `Proxy.set_faults`, which hands them to the loop's inbox.
 """
 
 from __future__ import annotations
@@ -313,6 +315,8 @@ class Proxy:
                 self._loop = _Loop(listener, target, self._faults, self._seed)
         except BaseException:
             listener.close()
+            if self._control is not None:
+                self._control.stop()
             raise
         self._thread = threading.Thread(target=self._loop.run, name=f"connecteur proxy {self!r}", daemon=True)
         self._thread.start()
