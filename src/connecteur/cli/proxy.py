@@ -76,8 +76,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Relay until SIGINT or SIGTERM; return 0."""
+    proxy = _proxy(args)  # first: a bad combination exits before anything is configured
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="connecteur: %(message)s")
-    proxy = _proxy(args)
     stopped = threading.Event()
     with _signals_set(stopped):
         try:
