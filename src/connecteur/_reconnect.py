@@ -128,13 +128,14 @@ class Redialer:
         address: the server's, for messages.
     """
 
-    __slots__ = ("_backoff", "_delays", "_failures", "address", "counts", "due", "gave_up")
+    __slots__ = ("_backoff", "_delays", "_failures", "_last", "address", "counts", "due", "gave_up")
 
     def __init__(self, backoff: Backoff, address: object) -> None:
         self._backoff = backoff
         self.address = address
         self._delays: Iterator[float] | None = None  # the current outage's waits; None while links carry messages
         self._failures = 0  # consecutive failed attempts
+        self._last = ""  # the last attempt's error, for messages
         self.due = -math.inf
         """The `time.monotonic()` before which no attempt starts."""
         self.gave_up: BaseException | None = None
@@ -154,7 +155,7 @@ class Redialer:
         if deadline is not None and max(self.due, now) >= deadline:
             raise Timeout(
                 f"could not connect to {format_address(self.address)} within {seconds} s"
-                f" ({self._failures} attempts failed in a row)",
+                f" ({self._failures} attempts failed in a row{self._last})",
                 seconds=seconds or 0.0,
             )
 
@@ -166,6 +167,7 @@ class Redialer:
         """
         self.counts["failed_attempts"] += 1
         self._failures += 1
+        self._last = f"; the last: {exc}"
         attempts = self._backoff.attempts
         if not _may_heal(exc):
             raise exc

@@ -95,14 +95,14 @@ def test_a_blocked_send_fails_within_the_user_timeout() -> None:
     with (
         Server(lambda m: None, "127.0.0.1:0") as server,
         Proxy(server.address, upstream=Faults(blackhole_after=0)) as proxy,
+        connecteur.connect(proxy.address, keepalive=setting, timeout=None) as conn,
     ):
-        with connecteur.connect(proxy.address, keepalive=setting, timeout=None) as conn:
-            start = time.monotonic()
-            with pytest.raises(TimeoutError) as caught:
-                for _ in range(64):  # 256 MiB at most: far more than the kernel and the proxy buffer
-                    conn.send(b"x" * 2**22)
-            assert caught.value.errno == errno.ETIMEDOUT
-            assert time.monotonic() - start < TIMEOUT
+        start = time.monotonic()
+        with pytest.raises(TimeoutError) as caught:
+            for _ in range(64):  # 256 MiB at most: far more than the kernel and the proxy buffer
+                conn.send(b"x" * 2**22)
+        assert caught.value.errno == errno.ETIMEDOUT
+        assert time.monotonic() - start < TIMEOUT
 
 
 NAMESPACE_SCRIPT = textwrap.dedent(

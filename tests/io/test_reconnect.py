@@ -1,0 +1,283 @@
+"""Reconnecting clients: back-off, on_connect, and no message ever executed twice unless retry=True."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import connecteur
+from connecteur import Backoff, ConnectionClosed, Server, Timeout
+from connecteur.tools.proxy import Faults, Proxy
+from tests.support import TIMEOUT
+
+FAST = Backoff(initial=0.01, factor=2, maximum=0.1)
+STOP = 0.2
+"""Seconds a stop waits for the clients still connected: these tests' clients wait for nothing."""
+
+
+class Executions:
+    """A handler that counts how often each request was executed; ``drop:`` requests close the link unanswered once."""
+
+    def __init__(self) -> None:
+        self.count: Counter[bytes] = Counter()
+        self.lock = threading.Lock()
+
+    def received(self, peer: connecteur.Peer, message: bytes) -> bytes | None:
+        with self.lock:
+            self.count[message] += 1
+            first = self.count[message] == 1
+        if message.startswith(b"drop:") and first:
+            peer.close()  # executed, never answered: the link dies with the request in flight
+            return None
+        return b"done " + message
+
+
+@pytest.fixture
+def executions() -> Executions:
+    return Executions()
+
+
+@pytest.fixture
+def server(executions: Executions) -> Iterator[Server]:
+    with Server(executions, "127.0.0.1:0") as running:
+        yield running
+
+
+def test_backoff_waits_grow_to_the_maximum_with_jitter() -> None:
+    plain = Backoff(initial=0.5, factor=3, maximum=5, jitter=0)
+    delays = plain.delays()
+    assert [next(delays) for _ in range(5)] == [0.5, 1.5, 4.5, 5, 5]
+    spread = Backoff(initial=1, factor=1, maximum=1, jitter=0.5).delays(random.Random(1).random)
+    waits = [next(spread) for _ in range(100)]
+    assert all(0.5 <= wait <= 1.5 for wait in waits)
+    assert len(set(waits)) > 90
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial": 0},
+        {"factor": 0.5},
+        {"initial": 2, "maximum": 1},
+        {"attempts": 0},
+        {"jitter": 1.5},
+        {"attempts": True},
+    ],
+)
+def test_impossible_backoffs_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**options)
+
+
+def test_on_connect_needs_reconnect(server: Server) -> None:
+    with pytest.raises(ValueError, match="on_connect"):
+        connecteur.connect(server.address, on_connect=lambda conn: None)
+
+
+def test_a_restarted_server_is_reached_again_and_on_connect_runs_on_each_link(executions: Executions) -> None:
+    greeted: list[object] = []
+    first = Server(executions, "127.0.0.1:0")
+    first.start()
+    port = first.address[1]
+    try:
+        conn = connecteur.connect(
+            first.address,
+            timeout=TIMEOUT,
+            reconnect=FAST,
+            on_connect=lambda link: greeted.append(link.request(b"hello")),
+        )
+        with conn:
+            assert conn.request(b"one") == b"done one"
+            first.stop(STOP)
+            # The same port, bound again (SO_REUSEADDR): the old connections' TIME_WAIT does not stop it.
+            second = Server(executions, f"127.0.0.1:{port}")
+            second.start()
+            try:
+                assert conn.request(b"two") == b"done two"
+            finally:
+                second.stop(STOP)
+            assert (conn.connects, conn.reconnects) == (2, 1)
+    finally:
+        first.stop(STOP)
+    assert greeted == [b"done hello", b"done hello"]
+    assert executions.count == Counter({b"hello": 2, b"one": 1, b"two": 1})
+
+
+def test_the_first_connection_is_attempted_again_until_the_server_listens(executions: Executions) -> None:
+    probe = Server(executions, "127.0.0.1:0")
+    probe.start()
+    port = probe.address[1]
+    probe.stop(STOP)
+    later = Server(executions, f"127.0.0.1:{port}")
+    starter = threading.Timer(0.3, later.start)
+    starter.start()
+    try:
+        with connecteur.connect(f"127.0.0.1:{port}", timeout=TIMEOUT, reconnect=FAST) as conn:
+            assert conn.request(b"late") == b"done late"
+            assert conn.failed_attempts >= 1
+    finally:
+        starter.join()
+        later.stop(STOP)
+
+
+def test_a_request_in_flight_when_the_link_dies_raises_and_is_never_sent_again(
+    server: Server, executions: Executions
+) -> None:
+    with connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST) as conn:
+        with pytest.raises(ConnectionClosed, match="in flight"):
+            conn.request(b"drop:1")
+        assert conn.request(b"next") == b"done next"  # a new link, at once
+        assert (conn.interrupted, conn.resent, conn.reconnects) == (1, 0, 1)
+    assert executions.count[b"drop:1"] == 1
+
+
+def test_retry_true_sends_it_again(server: Server, executions: Executions) -> None:
+    with connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST) as conn:
+        assert conn.request(b"drop:2", retry=True) == b"done drop:2"
+        assert (conn.interrupted, conn.resent) == (0, 1)
+    assert executions.count[b"drop:2"] == 2
+
+
+def test_the_timeout_bounds_the_whole_call_with_its_redials(executions: Executions) -> None:
+    """The server is gone for good: each call gives up at its deadline, well before the 60 s we'd otherwise wait."""
+    server = Server(executions, "127.0.0.1:0")
+    server.start()
+    try:
+        conn = connecteur.connect(server.address, timeout=0.5, reconnect=Backoff(initial=0.05, maximum=0.2))
+    finally:
+        server.stop(STOP)
+    with conn:
+        start = time.monotonic()
+        with pytest.raises(Timeout, match="could not connect"):
+            conn.request(b"nobody")
+        assert time.monotonic() - start < TIMEOUT
+        assert conn.failed_attempts >= 1
+
+
+def test_attempts_run_out_then_the_client_is_closed(executions: Executions) -> None:
+    server = Server(executions, "127.0.0.1:0")
+    server.start()
+    try:
+        conn = connecteur.connect(server.address, timeout=TIMEOUT, reconnect=Backoff(initial=0.01, attempts=3))
+    finally:
+        server.stop(STOP)
+    with pytest.raises(ConnectionRefusedError):
+        conn.request(b"nobody")
+    assert conn.failed_attempts == 3 and conn.is_closed
+    with pytest.raises(ConnectionClosed, match="giving up"):
+        conn.request(b"again")
+
+
+def test_recv_reports_each_lost_link_once_then_listens_on_a_new_one(server: Server) -> None:
+    subscribed: list[int] = []
+    with connecteur.connect(
+        server.address, timeout=TIMEOUT, reconnect=FAST, on_connect=lambda link: subscribed.append(1)
+    ) as conn:
+        conn.send(b"drop:3")  # the server closes this link
+        with pytest.raises(ConnectionClosed, match="while waiting"):
+            conn.recv()
+        conn.send(b"drop:3")  # a new link; this time it is answered
+        assert conn.recv() == b"done drop:3"
+    assert len(subscribed) == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["cut", "reset"])
+@pytest.mark.parametrize("retry", [False, True], ids=["once", "retry"])
+def test_through_cuts_and_resets_no_request_is_lost_or_doubled(
+    server: Server, executions: Executions, reset: bool, retry: bool
+) -> None:
+    """Every link dies after a few requests (either direction): each request ends with its own reply or an error.
+
+    Executed at most once without retry; with retry, every request is answered.
+    """
+    rng = random.Random(20)
+    outcomes: dict[bytes, bytes | None] = {}
+    with (
+        Proxy(server.address, reset=reset) as proxy,
+        connecteur.connect(proxy.address, timeout=TIMEOUT, reconnect=FAST) as conn,
+    ):
+        for number in range(120):
+            if number % 10 == 0:  # the next links are cut after one to ten exchanges, up or down
+                cut = Faults(cut_after=rng.randrange(60, 400), reset=reset)
+                proxy.set_faults(
+                    upstream=cut if rng.random() < 0.5 else Faults(),
+                    downstream=Faults(cut_after=rng.randrange(60, 400), reset=reset),
+                )
+            request = f"req {number} {rng.random()}".encode()
+            try:
+                outcomes[request] = conn.request(request, retry=retry)
+            except ConnectionClosed:
+                outcomes[request] = None
+        lost = sum(reply is None for reply in outcomes.values())
+        assert conn.interrupted == lost
+    for request, reply in outcomes.items():
+        if reply is not None:
+            assert reply == b"done " + request  # its own reply, never another's
+        if not retry:
+            assert executions.count[request] <= 1
+            assert reply is None or executions.count[request] == 1
+    if retry:
+        assert lost == 0 and conn.resent > 0
+    else:
+        assert lost > 0 and conn.reconnects > 0
+
+
+# --- asyncio -----------------------------------------------------------------
+
+
+def test_aio_restart_in_flight_and_retry(executions: Executions) -> None:
+    greeted: list[object] = []
+
+    async def greet(link: connecteur.aio.Connection[bytes]) -> None:
+        greeted.append(await link.request(b"hello"))
+
+    async def main(first: Server) -> None:
+        port = first.address[1]
+        conn = await connecteur.aio.connect(first.address, timeout=TIMEOUT, reconnect=FAST, on_connect=greet)
+        async with conn:
+            assert await conn.request(b"one") == b"done one"
+            await asyncio.to_thread(first.stop, STOP)
+            second = Server(executions, f"127.0.0.1:{port}")
+            second.start()
+            try:
+                assert await conn.request(b"two") == b"done two"
+                with pytest.raises(ConnectionClosed, match="in flight"):
+                    await conn.request(b"drop:a")
+                assert await conn.request(b"drop:b", retry=True) == b"done drop:b"
+            finally:
+                await asyncio.to_thread(second.stop, STOP)
+            assert (conn.reconnects, conn.interrupted, conn.resent) == (3, 1, 1)
+
+    first = Server(executions, "127.0.0.1:0")
+    first.start()
+    try:
+        asyncio.run(main(first))
+    finally:
+        first.stop(STOP)
+    assert greeted == [b"done hello"] * 4
+    assert executions.count[b"drop:a"] == 1 and executions.count[b"drop:b"] == 2
+
+
+def test_aio_deadline_and_attempts(executions: Executions) -> None:
+    async def main(address: object) -> None:
+        conn = await connecteur.aio.connect(address, timeout=0.5, reconnect=Backoff(initial=0.05, maximum=0.2))
+        async with conn:
+            await asyncio.to_thread(server.stop, STOP)
+            with pytest.raises(Timeout, match="could not connect"):
+                await conn.request(b"nobody")
+        with pytest.raises(ConnectionRefusedError):
+            await connecteur.aio.connect(address, timeout=TIMEOUT, reconnect=Backoff(initial=0.01, attempts=2))
+
+    server = Server(executions, "127.0.0.1:0")
+    server.start()
+    try:
+        asyncio.run(main(server.address))
+    finally:
+        server.stop(STOP)
