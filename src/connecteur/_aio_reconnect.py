@@ -122,7 +122,7 @@ class ReconnectingConnection(Counted, Generic[T]):
                 await self._greet(conn)
             except Exception as exc:
                 await conn.close()
-                self._failed(exc)
+                self._failed(exc, greeting=True)
                 continue
             policy.connected()
             self._conn = conn
@@ -142,9 +142,9 @@ class ReconnectingConnection(Counted, Generic[T]):
             if inspect.isawaitable(result):
                 await result
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, *, greeting: bool = False) -> None:
         try:
-            self._policy.failed(exc)
+            self._policy.failed(exc, greeting=greeting)
         except BaseException:
             if self._policy.gave_up is not None:
                 self._closing.set()

@@ -12,9 +12,11 @@ the caller passed ``retry=True``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import socket
 import ssl
 import threading
 import time
@@ -106,8 +108,16 @@ def is_link_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, Timeout)
 
 
-def _may_heal(exc: BaseException) -> bool:
-    """True for dial errors worth another attempt: not a certificate or an authentication that failed."""
+def _may_heal(exc: BaseException, *, greeting: bool) -> bool:
+    """True for errors worth another attempt.
+
+    Dialling: any `OSError` (refused, unreachable, no such name yet, timed
+    out), not a certificate or an authentication that failed. In
+    `on_connect`: only the link's failures (closed, reset, timed out), not
+    what the application raised, even an `OSError` such as ``PermissionError``.
+    """
+    if greeting:
+        return isinstance(exc, ConnectionError | TimeoutError | TruncatedMessage)
     return (isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)) or isinstance(exc, ConnectionClosed)
 
 
@@ -159,8 +169,8 @@ class Redialer:
                 seconds=seconds or 0.0,
             )
 
-    def failed(self, exc: BaseException) -> None:
-        """An attempt failed with `exc`: schedule the next one, or give up (then `exc` is re-raised by the caller).
+    def failed(self, exc: BaseException, *, greeting: bool = False) -> None:
+        """An attempt failed with `exc` (in `on_connect` if `greeting`): schedule the next one, or raise.
 
         Raises:
             exc: itself, when it is not worth another attempt or the attempts are used up.
@@ -169,7 +179,7 @@ class Redialer:
         self._failures += 1
         self._last = f"; the last: {exc}"
         attempts = self._backoff.attempts
-        if not _may_heal(exc):
+        if not _may_heal(exc, greeting=greeting):
             raise exc
         if attempts is not None and self._failures >= attempts:
             self.gave_up = exc
@@ -330,22 +340,22 @@ class ReconnectingConnection(Counted, Generic[T]):
                     self._on_connect(conn)
             except Exception as exc:
                 conn.close()
-                self._failed(exc)
+                self._failed(exc, greeting=True)
                 continue
             policy.connected()
             self._conn = conn
             return conn
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, *, greeting: bool = False) -> None:
         try:
-            self._policy.failed(exc)
+            self._policy.failed(exc, greeting=greeting)
         except BaseException:
             if self._policy.gave_up is not None:
                 self._closing.set()
             raise
 
     def _drop(self, conn: Connection[T], exc: BaseException | None) -> None:
-        conn.close()
+        _end(conn)
         if self._conn is conn:
             self._conn = None
             self._policy.lost(exc)
@@ -490,10 +500,9 @@ class ReconnectingConnection(Counted, Generic[T]):
     def close(self) -> None:
         """Close the link and stop re-dialling (a back-off wait in another thread ends). Idempotent."""
         self._closing.set()
-        with self._lock:
-            conn, self._conn = self._conn, None
+        conn, self._conn = self._conn, None  # not under the lock: a re-dial may hold it, waiting for _closing
         if conn is not None:
-            conn.close()
+            _end(conn)
 
     def __enter__(self) -> Self:
         return self
@@ -502,3 +511,10 @@ class ReconnectingConnection(Counted, Generic[T]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _end(conn: Connection[Any]) -> None:
+    """Close a link, waking a thread blocked in its `recv()` (closing the socket alone would not)."""
+    with contextlib.suppress(OSError):
+        conn._sock.shutdown(socket.SHUT_RDWR)
+    conn.close()

@@ -165,3 +165,36 @@ def test_keepalive_probes_end_an_idle_recv_on_both_sides() -> None:
     assert 2 < seconds < 3 * TIMEOUT
     assert report["server"] is not None and "timed out" in report["server"][1]
     print(f"dead link noticed after {seconds:.2f} s by the client, {report['server'][0]:.2f} s by the server")
+
+
+def test_aio_serve_applies_it_to_accepted_connections() -> None:
+    async def main() -> tuple[int, ...]:
+        async with await connecteur.aio.serve(
+            lambda m: m, "127.0.0.1:0", keepalive=Keepalive(idle=8, interval=2, count=3)
+        ) as server:
+            conn = await connecteur.aio.connect(server.address, timeout=TIMEOUT)
+            try:
+                await conn.request(b"ping")  # accepted and configured by now
+                port = conn._transport.get_extra_info("sockname")[1]
+                with accepted_socket_with_peer_port(port) as accepted:
+                    return applied(accepted)
+            finally:
+                await conn.close()
+
+    assert asyncio.run(main()) == (1, 8, 2, 3, 0)
+
+
+def accepted_socket_with_peer_port(port: int) -> socket.socket:
+    """This process's TCP socket whose peer is `port` (a duplicate: the same socket, its own descriptor)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.getpeername()[1] == port:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    raise AssertionError(f"no socket connected to port {port}")

@@ -15,7 +15,8 @@ import pytest
 import connecteur
 from connecteur import Backoff, ConnectionClosed, Server, Timeout
 from connecteur.tools.proxy import Faults, Proxy
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, wait_until
+from tests.tls_support import make_pki
 
 FAST = Backoff(initial=0.01, factor=2, maximum=0.1)
 STOP = 0.2
@@ -281,3 +282,74 @@ def test_aio_deadline_and_attempts(executions: Executions) -> None:
         asyncio.run(main(server.address))
     finally:
         server.stop(STOP)
+
+
+def test_a_link_the_server_closed_between_requests_is_replaced_before_sending(executions: Executions) -> None:
+    """The server's idle timeout closed the link while the client was quiet: nothing was in flight, nothing raises."""
+    with (
+        Server(executions, "127.0.0.1:0", idle_timeout=0.1) as server,
+        connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST) as conn,
+    ):
+        assert conn.request(b"before") == b"done before"
+        wait_until(lambda: server.stats.active == 0, what="the idle timeout")
+        assert conn.request(b"after") == b"done after"
+        assert (conn.reconnects, conn.interrupted) == (1, 0)
+
+
+def test_over_tls_the_close_notify_then_fin_is_seen_before_sending(executions: Executions) -> None:
+    pki = make_pki()
+    with (
+        Server(executions, "127.0.0.1:0", tls=pki.server, idle_timeout=0.1) as server,
+        connecteur.connect(server.address, timeout=TIMEOUT, tls=pki.client, reconnect=FAST) as conn,
+    ):
+        assert conn.request(b"before") == b"done before"
+        wait_until(lambda: server.stats.active == 0, what="the idle timeout")
+        assert conn.request(b"after") == b"done after"
+        assert (conn.reconnects, conn.interrupted) == (1, 0)
+
+
+def test_on_connect_refusing_is_raised_at_once(server: Server) -> None:
+    def refuse(link: connecteur.Connection[bytes]) -> None:
+        raise PermissionError("not today")
+
+    with pytest.raises(PermissionError):
+        connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST, on_connect=refuse)
+    wait_until(lambda: server.stats.active == 0, what="the refused link to close")
+
+
+def test_close_wakes_a_receiver_and_ends_iteration(server: Server) -> None:
+    conn = connecteur.connect(server.address, timeout=None, reconnect=FAST)
+    failures: list[BaseException] = []
+
+    def listen() -> None:
+        try:
+            for _ in conn:
+                pass
+        except ConnectionClosed as exc:
+            failures.append(exc)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        time.sleep(0.05)  # let it block in recv()
+        conn.close()
+        listener.join(TIMEOUT)
+        assert not listener.is_alive()
+    finally:
+        conn.close()
+        listener.join(TIMEOUT)
+    assert failures and "close()" in str(failures[0])
+
+
+def test_aio_a_link_the_server_closed_between_requests_is_replaced_before_sending(executions: Executions) -> None:
+    async def main(server: Server) -> None:
+        async with await connecteur.aio.connect(server.address, timeout=TIMEOUT, reconnect=FAST) as conn:
+            assert await conn.request(b"before") == b"done before"
+            while server.stats.active:  # bounded by the test's TIMEOUT on the connection
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the loop reads the FIN
+            assert await conn.request(b"after") == b"done after"
+            assert (conn.reconnects, conn.interrupted) == (1, 0)
+
+    with Server(executions, "127.0.0.1:0", idle_timeout=0.1) as server:
+        asyncio.run(asyncio.wait_for(main(server), TIMEOUT))
