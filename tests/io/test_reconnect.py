@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -353,3 +355,87 @@ def test_aio_a_link_the_server_closed_between_requests_is_replaced_before_sendin
 
     with Server(executions, "127.0.0.1:0", idle_timeout=0.1) as server:
         asyncio.run(asyncio.wait_for(main(server), TIMEOUT))
+
+
+SERVER_SCRIPT = """
+import sys, time
+import connecteur
+
+def handler(message):
+    if message == b"slow":
+        time.sleep(60)  # killed before it answers
+    return message.upper()
+
+server = connecteur.Server(handler, sys.argv[1])
+server.serve_forever(ready=lambda: print(server.address[1], flush=True))
+"""
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    """Start servers in subprocesses, each printing its port once listening; every one is killed at the end."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(address: str) -> tuple[subprocess.Popen[str], int]:
+        process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, address], stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout is not None
+        return process, int(process.stdout.readline())
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.kill()
+            process.communicate(timeout=TIMEOUT)
+
+
+def test_a_server_killed_mid_request_and_restarted_on_the_same_port(spawn: Any) -> None:
+    first, port = spawn("127.0.0.1:0")
+    with connecteur.connect(f"127.0.0.1:{port}", timeout=TIMEOUT, reconnect=FAST) as conn:
+        assert conn.request(b"one") == b"ONE"
+        killer = threading.Timer(0.2, first.kill)  # SIGKILL while the request is being handled
+        killer.start()
+        try:
+            with pytest.raises(ConnectionClosed, match="in flight"):
+                conn.request(b"slow")
+        finally:
+            killer.join()
+        first.wait(TIMEOUT)
+        spawn(f"127.0.0.1:{port}")  # the same port (SO_REUSEADDR), by a new process
+        assert conn.request(b"two") == b"TWO"
+        assert (conn.reconnects, conn.interrupted, conn.resent) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["once", "retry"])
+def test_aio_through_cuts_and_resets_no_request_is_lost_or_doubled(
+    server: Server, executions: Executions, retry: bool
+) -> None:
+    rng = random.Random(21)
+    outcomes: dict[bytes, bytes | None] = {}
+
+    async def main(proxy: Proxy) -> None:
+        async with await connecteur.aio.connect(proxy.address, timeout=TIMEOUT, reconnect=FAST) as conn:
+            for number in range(120):
+                if number % 10 == 0:
+                    reset = rng.random() < 0.5
+                    proxy.set_faults(
+                        upstream=Faults(cut_after=rng.randrange(60, 400), reset=reset)
+                        if rng.random() < 0.5
+                        else Faults(),
+                        downstream=Faults(cut_after=rng.randrange(60, 400), reset=reset),
+                    )
+                request = f"req {number} {rng.random()}".encode()
+                try:
+                    outcomes[request] = await conn.request(request, retry=retry)
+                except ConnectionClosed:
+                    outcomes[request] = None
+            assert conn.interrupted == sum(reply is None for reply in outcomes.values())
+
+    with Proxy(server.address) as proxy:
+        asyncio.run(main(proxy))
+    for request, reply in outcomes.items():
+        assert reply is None or reply == b"done " + request
+        if not retry:
+            assert executions.count[request] <= 1
+    assert all(outcomes.values()) if retry else not all(outcomes.values())
