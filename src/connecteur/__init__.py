@@ -10,6 +10,9 @@ from __future__ import annotations
 from . import aio as aio
 from . import codecs as codecs
 from . import framing as framing
+from ._keepalive import Keepalive as Keepalive
+from ._reconnect import Backoff as Backoff
+from ._reconnect import ReconnectingConnection as ReconnectingConnection
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .connection import connect_nowait as connect_nowait
@@ -33,14 +36,17 @@ from .server import Stats as Stats
 __all__ = [
     "AddressError",
     "AuthenticationError",
+    "Backoff",
     "CodecError",
     "ConnecteurError",
     "Connection",
     "ConnectionClosed",
     "FramingError",
+    "Keepalive",
     "MessageTooLarge",
     "Peer",
     "ProxyProtocolError",
+    "ReconnectingConnection",
     "Server",
     "Stats",
     "Timeout",

@@ -20,7 +20,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, Final, cast, final
 
+from . import _keepalive
 from ._channel import HANDSHAKE_ERRORS, Channel
+from ._keepalive import Keepalive
 from .address import Address, TcpAddress, UnixAddress, format_address
 from .errors import ConnectionClosed, Timeout
 from .framing import Buffer
@@ -48,16 +50,19 @@ __all__ = [
 ]
 
 
-def configure_stream(sock: socket.socket) -> None:
+def configure_stream(sock: socket.socket, keepalive: Keepalive | None = None) -> None:
     """Set the options every message stream wants.
 
     TCP_NODELAY: messages are written whole, so Nagle's delay only adds
     latency to request/response exchanges. SO_KEEPALIVE: let the kernel notice
-    a peer that vanished without a FIN (the HOWTO's "when sockets die").
+    a peer that vanished without a FIN (the HOWTO's "when sockets die"), as
+    soon as `keepalive` says (None: the kernel's defaults, hours).
     """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if keepalive is not None:
+            _keepalive.apply(sock, keepalive)
 
 
 @contextlib.contextmanager
@@ -103,7 +108,10 @@ the whole timeout."""
 
 
 def open_connection(
-    address: Address, timeout: float | None, happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY
+    address: Address,
+    timeout: float | None,
+    happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY,
+    keepalive: Keepalive | None = None,
 ) -> socket.socket:
     """Connect a blocking stream socket to `address` within `timeout` seconds in all.
 
@@ -126,7 +134,7 @@ def open_connection(
         finally:
             race.close()
         sock.settimeout(timeout)
-    configure_stream(sock)
+    configure_stream(sock, keepalive)
     return sock
 
 

@@ -23,20 +23,23 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, Self, TypeVar, cast, final, overload
 
 from . import _socket
+from ._aio_reconnect import ReconnectingConnection
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
-from .address import AddressLike, TcpAddress, UnixAddress, format_address, parse_address
+from ._keepalive import Keepalive, KeepaliveLike, as_keepalive
+from ._reconnect import Backoff
+from .address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
 from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
-__all__ = ["AioServer", "Connection", "connect", "serve"]
+__all__ = ["AioServer", "Connection", "ReconnectingConnection", "connect", "serve"]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: the buffer the loop reads into, once per connection."""
@@ -68,7 +71,29 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
 ) -> Connection[bytes]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[Connection[bytes]], object] | None = None,
+) -> ReconnectingConnection[bytes]: ...
 
 
 @overload
@@ -84,7 +109,29 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
 ) -> Connection[T]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[Connection[T]], object] | None = None,
+) -> ReconnectingConnection[T]: ...
 
 
 async def connect(
@@ -99,7 +146,10 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection[T] | Connection[bytes]:
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff | None = None,
+    on_connect: Callable[[Any], object] | None = None,
+) -> Connection[T] | Connection[bytes] | ReconnectingConnection[T] | ReconnectingConnection[bytes]:
     """Connect to a server and return an asyncio `Connection`.
 
     Args:
@@ -121,9 +171,20 @@ async def connect(
             wait for one attempt before starting the next beside it (RFC 8305,
             IPv6 and IPv4 interleaved); the first to connect wins. ``0``
             starts them all at once, ``None`` tries them one after another.
+        keepalive: TCP keepalive and ``TCP_USER_TIMEOUT``: a `Keepalive`,
+            or seconds within which a dead peer is noticed
+            (`Keepalive.within`). None: the kernel's defaults (hours).
+        reconnect: re-dial as this `Backoff` says whenever the link dies, and
+            return a `ReconnectingConnection` (the first connection too is
+            attempted again as it says, within `timeout`). None: connect once.
+        on_connect: with `reconnect`, called (and awaited, if it returns an
+            awaitable) with each new `Connection` before it is used; an
+            error of the link there counts as a failed attempt, any other
+            is raised.
 
     Raises:
         AddressError: the address cannot be parsed.
+        ValueError: `on_connect` without `reconnect`.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -138,8 +199,39 @@ async def connect(
     spec = ChannelSpec.for_client(
         parsed, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
+    options = _DialOptions(framing if framing is not None else LengthPrefixed(), spec, as_keepalive(keepalive),
+                           handshake_timeout, happy_eyeballs_delay)  # fmt: skip
+
+    async def dial(seconds: float | None) -> Connection[Any]:
+        """One connection, connected within `seconds`, whose calls then get `timeout`."""
+        return Connection(await _open(parsed, options, seconds), codec=codec, timeout=timeout)
+
+    if reconnect is None:
+        if on_connect is not None:
+            raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
+        return await dial(timeout)
+    client: ReconnectingConnection[Any] = ReconnectingConnection(
+        dial, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout
+    )
+    await client._link(client._deadline())
+    return client
+
+
+class _DialOptions(NamedTuple):
+    """What every connection of one `connect` call is opened with."""
+
+    framing: Framing
+    spec: ChannelSpec
+    keepalive: Keepalive | None
+    handshake_timeout: float | None
+    happy_eyeballs_delay: float | None
+
+
+async def _open(parsed: Address, options: _DialOptions, timeout: float | None) -> _ClientProtocol:
+    """Connect within `timeout` and finish the handshakes; return the open protocol."""
     loop = asyncio.get_running_loop()
-    protocol = _ClientProtocol(framing if framing is not None else LengthPrefixed(), spec)
+    protocol = _ClientProtocol(options.framing, options.spec, options.keepalive)
+    happy_eyeballs_delay, handshake_timeout = options.happy_eyeballs_delay, options.handshake_timeout
     race: _socket.ConnectRace | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -168,7 +260,7 @@ async def connect(
         if protocol.transport is not None:
             protocol.transport.abort()
         raise
-    return Connection(protocol, codec=codec, timeout=timeout)
+    return protocol
 
 
 async def _resolve(address: TcpAddress) -> list[_socket.Target]:
@@ -218,9 +310,10 @@ def _set_once(future: asyncio.Future[None]) -> None:
 class _ClientProtocol(asyncio.BufferedProtocol):
     """Receives into one buffer, decodes, and wakes whoever waits for a message."""
 
-    def __init__(self, framing: Framing, spec: ChannelSpec | None = None) -> None:
+    def __init__(self, framing: Framing, spec: ChannelSpec | None = None, keepalive: Keepalive | None = None) -> None:
         self.framing = framing
         self._spec = spec
+        self._keepalive = keepalive
         self.channel: Channel | None = None  # TLS and authentication; None once open unless it encrypts
         self.opened: asyncio.Future[None] | None = None  # done when the channel is open
         self.decoder = framing.decoder()
@@ -244,7 +337,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.closed = asyncio.get_running_loop().create_future()
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            _socket.configure_stream(sock)
+            _socket.configure_stream(sock, self._keepalive)
         self.opened = self.closed.get_loop().create_future()
         if self._spec is not None:
             self.channel = self._spec.open(transport.get_extra_info("peername"))
@@ -393,6 +486,20 @@ class Connection(Generic[T]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<aio.Connection {state} to {format_address(self.address)} framing={self.framing!r}>"
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds allowed for each whole `send`, `send_many`, `recv` or `request` (None: for ever); settable."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._timeout = seconds
+
+    def _link_is_down(self) -> bool:
+        """True when this link is known dead: closed here, lost, failed, or ended by the peer (as the loop saw)."""
+        protocol = self._protocol
+        return self._closed or protocol.lost or protocol.peer_ended or protocol.failure is not None
 
     def _deadline(self) -> float | None:
         """When a call starting now must end, on the loop's clock."""
@@ -615,6 +722,7 @@ async def serve(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     proxy_protocol: str = "off",
     proxy_trusted: list[str] | tuple[str, ...] | None = None,
+    keepalive: KeepaliveLike = None,
 ) -> AioServer:
     """Start serving on the running loop; return the `AioServer`.
 
@@ -627,7 +735,7 @@ async def serve(
     config = engine_config(
         handler, framing=framing, codec=codec, max_connections=max_connections,
         idle_timeout=idle_timeout, message_timeout=message_timeout, handshake_timeout=handshake_timeout,
-        channel=ChannelSpec.build(
+        keepalive=keepalive, channel=ChannelSpec.build(
             server_side=True, tls=tls, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth,
             proxy_protocol=proxy_protocol, proxy_trusted=proxy_trusted,
         ),

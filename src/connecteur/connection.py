@@ -20,12 +20,14 @@ import threading
 import time
 import typing
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
+from ._keepalive import KeepaliveLike, as_keepalive
+from ._reconnect import Backoff, ReconnectingConnection
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -62,7 +64,29 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
 ) -> Connection[bytes]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[Connection[bytes]], object] | None = None,
+) -> ReconnectingConnection[bytes]: ...
 
 
 @overload
@@ -78,7 +102,29 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
 ) -> Connection[T]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[Connection[T]], object] | None = None,
+) -> ReconnectingConnection[T]: ...
 
 
 def connect(
@@ -93,7 +139,10 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection[T] | Connection[bytes]:
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff | None = None,
+    on_connect: Callable[[Any], object] | None = None,
+) -> Connection[T] | Connection[bytes] | ReconnectingConnection[T] | ReconnectingConnection[bytes]:
     """Connect to a server and return a `Connection`.
 
     Args:
@@ -121,9 +170,20 @@ def connect(
             wait for one attempt before starting the next beside it (RFC 8305,
             IPv6 and IPv4 interleaved); the first to connect wins. ``0``
             starts them all at once, ``None`` tries them one after another.
+        keepalive: TCP keepalive and ``TCP_USER_TIMEOUT``: a `Keepalive`,
+            or seconds within which a dead peer is noticed
+            (`Keepalive.within`). None: the kernel's defaults (hours).
+        reconnect: re-dial as this `Backoff` says whenever the link dies, and
+            return a `ReconnectingConnection` (the first connection too is
+            attempted again as it says, within `timeout`). None: connect once.
+        on_connect: with `reconnect`, called with each new `Connection`
+            before it is used (to authenticate, subscribe, announce); an
+            error of the link there counts as a failed attempt, any other
+            is raised.
 
     Raises:
         AddressError: the address cannot be parsed.
+        ValueError: `on_connect` without `reconnect`.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -139,16 +199,30 @@ def connect(
     spec = ChannelSpec.for_client(
         where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
-    sock = _socket.open_connection(where, timeout, happy_eyeballs_delay)
-    try:
-        channel = spec.open(where)
-        received = b"" if channel is None else _socket.handshake(sock, channel, handshake_timeout)
-    except BaseException:
-        sock.close()
-        raise
-    connection = Connection(sock, framing=framing, codec=codec, timeout=timeout)
-    connection._use_channel(channel, received)
-    return connection
+    tcp_keepalive = as_keepalive(keepalive)
+
+    def dial(seconds: float | None) -> Connection[Any]:
+        """One connection, connected within `seconds`, whose calls then get `timeout`."""
+        sock = _socket.open_connection(where, seconds, happy_eyeballs_delay, tcp_keepalive)
+        try:
+            channel = spec.open(where)
+            received = b"" if channel is None else _socket.handshake(sock, channel, handshake_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        connection = Connection(sock, framing=framing, codec=codec, timeout=timeout)
+        connection._use_channel(channel, received)
+        return connection
+
+    if reconnect is None:
+        if on_connect is not None:
+            raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
+        return dial(timeout)
+    client: ReconnectingConnection[Any] = ReconnectingConnection(
+        dial, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout
+    )
+    client._link(client._deadline())
+    return client
 
 
 def connect_nowait(address: AddressLike) -> socket.socket:
@@ -575,6 +649,23 @@ class Connection(Generic[T]):
                 waits for ever.
         """
         return self._is_ready_here() or bool(_readable([self], timeout))
+
+    def _link_is_down(self) -> bool:
+        """True when this link is known dead without waiting: closed, failed, or ended by the peer.
+
+        Reads what the socket holds already (a FIN, a reset, a TLS
+        close_notify), at most a few times: what decodes stays queued.
+        """
+        for _ in range(4):  # a close_notify, then the FIN behind it
+            if self._closed or self._failure is not None or self._peer_ended:
+                return True
+            if not _readable([self._sock], 0.0):
+                return False
+            try:
+                self._receive_some()
+            except OSError:
+                return True
+        return False
 
     def _is_ready_here(self) -> bool:
         """True when `recv()` can answer without touching the socket."""

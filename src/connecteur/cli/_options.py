@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .._keepalive import MAX_USER_TIMEOUT
 from ..address import Address, parse_address
 from ..codecs import Codec, Json, MsgPack, Text
 from ..connection import Connection
@@ -35,6 +36,7 @@ __all__ = [
     "HelpFormatter",
     "Printer",
     "add_framing_options",
+    "add_keepalive_option",
     "address_argument",
     "codec_argument",
     "description",
@@ -206,6 +208,22 @@ def seconds_argument(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
     return value
+
+
+def add_keepalive_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--keepalive S``: TCP keepalive and ``TCP_USER_TIMEOUT`` derived from S (`Keepalive.within`)."""
+    parser.add_argument(
+        "--keepalive", type=_keepalive_seconds, metavar="S",
+        help="notice a dead or unreachable peer within about S seconds: TCP keepalive probes from S/2 of silence, "
+        "and S for unacknowledged data (default: the kernel's, about 2 h)",
+    )  # fmt: skip
+
+
+def _keepalive_seconds(text: str) -> float:
+    seconds = seconds_argument(text)
+    if seconds > MAX_USER_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_USER_TIMEOUT:g} seconds, not {text!r}")
+    return seconds
 
 
 class HelpFormatter(argparse.HelpFormatter):

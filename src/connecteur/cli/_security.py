@@ -131,9 +131,15 @@ def _auth_key(args: argparse.Namespace) -> bytes | None:
 def connect_or_fail(address: Address, args: argparse.Namespace, *, framing: Framing, **options: Any) -> Connection:
     """Connect with the security options, or exit with one line saying why not."""
     try:
-        return connect(
-            str(address), framing=framing, timeout=args.timeout, **security_options(args, "client"), **options
+        conn: Connection = connect(  # the options' types are Any: no overload to pick
+            str(address),
+            framing=framing,
+            timeout=args.timeout,
+            keepalive=args.keepalive,
+            **security_options(args, "client"),
+            **options,
         )
+        return conn
     except ssl.SSLError as exc:
         fail(f"TLS handshake with {address} failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
     except ConnecteurError as exc:

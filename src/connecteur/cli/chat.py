@@ -30,6 +30,7 @@ from ..tools.apps import Chat
 from ._options import (
     Printer,
     add_framing_options,
+    add_keepalive_option,
     address_argument,
     fail,
     framing_option,
@@ -60,6 +61,7 @@ def add_parser(commands: Any) -> None:
         "--timeout", type=seconds_argument, default=10.0, metavar="S",
         help="seconds to connect, and to wait for the server to close after the input ends (default 10)",
     )  # fmt: skip
+    add_keepalive_option(parser)
     add_security_options(parser, "client")
     parser.set_defaults(run=run)
 

@@ -28,6 +28,7 @@ from ._options import (
     CODEC_NAMES,
     Printer,
     add_framing_options,
+    add_keepalive_option,
     address_argument,
     codec_argument,
     description,
@@ -56,6 +57,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="exit 0 when the server closes cleanly with messages unanswered (a sink, like --app discard)",
     )
+    add_keepalive_option(parser)
     add_security_options(parser, "client")
     parser.set_defaults(run=run)
 

@@ -16,6 +16,7 @@ from ._logging import LOG_FORMATS, configure_logging
 from ._options import (
     CODEC_NAMES,
     add_framing_options,
+    add_keepalive_option,
     address_argument,
     codec_argument,
     fail,
@@ -103,6 +104,7 @@ def add_parser(commands: Any) -> None:
         metavar="S",
         help="seconds for the PROXY, TLS and authentication handshakes (default: %(default)s)",
     )
+    add_keepalive_option(parser)
     parser.add_argument(
         "-v",
         "--verbose",
@@ -199,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             message_timeout=args.message_timeout,
             handshake_timeout=args.handshake_timeout,
+            keepalive=args.keepalive,
             **security_options(args, "server"),
         )
     except ValueError as exc:

@@ -23,6 +23,7 @@ from .. import _socket
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from .._channel import PROXY_PROTOCOLS as PROXY_PROTOCOLS
 from .._channel import ChannelSpec
+from .._keepalive import KeepaliveLike, as_keepalive
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..errors import WorkersFailed
@@ -102,14 +103,16 @@ def engine_config(
     channel: ChannelSpec | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     max_buffered: int = DEFAULT_MAX_BUFFERED,
+    keepalive: KeepaliveLike = None,
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
     Raises:
-        TypeError: the handler is neither form.
+        TypeError: the handler is neither form, or `keepalive` of the wrong type.
         ValueError: an impossible limit.
     """
     _check_positive("handshake_timeout", handshake_timeout)
+    tcp_keepalive = as_keepalive(keepalive)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
     _check_positive("idle_timeout", idle_timeout)
@@ -126,6 +129,7 @@ def engine_config(
         channel=channel if channel is not None else ChannelSpec(server_side=True),
         handshake_timeout=handshake_timeout,
         max_buffered=max_buffered,
+        keepalive=tcp_keepalive,
     )
 
 
@@ -181,6 +185,10 @@ class Server:
             in `Stats.evicted`. The default, `DEFAULT_MAX_BUFFERED`, is 256 MiB.
         backlog: connections the kernel may queue before they are accepted.
         stop_timeout: seconds a graceful stop may take when none is given.
+        keepalive: TCP keepalive and ``TCP_USER_TIMEOUT`` for every accepted
+            connection: a `Keepalive`, or seconds within which a dead peer
+            is noticed (`Keepalive.within`). None: the kernel's defaults
+            (on Linux, 2 h 11 min for an idle peer).
         tls: an `ssl.SSLContext` made for the server side (its certificate
             loaded): every connection is TLS. None: plain TCP.
         auth_key: a shared secret: each client must prove it holds the same
@@ -199,7 +207,7 @@ class Server:
 
     Raises:
         AddressError: the address cannot be parsed.
-        TypeError: the handler is neither form; `tls` or `auth_key` of the wrong type.
+        TypeError: the handler is neither form; `tls`, `auth_key` or `keepalive` of the wrong type.
         ValueError: an unknown engine or an impossible limit.
     """
 
@@ -221,6 +229,7 @@ class Server:
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         backlog: int = DEFAULT_BACKLOG,
         stop_timeout: float = 5.0,
+        keepalive: KeepaliveLike = None,
         tls: ssl.SSLContext | None = None,
         auth_key: bytes | None = None,
         allow_legacy_auth: bool = False,
@@ -271,6 +280,7 @@ class Server:
                 proxy_trusted=proxy_trusted,
             ),
             handshake_timeout=handshake_timeout,
+            keepalive=keepalive,
         )
         self._counters = self._config.counters
         self.engine: str = engine

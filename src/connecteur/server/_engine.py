@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
 from .._channel import Channel, ChannelSpec
+from .._keepalive import Keepalive
 from .._loop import ACCEPT_BACKOFF as ACCEPT_BACKOFF
 from .._loop import ACCEPT_BATCH as ACCEPT_BATCH
 from .._loop import RESOURCE_ERRNOS as RESOURCE_ERRNOS
@@ -268,6 +269,7 @@ class EngineConfig:
     channel: ChannelSpec = _PLAIN
     handshake_timeout: float | None = None
     max_buffered: int = DEFAULT_MAX_BUFFERED
+    keepalive: Keepalive | None = None  # for every accepted TCP connection (configure_stream)
 
     def deadlines(self, clock: Callable[[], float] = time.monotonic) -> Deadlines:
         """The deadlines of a new connection (a handshake deadline when it needs one), read on `clock`."""

@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
+from .. import _socket
 from ..address import format_address
 from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
@@ -212,6 +213,7 @@ class AsyncioEngine:
             return False
         loop = self._loop
         assert loop is not None
+        _socket.configure_stream(sock, self._config.keepalive)
         link = _AioLink(self, address, sock)
         self._links.add(link)
         self._config.counters.opened()

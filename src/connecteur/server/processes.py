@@ -235,7 +235,7 @@ def _run_child(config: EngineConfig, sock: socket.socket, address: object, pipe:
         become_child(keep={sock.fileno(), pipe})
         counters = Counters()
         sock.setblocking(True)
-        _socket.configure_stream(sock)
+        _socket.configure_stream(sock, config.keepalive)
         on_open: Callable[[], object] | None = None
         if not config.channel.is_plain and config.handshake_timeout is not None:
             # A watchdog for the handshake: forked while another thread of the

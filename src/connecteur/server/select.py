@@ -183,7 +183,7 @@ class SelectEngine:
             return False
         counters = self._config.counters
         sock.setblocking(False)
-        _socket.configure_stream(sock)
+        _socket.configure_stream(sock, self._config.keepalive)
         link = _SelectLink(self, sock, address)
         self._links.add(link)
         counters.opened()

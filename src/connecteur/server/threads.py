@@ -112,7 +112,7 @@ class ThreadsEngine:
             return False
         counters = self._config.counters
         sock.setblocking(True)
-        _socket.configure_stream(sock)
+        _socket.configure_stream(sock, self._config.keepalive)
         link = BlockingLink(self._config, sock, address, self._forget, budget=self.budget, body_pool=self._body_pool)
         counters.opened()
         with self._links_lock:
