@@ -7,18 +7,37 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, final
+from typing import Any, Generic, Protocol, Self, TypeVar, final
 
 from ._reconnect import Backoff, Counted, Redialer, in_flight_error, is_link_failure, logger
 from .address import format_address
 from .errors import ConnectionClosed
 
-if TYPE_CHECKING:
-    from .aio import Connection, T
-else:
-    from typing import TypeVar
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
-    T = TypeVar("T")
+
+class Connection(Protocol[T_co]):
+    """What `ReconnectingConnection` uses of the asyncio client's `connecteur.aio.Connection`.
+
+    A protocol, not an import: ``aio.py`` builds reconnecting clients, so
+    this module, below it, must not import it back.
+    """
+
+    @property
+    def timeout(self) -> float | None: ...
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None: ...
+    @property
+    def is_closed(self) -> bool: ...
+    async def send(self, message: Any) -> None: ...
+    async def send_many(self, messages: Iterable[Any]) -> None: ...
+    async def recv(self) -> T_co: ...
+    async def request(self, message: Any) -> T_co: ...
+    async def close(self) -> None: ...
+    def _link_is_down(self) -> bool: ...
+    def _abandon(self, why: str) -> None: ...
+
 
 __all__ = ["ReconnectingConnection"]
 

@@ -23,17 +23,37 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, final
+from typing import Any, Final, Generic, Protocol, Self, TypeVar, final
 
 from .address import format_address
 from .errors import ConnectionClosed, Timeout, TruncatedMessage
 
-if TYPE_CHECKING:
-    from .connection import Connection, T
-else:
-    from typing import TypeVar
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
-    T = TypeVar("T")
+
+class Connection(Protocol[T_co]):
+    """What `ReconnectingConnection` uses of the blocking client's `connecteur.connection.Connection`.
+
+    A protocol, not an import: ``connection.py`` builds reconnecting
+    clients, so this module, below it, must not import it back.
+    """
+
+    _sock: socket.socket
+
+    @property
+    def timeout(self) -> float | None: ...
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None: ...
+    @property
+    def is_closed(self) -> bool: ...
+    def send(self, message: Any) -> None: ...
+    def send_many(self, messages: Iterable[Any]) -> None: ...
+    def recv(self) -> T_co: ...
+    def request(self, message: Any) -> T_co: ...
+    def close(self) -> None: ...
+    def _link_is_down(self) -> bool: ...
+
 
 __all__ = ["Backoff", "Counted", "ReconnectingConnection", "Redialer", "in_flight_error", "is_link_failure", "logger"]
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .._keepalive import MAX_USER_TIMEOUT
+from .. import Keepalive
 from ..address import Address, parse_address
 from ..codecs import Codec, Json, MsgPack, Text
 from ..connection import Connection
@@ -221,8 +221,10 @@ def add_keepalive_option(parser: argparse.ArgumentParser) -> None:
 
 def _keepalive_seconds(text: str) -> float:
     seconds = seconds_argument(text)
-    if seconds > MAX_USER_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_USER_TIMEOUT:g} seconds, not {text!r}")
+    try:
+        Keepalive.within(seconds)  # its own bounds, said in its own words
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return seconds
 
 
