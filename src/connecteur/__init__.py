@@ -10,6 +10,8 @@ from __future__ import annotations
 from . import aio as aio
 from . import codecs as codecs
 from . import framing as framing
+from ._envelope import Heartbeat as Heartbeat
+from ._multiplexed import MultiplexedConnection as MultiplexedConnection
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .connection import connect_nowait as connect_nowait
@@ -23,6 +25,7 @@ from .errors import ConnectionClosed as ConnectionClosed
 from .errors import FramingError as FramingError
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import ProxyProtocolError as ProxyProtocolError
+from .errors import RemoteError as RemoteError
 from .errors import Timeout as Timeout
 from .errors import TruncatedMessage as TruncatedMessage
 from .errors import WorkersFailed as WorkersFailed
@@ -38,9 +41,12 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "FramingError",
+    "Heartbeat",
     "MessageTooLarge",
+    "MultiplexedConnection",
     "Peer",
     "ProxyProtocolError",
+    "RemoteError",
     "Server",
     "Stats",
     "Timeout",

@@ -22,10 +22,12 @@ import typing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
+from ._envelope import Heartbeat, heartbeat_of
+from ._multiplexed import MultiplexedConnection
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -62,6 +64,7 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[False] = False,
 ) -> Connection[bytes]: ...
 
 
@@ -78,7 +81,44 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[False] = False,
 ) -> Connection[T]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[bytes]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[T]: ...
 
 
 def connect(
@@ -93,7 +133,9 @@ def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection[T] | Connection[bytes]:
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> Connection[T] | Connection[bytes] | MultiplexedConnection[T] | MultiplexedConnection[bytes]:
     """Connect to a server and return a `Connection`.
 
     Args:
@@ -121,9 +163,18 @@ def connect(
             wait for one attempt before starting the next beside it (RFC 8305,
             IPv6 and IPv4 interleaved); the first to connect wins. ``0``
             starts them all at once, ``None`` tries them one after another.
+        multiplexed: speak the multiplexing envelope with a server that runs
+            with ``multiplexed=True`` and return a `MultiplexedConnection`:
+            many threads share it, each `request` gets its own reply (or a
+            `RemoteError`), a timed-out request leaves the connection open.
+        heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
+            deadline)``: ping a server silent for `interval` seconds, end the
+            connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
+        ValueError: a `heartbeat` without `multiplexed`, or with a period
+            that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -135,6 +186,9 @@ def connect(
             failure's kind, such as ``ConnectionRefusedError``, naming each
             address; ``socket.gaierror`` when the name does not resolve.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
     where = parse_address(address)
     spec = ChannelSpec.for_client(
         where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
@@ -146,6 +200,10 @@ def connect(
     except BaseException:
         sock.close()
         raise
+    if multiplexed:
+        stream = Connection(sock, framing=framing, timeout=timeout)
+        stream._use_channel(channel, received)
+        return MultiplexedConnection(stream, codec=codec, timeout=timeout, heartbeat=beat)
     connection = Connection(sock, framing=framing, codec=codec, timeout=timeout)
     connection._use_channel(channel, received)
     return connection
@@ -619,6 +677,16 @@ class Connection(Generic[T]):
     def is_closed(self) -> bool:
         """True once `close()` has been called (or a send timed out)."""
         return self._closed
+
+    def _interrupt(self) -> None:
+        """Shut the socket down both ways, from any thread: a `recv` or `send` blocked in another returns.
+
+        ``close()`` alone does not wake a thread blocked on the socket (Linux
+        keeps the call waiting); the multiplexed client's reader needs this.
+        """
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed), for `select`."""

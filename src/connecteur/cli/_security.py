@@ -131,9 +131,11 @@ def _auth_key(args: argparse.Namespace) -> bytes | None:
 def connect_or_fail(address: Address, args: argparse.Namespace, *, framing: Framing, **options: Any) -> Connection:
     """Connect with the security options, or exit with one line saying why not."""
     try:
-        return connect(
+        # Annotated: with **options, several of connect's overloads match (multiplexed or not).
+        connection: Connection = connect(
             str(address), framing=framing, timeout=args.timeout, **security_options(args, "client"), **options
         )
+        return connection
     except ssl.SSLError as exc:
         fail(f"TLS handshake with {address} failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
     except ConnecteurError as exc:
