@@ -25,10 +25,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, TypeVar, cast, final, overload
 
 from . import _socket
+from ._aio_multiplexed import MultiplexedConnection
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
+from ._envelope import Heartbeat, heartbeat_of
 from .address import AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -36,7 +38,7 @@ from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
-__all__ = ["AioServer", "Connection", "connect", "serve"]
+__all__ = ["AioServer", "Connection", "MultiplexedConnection", "connect", "serve"]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: the buffer the loop reads into, once per connection."""
@@ -68,6 +70,7 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[False] = False,
 ) -> Connection[bytes]: ...
 
 
@@ -84,7 +87,44 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[False] = False,
 ) -> Connection[T]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[bytes]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[T]: ...
 
 
 async def connect(
@@ -99,7 +139,9 @@ async def connect(
     allow_legacy_auth: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
-) -> Connection[T] | Connection[bytes]:
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> Connection[T] | Connection[bytes] | MultiplexedConnection[T] | MultiplexedConnection[bytes]:
     """Connect to a server and return an asyncio `Connection`.
 
     Args:
@@ -121,9 +163,18 @@ async def connect(
             wait for one attempt before starting the next beside it (RFC 8305,
             IPv6 and IPv4 interleaved); the first to connect wins. ``0``
             starts them all at once, ``None`` tries them one after another.
+        multiplexed: speak the multiplexing envelope with a server that runs
+            with ``multiplexed=True`` and return an `aio.MultiplexedConnection`:
+            many tasks share it, each `request` gets its own reply (or a
+            `RemoteError`), a timed-out request leaves the connection open.
+        heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
+            deadline)``: ping a server silent for `interval` seconds, end the
+            connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
+        ValueError: a `heartbeat` without `multiplexed`, or with a period
+            that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -134,6 +185,9 @@ async def connect(
             failure's kind, such as ``ConnectionRefusedError``, naming each
             address; ``socket.gaierror`` when the name does not resolve.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
     parsed = parse_address(address)
     spec = ChannelSpec.for_client(
         parsed, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
@@ -168,6 +222,10 @@ async def connect(
         if protocol.transport is not None:
             protocol.transport.abort()
         raise
+    if multiplexed:
+        return MultiplexedConnection(
+            Connection(protocol, timeout=timeout), codec=codec, timeout=timeout, heartbeat=beat
+        )
     return Connection(protocol, codec=codec, timeout=timeout)
 
 
