@@ -249,8 +249,10 @@ class MultiplexedConnection(Generic[T]):
             self._check_open()
             connection.send(envelope)
         except (OSError, FramingError) as exc:
-            if connection.is_closed:  # a send that timed out half-way closed it: the stream is broken
+            if connection.is_closed:  # a send interrupted half-way closed it: the stream is broken
                 self._end(exc)
+            if self._ended is not None and not isinstance(exc, ConnectionClosed):
+                raise self._closed_error() from exc  # closed under this send: say so, not "broken pipe"
             raise
         finally:
             self._send_lock.release()
