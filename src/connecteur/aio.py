@@ -673,10 +673,13 @@ async def serve(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     proxy_protocol: str = "off",
     proxy_trusted: list[str] | tuple[str, ...] | None = None,
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
 ) -> AioServer:
     """Start serving on the running loop; return the `AioServer`.
 
-    The arguments are `Server`'s; the handler may be ``async def``.
+    The arguments are `Server`'s; the handler may be ``async def`` (with
+    `multiplexed`, its replies leave as each finishes).
 
     Raises:
         AddressError, TypeError, ValueError: as `Server` does.
@@ -689,6 +692,7 @@ async def serve(
             server_side=True, tls=tls, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth,
             proxy_protocol=proxy_protocol, proxy_trusted=proxy_trusted,
         ),
+        multiplexed=multiplexed, heartbeat=heartbeat,
     )  # fmt: skip
     listener = _socket.listen(parse_address(address), backlog=backlog)
     return AioServer(config, listener)

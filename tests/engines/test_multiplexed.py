@@ -207,3 +207,21 @@ def test_heartbeat_needs_the_envelope() -> None:
         Server(upper_or_fail, "127.0.0.1:0", heartbeat=(1, 1))
     with pytest.raises(ValueError, match="multiplexed"):
         connecteur.connect("127.0.0.1:1", heartbeat=(1, 1))
+
+
+def test_aio_serve_speaks_the_envelope_too() -> None:
+    async def handler(message: bytes) -> bytes:
+        await asyncio.sleep(0.2 if message == b"slow" else 0)
+        return message
+
+    async def main() -> None:
+        async with (
+            await connecteur.aio.serve(handler, "127.0.0.1:0", multiplexed=True, heartbeat=(1.0, 1.0)) as server,
+            await connecteur.aio.connect(server.address, multiplexed=True, timeout=TIMEOUT) as conn,
+        ):
+            slow = asyncio.ensure_future(conn.request(b"slow"))
+            assert await conn.request(b"fast") == b"fast"
+            assert not slow.done()  # the fast one overtook it
+            assert await slow == b"slow"
+
+    asyncio.run(main())

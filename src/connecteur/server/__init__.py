@@ -104,13 +104,20 @@ def engine_config(
     channel: ChannelSpec | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     max_buffered: int = DEFAULT_MAX_BUFFERED,
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
     Raises:
-        TypeError: the handler is neither form.
-        ValueError: an impossible limit.
+        TypeError: the handler is neither form, or `heartbeat` neither form.
+        ValueError: an impossible limit, or a heartbeat without `multiplexed`.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
+    if multiplexed:  # the envelope is a handler and a codec around the user's: the engines see no difference
+        handler, codec = _multiplex.multiplexed(handler, codec, beat)
     _check_positive("handshake_timeout", handshake_timeout)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
@@ -244,11 +251,6 @@ class Server:
         multiplexed: bool = False,
         heartbeat: Heartbeat | tuple[float, float] | None = None,
     ) -> None:
-        beat = heartbeat_of(heartbeat)
-        if beat is not None and not multiplexed:
-            raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
-        if multiplexed:
-            handler, codec = _multiplex.multiplexed(handler, codec, beat)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -292,6 +294,8 @@ class Server:
                 proxy_trusted=proxy_trusted,
             ),
             handshake_timeout=handshake_timeout,
+            multiplexed=multiplexed,
+            heartbeat=heartbeat,
         )
         self._counters = self._config.counters
         self.engine: str = engine
