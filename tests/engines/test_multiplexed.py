@@ -225,3 +225,17 @@ def test_aio_serve_speaks_the_envelope_too() -> None:
             assert await slow == b"slow"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("engine", ["select", "threads"])
+def test_an_async_handler_without_an_event_loop_fails_its_requests_not_the_connection(engine: str) -> None:
+    async def handler(message: bytes) -> bytes:
+        return message
+
+    with (
+        Server(handler, "127.0.0.1:0", engine=engine, multiplexed=True) as server,
+        connecteur.connect(server.address, multiplexed=True, timeout=TIMEOUT) as conn,
+    ):
+        for _ in range(2):  # the connection stays open
+            with pytest.raises(RemoteError, match="engine='asyncio'"):
+                conn.request(b"x")

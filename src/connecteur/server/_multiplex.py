@@ -19,6 +19,7 @@ no timer a handler could borrow, and a thread works the same on all four.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
@@ -149,6 +150,11 @@ class MultiplexedHandler:
         except (HandlerFailed, CodecError) as exc:
             return self._failed(peer, envelope, exc)
         if inspect.isawaitable(result):
+            if not _loop_running():  # an engine without an event loop: this request fails, not the connection
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: say why in the error reply, not in a RuntimeWarning
+                error = TypeError("an async handler needs engine='asyncio'")
+                return self._failed(peer, envelope, HandlerFailed("received", error))
             return Unordered(self._later(peer, envelope, result))
         return self._reply(peer, envelope, result)
 
@@ -186,6 +192,14 @@ class MultiplexedHandler:
             return None
         text = f"{type(cause).__name__}: {cause}".encode(errors="replace")[:MAX_ERROR_TEXT]
         return Outgoing(Kind.ERROR, envelope.request_id, text)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def multiplexed(handler: object, codec: Codec | None, heartbeat: Heartbeat | None) -> tuple[object, Codec]:
