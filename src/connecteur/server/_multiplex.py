@@ -245,10 +245,15 @@ class HeartbeatWatch:
                 threading.Thread(target=self._ping, name="connecteur-ping", daemon=True).start()
 
     def saw(self, peer: Peer) -> None:
-        """A message came from `peer`: it is alive (no lock: one dict store, on every message)."""
-        if peer in self._last:
-            self._last[peer] = self._clock()
-            self._pinged.pop(peer, None)
+        """A message came from `peer`: it is alive.
+
+        No lock, on every message: one store in a dict the watcher only
+        copies under the GIL. A peer removed between the test and the store
+        comes back until the watcher expires it, harmlessly.
+        """
+        last = self._last
+        if peer in last:
+            last[peer] = self._clock()
 
     def remove(self, peer: Peer) -> None:
         """`peer` closed: stop watching it."""
@@ -259,7 +264,11 @@ class HeartbeatWatch:
         """Every tick: close the peers silent past interval + deadline, queue pings for those past interval."""
         heartbeat, stop = self._heartbeat, threading.Event()
         while not stop.wait(heartbeat.tick):
-            expired = self._check()
+            try:
+                expired = self._check()
+            except Exception:  # our bug: log it, but keep watching, or silent peers would stay open for ever
+                logger.exception("the heartbeat watch failed; it goes on")
+                continue
             for peer in expired:
                 logger.info(
                     "closing %s: nothing received for %g s (heartbeat %g s + %g s)",
@@ -276,11 +285,13 @@ class HeartbeatWatch:
         now, heartbeat = self._clock(), self._heartbeat
         silence = heartbeat.interval + heartbeat.deadline
         with self._lock:
-            expired = [peer for peer, last in self._last.items() if now - last > silence]
+            heard = list(self._last.items())  # a copy: `saw` stores without the lock
+            expired = [peer for peer, last in heard if now - last > silence]
             for peer in expired:
                 self._forget(peer)
-            for peer, last in self._last.items():
-                if now - last >= heartbeat.interval and now - self._pinged.get(peer, last) >= heartbeat.interval:
+            for peer, last in heard:
+                # Silent for an interval, and not pinged for one: a ping per interval of silence.
+                if now - max(last, self._pinged.get(peer, last)) >= heartbeat.interval and peer in self._last:
                     self._pinged[peer] = now
                     self._to_ping.append(peer)
             if not self._last:
