@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final, NamedTuple, final
 
-from .._envelope import Envelope, Heartbeat, Kind, decode, encode
+from .._envelope import Envelope, Heartbeat, Kind, decode, encode, pack_header
 from ..codecs import Codec
 from ..errors import CodecError, ConnectionClosed, FramingError
 from ..framing import Buffer
@@ -87,8 +87,8 @@ class EnvelopeCodec:
             CodecError: the user's codec cannot encode `value`, or without a
                 codec it is not bytes-like.
         """
-        if isinstance(value, Outgoing):
-            return encode(value.kind, value.request_id, value.payload)
+        if type(value) is Outgoing:  # the id came from the peer's 4 bytes: it fits
+            return pack_header(value.kind, value.request_id) + value.payload
         payload = value if self._inner is None else self._inner.encode(value)
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise CodecError(f"a message must be bytes without a codec, not {type(payload).__name__}")
@@ -112,10 +112,12 @@ class Unordered:
 class MultiplexedHandler:
     """The user's handler (either form) behind the envelope: payloads in, replies under their ids out."""
 
-    __slots__ = ("_codec", "_user", "_watch")
+    __slots__ = ("_codec", "_function", "_user", "_watch")
 
     def __init__(self, handler: object, codec: Codec | None, heartbeat: Heartbeat | None) -> None:
         self._user = Handler(handler)  # the codec is applied here, so that its failures become error replies
+        # A plain function is called straight, as Handler.answer_plain does: a wrapper's call costs on every message.
+        self._function: Callable[[Any], object] | None = handler if self._user.is_plain else None  # type: ignore[assignment]
         self._codec = codec
         self._watch = None if heartbeat is None else HeartbeatWatch(heartbeat)
 
@@ -144,11 +146,17 @@ class MultiplexedHandler:
             return Outgoing(Kind.PONG, request_id)
         if kind is Kind.PONG:
             return None
+        function = self._function
         try:
-            value = envelope.payload if self._codec is None else self._codec.decode(envelope.payload)
-            result = self._user.received_maybe_async(peer, value)
-        except (HandlerFailed, CodecError) as exc:
+            if function is not None and self._codec is None:
+                result = function(envelope.payload)
+            else:
+                value = envelope.payload if self._codec is None else self._codec.decode(envelope.payload)
+                result = self._user.received_maybe_async(peer, value)
+        except Exception as exc:  # the handler's, or the codec's CodecError: this request's failure alone
             return self._failed(peer, envelope, exc)
+        if type(result) is bytes and envelope.kind is Kind.REQUEST:  # the common case, first
+            return Outgoing(Kind.REPLY, envelope.request_id, result)
         if inspect.isawaitable(result):
             if not _loop_running():  # an engine without an event loop: this request fails, not the connection
                 if inspect.iscoroutine(result):
