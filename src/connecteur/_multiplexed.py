@@ -10,8 +10,9 @@ send, under a lock, and wait on their own event, with their own timeout. The
 alternative, whichever caller waits reads for everybody ("lock-holder
 reads"), saves a thread but cannot answer the server's pings while nobody
 waits, and a caller's timeout would interrupt reads done for others. With a
-heartbeat, a second thread sends pings and closes the connection when the
-server falls silent.
+heartbeat, a second thread closes the connection when the server falls
+silent, and sends each ping from a short-lived thread (a blocked send must
+not delay the watch).
 """
 
 from __future__ import annotations
@@ -163,7 +164,13 @@ class MultiplexedConnection(Generic[T]):
             with self._lock:
                 self._table.cancel(request_id)  # nothing sent, or the connection ended: no reply to wait for
             raise
-        if not waiter.event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+        try:
+            answered = waiter.event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except BaseException:  # interrupted (KeyboardInterrupt): the reply is owed, to nobody now
+            with self._lock:
+                self._table.abandon(request_id)
+            raise
+        if not answered:
             with self._lock:
                 if not waiter.event.is_set():
                     self._table.abandon(request_id)
@@ -329,6 +336,7 @@ class MultiplexedConnection(Generic[T]):
         assert heartbeat is not None
         pinged = 0.0
         ping_id = 0
+        pinger: threading.Thread | None = None
         while not self._stopped.wait(heartbeat.tick):
             now = time.monotonic()
             silent = now - self._last_heard
@@ -344,8 +352,15 @@ class MultiplexedConnection(Generic[T]):
             if silent >= heartbeat.interval and now - max(pinged, self._last_heard) >= heartbeat.interval:
                 pinged = now
                 ping_id = ping_id % 0xFFFFFFFF + 1
-                with contextlib.suppress(OSError, FramingError):  # the watch above ends it in time
-                    self._send(encode(Kind.PING, ping_id), now + heartbeat.deadline, heartbeat.deadline)
+                if pinger is None or not pinger.is_alive():
+                    # Sent from a thread of its own: a send to a server that stopped reading
+                    # blocks, and this watch must go on to end the connection in time.
+                    pinger = threading.Thread(target=self._ping, args=(ping_id, heartbeat), daemon=True)
+                    pinger.start()
+
+    def _ping(self, ping_id: int, heartbeat: Heartbeat) -> None:
+        with contextlib.suppress(OSError, FramingError):  # the watch ends the connection in time
+            self._send(encode(Kind.PING, ping_id), time.monotonic() + heartbeat.deadline, heartbeat.deadline)
 
     # --- closing ---------------------------------------------------------------
 

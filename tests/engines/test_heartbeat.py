@@ -114,3 +114,29 @@ def test_the_aio_client_closes_a_blackholed_link() -> None:
 
     with Server(lambda message: message, "127.0.0.1:0", multiplexed=True) as server:
         asyncio.run(main(server.address))
+
+
+def test_a_send_blocked_by_a_server_that_stopped_reading_ends_with_the_heartbeat() -> None:
+    """The documented bound for a send: it blocks while the server does not read, until heartbeats end it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        conn = connecteur.connect(listener.getsockname(), multiplexed=True, heartbeat=BEAT, timeout=TIMEOUT)
+        accepted, _ = listener.accept()  # never reads, never answers a ping
+        outcome: list[BaseException] = []
+
+        def flood() -> None:
+            try:
+                while True:
+                    conn.send(bytes(2**20))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        sender = threading.Thread(target=flood)
+        try:
+            sender.start()
+            sender.join(TIMEOUT)
+            assert not sender.is_alive()
+            assert isinstance(outcome[0], ConnectionClosed) and "heartbeat" in str(outcome[0])
+        finally:
+            conn.close()
+            accepted.close()
+            sender.join(TIMEOUT)
