@@ -239,3 +239,25 @@ def test_an_async_handler_without_an_event_loop_fails_its_requests_not_the_conne
         for _ in range(2):  # the connection stays open
             with pytest.raises(RemoteError, match="engine='asyncio'"):
                 conn.request(b"x")
+
+
+def test_an_aio_request_timed_out_or_cancelled_leaves_a_tombstone() -> None:
+    def slow_first(message: bytes) -> bytes:
+        if message.startswith(b"slow"):
+            time.sleep(0.2)
+        return message
+
+    async def main(address: object) -> None:
+        async with await connecteur.aio.connect(address, multiplexed=True, timeout=TIMEOUT) as conn:
+            with pytest.raises(Timeout, match="no reply to request 1"):
+                await conn.request(b"slow 1", timeout=0.02)
+            cancelled = asyncio.ensure_future(conn.request(b"slow 2"))
+            await asyncio.sleep(0.02)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert await conn.request(b"next") == b"next"  # not either late reply
+            assert not conn.is_closed and conn.late_replies == 2
+
+    with Server(slow_first, "127.0.0.1:0", engine="threads", multiplexed=True) as server:
+        asyncio.run(main(server.address))
