@@ -10,7 +10,9 @@ from __future__ import annotations
 from . import aio as aio
 from . import codecs as codecs
 from . import framing as framing
+from ._envelope import Heartbeat as Heartbeat
 from ._keepalive import Keepalive as Keepalive
+from ._multiplexed import MultiplexedConnection as MultiplexedConnection
 from ._reconnect import Backoff as Backoff
 from ._reconnect import ReconnectingConnection as ReconnectingConnection
 from .connection import Connection as Connection
@@ -26,6 +28,7 @@ from .errors import ConnectionClosed as ConnectionClosed
 from .errors import FramingError as FramingError
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import ProxyProtocolError as ProxyProtocolError
+from .errors import RemoteError as RemoteError
 from .errors import Timeout as Timeout
 from .errors import TruncatedMessage as TruncatedMessage
 from .errors import WorkersFailed as WorkersFailed
@@ -42,11 +45,14 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "FramingError",
+    "Heartbeat",
     "Keepalive",
     "MessageTooLarge",
+    "MultiplexedConnection",
     "Peer",
     "ProxyProtocolError",
     "ReconnectingConnection",
+    "RemoteError",
     "Server",
     "Stats",
     "Timeout",

@@ -25,11 +25,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, Self, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, Self, TypeVar, cast, final, overload
 
 from . import _socket
+from ._aio_multiplexed import MultiplexedConnection
 from ._aio_reconnect import ReconnectingConnection
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
+from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import Keepalive, KeepaliveLike, as_keepalive
 from ._reconnect import Backoff
 from .address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
@@ -39,7 +41,7 @@ from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
-__all__ = ["AioServer", "Connection", "ReconnectingConnection", "connect", "serve"]
+__all__ = ["AioServer", "Connection", "MultiplexedConnection", "ReconnectingConnection", "connect", "serve"]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: the buffer the loop reads into, once per connection."""
@@ -74,6 +76,7 @@ async def connect(
     keepalive: KeepaliveLike = None,
     reconnect: None = None,
     on_connect: None = None,
+    multiplexed: Literal[False] = False,
 ) -> Connection[bytes]: ...
 
 
@@ -93,6 +96,7 @@ async def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff,
     on_connect: Callable[[Connection[bytes]], object] | None = None,
+    multiplexed: Literal[False] = False,
 ) -> ReconnectingConnection[bytes]: ...
 
 
@@ -112,6 +116,7 @@ async def connect(
     keepalive: KeepaliveLike = None,
     reconnect: None = None,
     on_connect: None = None,
+    multiplexed: Literal[False] = False,
 ) -> Connection[T]: ...
 
 
@@ -131,7 +136,50 @@ async def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff,
     on_connect: Callable[[Connection[T]], object] | None = None,
+    multiplexed: Literal[False] = False,
 ) -> ReconnectingConnection[T]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[bytes]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[T]: ...
 
 
 async def connect(
@@ -149,7 +197,16 @@ async def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff | None = None,
     on_connect: Callable[[Any], object] | None = None,
-) -> Connection[T] | Connection[bytes] | ReconnectingConnection[T] | ReconnectingConnection[bytes]:
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> (
+    Connection[T]
+    | Connection[bytes]
+    | ReconnectingConnection[T]
+    | ReconnectingConnection[bytes]
+    | MultiplexedConnection[T]
+    | MultiplexedConnection[bytes]
+):
     """Connect to a server and return an asyncio `Connection`.
 
     Args:
@@ -181,10 +238,19 @@ async def connect(
             awaitable) with each new `Connection` before it is used; an
             error of the link there counts as a failed attempt, any other
             is raised.
+        multiplexed: speak the multiplexing envelope with a server that runs
+            with ``multiplexed=True`` and return an `aio.MultiplexedConnection`:
+            many tasks share it, each `request` gets its own reply (or a
+            `RemoteError`), a timed-out request leaves the connection open.
+        heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
+            deadline)``: ping a server silent for `interval` seconds, end the
+            connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
-        ValueError: `on_connect` without `reconnect`.
+        ValueError: `on_connect` without `reconnect`; `reconnect` with
+            `multiplexed` (not supported yet); a `heartbeat` without
+            `multiplexed`, or with a period that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -195,6 +261,9 @@ async def connect(
             failure's kind, such as ``ConnectionRefusedError``, naming each
             address; ``socket.gaierror`` when the name does not resolve.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
     parsed = parse_address(address)
     spec = ChannelSpec.for_client(
         parsed, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
@@ -205,6 +274,14 @@ async def connect(
     async def dial(seconds: float | None) -> Connection[Any]:
         """One connection, connected within `seconds`, whose calls then get `timeout`."""
         return Connection(await _open(parsed, options, seconds), codec=codec, timeout=timeout)
+
+    if multiplexed:
+        if reconnect is not None:
+            raise ValueError(
+                "reconnect and multiplexed together are not supported yet: requests in flight would need re-sending"
+            )
+        stream = Connection(await _open(parsed, options, timeout), timeout=timeout)
+        return MultiplexedConnection(stream, codec=codec, timeout=timeout, heartbeat=beat)
 
     if reconnect is None:
         if on_connect is not None:
@@ -723,10 +800,13 @@ async def serve(
     proxy_protocol: str = "off",
     proxy_trusted: list[str] | tuple[str, ...] | None = None,
     keepalive: KeepaliveLike = None,
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
 ) -> AioServer:
     """Start serving on the running loop; return the `AioServer`.
 
-    The arguments are `Server`'s; the handler may be ``async def``.
+    The arguments are `Server`'s; the handler may be ``async def`` (with
+    `multiplexed`, its replies leave as each finishes).
 
     Raises:
         AddressError, TypeError, ValueError: as `Server` does.
@@ -739,6 +819,7 @@ async def serve(
             server_side=True, tls=tls, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth,
             proxy_protocol=proxy_protocol, proxy_trusted=proxy_trusted,
         ),
+        multiplexed=multiplexed, heartbeat=heartbeat,
     )  # fmt: skip
     listener = _socket.listen(parse_address(address), backlog=backlog)
     return AioServer(config, listener)

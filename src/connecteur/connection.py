@@ -22,11 +22,13 @@ import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
+from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import KeepaliveLike, as_keepalive
+from ._multiplexed import MultiplexedConnection
 from ._reconnect import Backoff, ReconnectingConnection
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
@@ -67,6 +69,7 @@ def connect(
     keepalive: KeepaliveLike = None,
     reconnect: None = None,
     on_connect: None = None,
+    multiplexed: Literal[False] = False,
 ) -> Connection[bytes]: ...
 
 
@@ -86,6 +89,7 @@ def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff,
     on_connect: Callable[[Connection[bytes]], object] | None = None,
+    multiplexed: Literal[False] = False,
 ) -> ReconnectingConnection[bytes]: ...
 
 
@@ -105,6 +109,7 @@ def connect(
     keepalive: KeepaliveLike = None,
     reconnect: None = None,
     on_connect: None = None,
+    multiplexed: Literal[False] = False,
 ) -> Connection[T]: ...
 
 
@@ -124,7 +129,50 @@ def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff,
     on_connect: Callable[[Connection[T]], object] | None = None,
+    multiplexed: Literal[False] = False,
 ) -> ReconnectingConnection[T]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[bytes]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: None = None,
+    on_connect: None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> MultiplexedConnection[T]: ...
 
 
 def connect(
@@ -142,7 +190,16 @@ def connect(
     keepalive: KeepaliveLike = None,
     reconnect: Backoff | None = None,
     on_connect: Callable[[Any], object] | None = None,
-) -> Connection[T] | Connection[bytes] | ReconnectingConnection[T] | ReconnectingConnection[bytes]:
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> (
+    Connection[T]
+    | Connection[bytes]
+    | ReconnectingConnection[T]
+    | ReconnectingConnection[bytes]
+    | MultiplexedConnection[T]
+    | MultiplexedConnection[bytes]
+):
     """Connect to a server and return a `Connection`.
 
     Args:
@@ -180,10 +237,19 @@ def connect(
             before it is used (to authenticate, subscribe, announce); an
             error of the link there counts as a failed attempt, any other
             is raised.
+        multiplexed: speak the multiplexing envelope with a server that runs
+            with ``multiplexed=True`` and return a `MultiplexedConnection`:
+            many threads share it, each `request` gets its own reply (or a
+            `RemoteError`), a timed-out request leaves the connection open.
+        heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
+            deadline)``: ping a server silent for `interval` seconds, end the
+            connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
-        ValueError: `on_connect` without `reconnect`.
+        ValueError: `on_connect` without `reconnect`; `reconnect` with
+            `multiplexed` (not supported yet); a `heartbeat` without
+            `multiplexed`, or with a period that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
         AuthenticationError: the server does not hold `auth_key`, or sent no
@@ -195,10 +261,17 @@ def connect(
             failure's kind, such as ``ConnectionRefusedError``, naming each
             address; ``socket.gaierror`` when the name does not resolve.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
     where = parse_address(address)
     spec = ChannelSpec.for_client(
         where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
+    if reconnect is not None and multiplexed:
+        raise ValueError(
+            "reconnect and multiplexed together are not supported yet: requests in flight would need re-sending"
+        )
     tcp_keepalive = as_keepalive(keepalive)
 
     def dial(seconds: float | None) -> Connection[Any]:
@@ -210,10 +283,12 @@ def connect(
         except BaseException:
             sock.close()
             raise
-        connection = Connection(sock, framing=framing, codec=codec, timeout=timeout)
+        connection = Connection(sock, framing=framing, codec=None if multiplexed else codec, timeout=timeout)
         connection._use_channel(channel, received)
         return connection
 
+    if multiplexed:
+        return MultiplexedConnection(dial(timeout), codec=codec, timeout=timeout, heartbeat=beat)
     if reconnect is None:
         if on_connect is not None:
             raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
@@ -710,6 +785,16 @@ class Connection(Generic[T]):
     def is_closed(self) -> bool:
         """True once `close()` has been called (or a send timed out)."""
         return self._closed
+
+    def _interrupt(self) -> None:
+        """Shut the socket down both ways, from any thread: a `recv` or `send` blocked in another returns.
+
+        ``close()`` alone does not wake a thread blocked on the socket (Linux
+        keeps the call waiting); the multiplexed client's reader needs this.
+        """
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed), for `select`."""

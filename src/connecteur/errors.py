@@ -19,6 +19,7 @@ __all__ = [
     "FramingError",
     "MessageTooLarge",
     "ProxyProtocolError",
+    "RemoteError",
     "Timeout",
     "TruncatedMessage",
     "WorkersFailed",
@@ -103,6 +104,23 @@ class ConnectionClosed(ConnecteurError, ConnectionError):
     def __init__(self, message: str, *, by_peer: bool = True) -> None:
         super().__init__(message)
         self.by_peer = by_peer
+
+
+class RemoteError(ConnecteurError):
+    """The server's handler failed on this request and answered with an error reply.
+
+    Only on multiplexed connections (``connect(..., multiplexed=True)``): the
+    connection stays open, and other requests in flight are not affected.
+    Whose fault it is, the server's code or the request's content, the
+    server alone knows; the message is the text it sent.
+
+    Attributes:
+        request_id: the id of the request that failed, as sent on the wire.
+    """
+
+    def __init__(self, message: str, *, request_id: int) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class AuthenticationError(ConnecteurError):

@@ -1,4 +1,4 @@
-"""``connecteur bench``'s recv-into and select*2 targets, its scale and client workloads, and ``--check``."""
+"""``connecteur bench``'s recv-into and select*2 targets, its scale, client and mux workloads, and ``--check``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ def test_the_client_and_scale_workloads_give_their_figures(tmp_path: Path) -> No
     assert scale["per_second"] > 0 and scale["connections"] == SCALE_CONNECTIONS
     assert 0 < scale["client_cpu_us_per_message"] < scale["server_cpu_us_per_message"]
     assert isinstance(scale["client_bound"], bool)
+
+
+def test_the_mux_workload_compares_a_shared_multiplexed_connection_with_one_per_thread(tmp_path: Path) -> None:
+    """Both sides' requests/s and server CPU, in the same run; a peer, which speaks no envelope, is skipped."""
+    output = tmp_path / "bench.json"
+    env, tag = tagged_environment()
+    result = run_bench(
+        "--targets", "select,asyncio-streams", "--workload", "mux", "--quick", "--json", str(output), env=env
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(output.read_text())
+    figures = document["results"]["select"]["mux"]
+    assert figures["per_second"] > 0 and figures["lockstep_per_second"] > 0
+    assert figures["server_cpu_us_per_message"] > 0 and figures["lockstep_server_cpu_us_per_message"] > 0
+    assert figures["shared_over_lockstep"] == pytest.approx(figures["per_second"] / figures["lockstep_per_second"])
+    assert "mux" in document["skipped"]["asyncio-streams"]
+    assert document["failures"] == {} and document["notes"] == []
+    assert processes_tagged(tag) == []  # the multiplexed twin stopped too
 
 
 @pytest.mark.parametrize("option", [["--targets", "select"], ["--workload", "rr"], ["--reference", "select"]])

@@ -15,6 +15,7 @@ from connecteur.errors import (
     FramingError,
     MessageTooLarge,
     ProxyProtocolError,
+    RemoteError,
     Timeout,
     TruncatedMessage,
     WorkersFailed,
@@ -32,6 +33,7 @@ BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     AddressError: (ConnecteurError, ValueError),
     ProxyProtocolError: (ConnecteurError, ValueError),
     WorkersFailed: (ConnecteurError, RuntimeError),
+    RemoteError: (ConnecteurError,),
 }
 
 ERROR_NAMES = sorted(cls.__name__ for cls in BASES)
@@ -158,6 +160,7 @@ def test_code_written_for_the_standard_library_catches_them(exc: BaseException, 
         connecteur.MessageTooLarge("too big", size=5, max_size=4),
         connecteur.TruncatedMessage("cut", pending=3),
         connecteur.Timeout("slow", seconds=1.5),
+        connecteur.RemoteError("ValueError: bad", request_id=7),
         connecteur.ConnectionClosed("gone", by_peer=False),
         connecteur.FramingError("bad"),
     ],

@@ -5,7 +5,7 @@ then reads one job per line on stdin (JSON: a `Job`) and writes one JSON line
 per job on stdout: ``{"result": {...}}`` or ``{"error": "..."}``.
 
 rr, pipeline, bulk, many and idle are here; scale is in the `scale` module,
-client in `connection`, and what they all share in `job`.
+client in `connection`, mux in `mux`, and what they all share in `job`.
 
 The client must not be the bottleneck (except in the client workload, which
 measures connecteur's own client), so it works on raw sockets and knows
@@ -50,6 +50,7 @@ from .job import (
     recv_exactly,
     wrong_echo,
 )
+from .mux import mux
 from .scale import scale
 
 __all__ = ["BULK_WINDOW", "PIPELINE_WINDOW", "WORKLOADS", "main", "run"]
@@ -280,6 +281,7 @@ WORKLOADS: Final[dict[str, Callable[[Job], Figures]]] = {
     "idle": idle,
     "scale": scale,
     "client": client,
+    "mux": mux,
 }
 
 

@@ -1,7 +1,7 @@
 """What every workload of the `connecteur bench` client shares: the job, the messages, the meter.
 
 The workloads live in the modules `client` (rr, pipeline, bulk, many, idle),
-`scale` (scale) and `connection` (client); this module is
+`scale` (scale), `connection` (client) and `mux` (mux); this module is
 what they all build on, so that none of them imports another.
 """
 
@@ -62,6 +62,8 @@ class Job:
     """For many and idle."""
     rss_samples: int
     """For idle: consecutive RSS readings that must agree."""
+    target: str = ""
+    """The server's target name (for mux, which starts a multiplexed twin of it)."""
 
 
 def framed(message: bytes) -> bytes:

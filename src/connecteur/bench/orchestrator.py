@@ -31,6 +31,7 @@ from typing import Final, Literal, Self
 from . import proc
 from .client import BULK_WINDOW, PIPELINE_WINDOW
 from .job import IO_TIMEOUT, Figures, Job
+from .mux import MUX_THREADS
 from .processes import Client, Server, ServerFailed, running_client, running_servers
 from .scale import SCALE_CONNECTIONS, SCALE_WINDOW
 
@@ -135,6 +136,14 @@ WORKLOADS: Final = {
             is_default=False,
         ),
         Workload(
+            "mux",
+            f"64 B requests from {MUX_THREADS} threads: one multiplexed connection, against one connection each",
+            "per_second",
+            "requests/s",
+            True,
+            is_default=False,
+        ),
+        Workload(
             "client",
             "connecteur's blocking Connection doing rr, against a hand-written socket client",
             "per_second",
@@ -144,9 +153,10 @@ WORKLOADS: Final = {
         ),
     )
 }
-"""Every workload, in the order they run. scale and client only run when asked for
-(``--workload``, ``--check``): scale is for servers with several workers, and
-client measures connecteur's client rather than the server."""
+"""Every workload, in the order they run. scale, mux and client only run when asked for
+(``--workload``, ``--check``): scale is for servers with several workers, mux
+for connecteur's engines only (the peers speak no envelope), and client
+measures connecteur's client rather than the server."""
 DEFAULT_WORKLOADS: Final = [name for name, workload in WORKLOADS.items() if workload.is_default]
 """The workloads of a run that does not choose."""
 
@@ -376,7 +386,11 @@ def _choose_cpus() -> tuple[int | None, int | None, str]:
 
 
 def _skip_what_cannot_fit(results: Results) -> None:
-    """Skip the workloads that would need a process per connection beyond the machine's means."""
+    """Skip the workloads that would need a process per connection beyond the machine's means, and mux for peers."""
+    if "mux" in results.workloads:
+        for target in results.targets:
+            if TARGETS[target].kind != "engine":
+                results.skipped.setdefault(target, {})["mux"] = "a standard-library peer speaks no envelope"
     if "processes" not in results.targets:
         return
     settings = results.settings
@@ -418,6 +432,7 @@ def _measure(
         seconds=settings.seconds,
         connections=connections,
         rss_samples=settings.rss_samples,
+        target=target,
     )
     # Generous: opening and closing connections (a fork each, on the processes engine) takes time too.
     figures, error = client.run(job, timeout=settings.seconds + connections / 50 + IO_TIMEOUT * 2)

@@ -51,11 +51,11 @@ def _environment() -> dict[str, str]:
 class Server:
     """One target's server process."""
 
-    def __init__(self, target: str, cpu: int | None, stderr: IO[bytes]) -> None:
+    def __init__(self, target: str, cpu: int | None, stderr: IO[bytes], *options: str) -> None:
         self.target = target
         self._stderr = stderr
         self._proc = subprocess.Popen(
-            _python("servers", cpu, target),
+            _python("servers", cpu, target, *options),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,

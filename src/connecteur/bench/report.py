@@ -62,6 +62,10 @@ COLUMNS: Final = (
     Column("idle", "kib_per_connection", "KiB/conn", ",.1f", False),  # KiB per connection
     Column("scale", "per_second", "msg/s", ",.0f", True),
     Column("scale", "server_cpu_us_per_message", "cpu µs", ",.2f", False),
+    Column("mux", "per_second", "req/s", ",.0f", True),
+    Column("mux", "server_cpu_us_per_message", "cpu µs", ",.1f", False),
+    Column("mux", "lockstep_per_second", "1 conn each", ",.0f", True),
+    Column("mux", "lockstep_server_cpu_us_per_message", "cpu µs", ",.1f", False),
     Column("client", "per_second", "rt/s", ",.0f", True),
     Column("client", "ratio", "vs socket", ",.2f", True),
 )
@@ -186,7 +190,10 @@ def _units(workloads: list[str]) -> list[str]:
             "bulk",
             "many",
             "scale",
+            "mux",
         },
+        "req/s: requests per second from threads sharing one multiplexed connection; "
+        "1 conn each: the same threads with a plain connection each, taking turns": {"mux"},
         "vs socket: connecteur's round trips/s over a hand-written socket client's, taking turns": {"client"},
     }
     explained = [unit for unit, where in units.items() if where & set(workloads)]
@@ -276,6 +283,11 @@ def _summary(workload: str, figures: Figures) -> str:
         text += f", client busy {float(figures['client_cpu_share']):.0%}"
     if "ratio" in figures:
         text += f", {float(figures['ratio']):.2f}{TIMES} a hand-written socket client's"
+    if "shared_over_lockstep" in figures:
+        text += (
+            f"; {float(figures['shared_over_lockstep']):.2f}{TIMES} the requests/s and "
+            f"{float(figures['server_cpu_ratio']):.2f}{TIMES} the server CPU of a connection per thread"
+        )
     return text
 
 

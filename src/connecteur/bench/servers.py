@@ -3,7 +3,8 @@
 ``python -m connecteur.bench.servers TARGET [--cpu N]`` pins itself to
 CPU N (before any thread starts, so every thread and child inherits it),
 serves echo on 127.0.0.1 with a free port, prints ``serving echo on
-HOST:PORT`` and runs until SIGTERM.
+HOST:PORT`` and runs until SIGTERM. ``--multiplexed`` (engines only): the
+server speaks the multiplexing envelope, for the mux workload.
 
 A connecteur engine runs `Server(echo, ...).serve_forever()`, as ``connecteur
 serve --app echo`` does but without timeouts: idle connections must stay.
@@ -348,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m connecteur.bench.servers")
     parser.add_argument("target", choices=[*ENGINES, *PEERS])
     parser.add_argument("--cpu", type=int, help="the CPU to run on")
+    parser.add_argument("--multiplexed", action="store_true", help="speak the multiplexing envelope (engines only)")
     args = parser.parse_args(argv)
+    if args.multiplexed and args.target in PEERS:
+        parser.error(f"{args.target} is a standard-library peer: it speaks no envelope")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.target in PEERS:
@@ -356,7 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         PEERS[args.target]()
         return 0
     engine, loop, workers = ENGINES[args.target]
-    server = Server(echo, (HOST, 0), engine=engine, loop=loop, workers=workers, max_connections=MAX_CONNECTIONS)
+    server = Server(
+        echo,
+        (HOST, 0),
+        engine=engine,
+        loop=loop,
+        workers=workers,
+        max_connections=MAX_CONNECTIONS,
+        multiplexed=args.multiplexed,
+    )
     if workers == 1:
         server.serve_forever(ready=lambda: _ready(server.address))
     else:

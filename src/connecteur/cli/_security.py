@@ -131,7 +131,7 @@ def _auth_key(args: argparse.Namespace) -> bytes | None:
 def connect_or_fail(address: Address, args: argparse.Namespace, *, framing: Framing, **options: Any) -> Connection:
     """Connect with the security options, or exit with one line saying why not."""
     try:
-        conn: Connection = connect(  # the options' types are Any: no overload to pick
+        conn: Connection = connect(  # Annotated: with **options, several of connect's overloads match
             str(address),
             framing=framing,
             timeout=args.timeout,

@@ -23,11 +23,13 @@ from .. import _socket
 from .._channel import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from .._channel import PROXY_PROTOCOLS as PROXY_PROTOCOLS
 from .._channel import ChannelSpec
+from .._envelope import Heartbeat, heartbeat_of
 from .._keepalive import KeepaliveLike, as_keepalive
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, parse_address
 from ..codecs import Codec
 from ..errors import WorkersFailed
 from ..framing import Framing, LengthPrefixed
+from . import _multiplex
 from ._engine import (
     DEFAULT_MAX_BUFFERED,
     DEFAULT_MESSAGE_TIMEOUT,
@@ -104,13 +106,20 @@ def engine_config(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     max_buffered: int = DEFAULT_MAX_BUFFERED,
     keepalive: KeepaliveLike = None,
+    multiplexed: bool = False,
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
     Raises:
-        TypeError: the handler is neither form, or `keepalive` of the wrong type.
-        ValueError: an impossible limit.
+        TypeError: the handler is neither form, `keepalive` of the wrong type, or `heartbeat` neither form.
+        ValueError: an impossible limit, or a heartbeat without `multiplexed`.
     """
+    beat = heartbeat_of(heartbeat)
+    if beat is not None and not multiplexed:
+        raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
+    if multiplexed:  # the envelope is a handler and a codec around the user's: the engines see no difference
+        handler, codec = _multiplex.multiplexed(handler, codec, beat)
     _check_positive("handshake_timeout", handshake_timeout)
     tcp_keepalive = as_keepalive(keepalive)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
@@ -204,6 +213,18 @@ class Server:
         proxy_trusted: the networks (``"10.0.0.0/8"``, ``"::1"``, and
             ``"unix"`` for Unix socket peers) PROXY headers are accepted from;
             any other connection is closed. Required with `proxy_protocol`.
+        multiplexed: speak the multiplexing envelope (``docs/multiplexing.md``)
+            with clients that connect with ``multiplexed=True``: the handler
+            sees each request's payload and its reply carries the request's
+            id; a handler that raises answers that request with an error
+            reply (the client raises `RemoteError`) and the connection stays
+            open; one-way messages get no reply; ``peer.send`` sends one-way
+            messages. On the asyncio engine an ``async def`` handler's
+            replies leave as each finishes; on the others, in order.
+        heartbeat: with `multiplexed`, a `Heartbeat` or an ``(interval,
+            deadline)`` pair: ping a client silent for `interval` seconds,
+            close it once silent for ``interval + deadline``. None: no pings
+            (the server still answers the clients' pings).
 
     Raises:
         AddressError: the address cannot be parsed.
@@ -236,6 +257,8 @@ class Server:
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         proxy_protocol: str = "off",
         proxy_trusted: list[str] | tuple[str, ...] | None = None,
+        multiplexed: bool = False,
+        heartbeat: Heartbeat | tuple[float, float] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -281,6 +304,8 @@ class Server:
             ),
             handshake_timeout=handshake_timeout,
             keepalive=keepalive,
+            multiplexed=multiplexed,
+            heartbeat=heartbeat,
         )
         self._counters = self._config.counters
         self.engine: str = engine

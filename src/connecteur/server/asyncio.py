@@ -51,6 +51,7 @@ from ._engine import (
     shut_down,
 )
 from ._limits import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
+from ._multiplex import Unordered
 from ._peer import closed_locally
 from ._session import Session
 
@@ -426,7 +427,10 @@ class _AioLink(asyncio.BufferedProtocol):
 
     def _chain(self, reply: object, counts: bool) -> None:
         """Await `reply` (awaitable or not) behind the async replies already in flight."""
-        self._tail = self._engine.keep(asyncio.ensure_future(self._in_order(self._tail, reply, counts)))
+        if isinstance(reply, Unordered):  # a multiplexed request's: it leaves as soon as it is ready
+            self._engine.keep(asyncio.ensure_future(self._in_order(None, reply, counts)))
+        else:
+            self._tail = self._engine.keep(asyncio.ensure_future(self._in_order(self._tail, reply, counts)))
         self._update_reading()
 
     async def _in_order(self, previous: Awaitable[None] | None, reply: object, counts: bool) -> None:
