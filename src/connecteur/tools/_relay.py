@@ -31,6 +31,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Protocol, final
 
 from .. import _socket
@@ -268,10 +269,13 @@ class Flow:
         is_ended: the source's EOF was forwarded; nothing more will move.
         wants_write: a chunk is due now: watch `dest` for writability.
         timer_due: when this flow's live heap entry is due, None without one.
+        tap: None, or an observer (`connecteur.tools.trace`) called with each
+            read's bytes, and with ``b""`` for the source's EOF, once they
+            are queued and pumped: it sees every byte and holds none up.
     """
 
     __slots__ = ("_eof_due", "_fragment_sent_at", "_gate", "_pending", "_queued", "_source_ended", "dest", "faults",
-                 "forwarded", "is_ended", "relay", "source", "timer_due", "wants_write")  # fmt: skip
+                 "forwarded", "is_ended", "relay", "source", "tap", "timer_due", "wants_write")  # fmt: skip
 
     def __init__(self, relay: Relay, source: socket.socket, dest: socket.socket, faults: FaultSettings) -> None:
         self.relay = relay
@@ -288,6 +292,7 @@ class Flow:
         self.is_ended = False
         self.wants_write = False
         self.timer_due: float | None = None
+        self.tap: Callable[[bytes], None] | None = None
 
     @property
     def wants_read(self) -> bool:
@@ -311,6 +316,8 @@ class Flow:
             self._source_ended = True
             self._eof_due = release
         self.pump()
+        if self.tap is not None:
+            self.tap(data)
 
     def _release_time(self) -> float:
         """Now plus the delay (± jitter), never before bytes already queued: a stream keeps its order."""
