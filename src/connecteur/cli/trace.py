@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from ..address import format_address
-from ..tools.trace import DEFAULT_PREVIEW, Trace, format_json, format_text
+from ..tools.trace import DEFAULT_PREVIEW, Trace, TraceEvent, format_json, format_text
 from ._describe import describe_codec, describe_framing
 from ._options import (
     CODEC_NAMES,
@@ -58,18 +58,21 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Relay and print until SIGINT or SIGTERM; return 0."""
+    """Relay and print until SIGINT or SIGTERM; return 0 (1 once stdout is closed: nothing to print to)."""
     framing = framing_option(args, "trace")
     show = format_json if args.json else format_text
+    stopped, broken = threading.Event(), threading.Event()
+
+    def report(event: TraceEvent) -> None:
+        try:
+            print(show(event), flush=True)
+        except OSError:  # stdout gone (`| head`): nothing left to trace for
+            broken.set()
+            stopped.set()
+
     trace = Trace(
-        args.target,
-        listen=args.listen,
-        framing=framing,
-        codec=args.codec,
-        preview=args.preview,
-        report=lambda event: print(show(event), flush=True),
+        args.target, listen=args.listen, framing=framing, codec=args.codec, preview=args.preview, report=report
     )
-    stopped = threading.Event()
     with stop_on_signals(stopped):
         try:
             trace.start()
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             stopped.wait()
         finally:
             trace.stop()
+    if broken.is_set():
+        raise BrokenPipeError  # main() ends quietly, as for any command whose reader left
     return 0
 
 

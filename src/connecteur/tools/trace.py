@@ -43,7 +43,7 @@ from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_addr
 from ..codecs import Codec
 from ..errors import FramingError, TruncatedMessage
 from ..framing import Decoder, Framing
-from ._relay import Flow, Relay, close_socket
+from ._relay import Flow, Relay, close_socket, logger
 from .proxy import Faults
 
 __all__ = ["DEFAULT_PREVIEW", "Trace", "TraceEvent", "format_json", "format_text"]
@@ -58,6 +58,7 @@ Direction = Literal["->", "<-", ""]
 """``->``: client to target; ``<-``: target to client; ``""``: the whole connection."""
 
 _NO_FAULTS: Final = Faults()
+_UNREACHABLE: Final = "the target could not be reached"
 _ACCEPT = object()  # selector data of the listening socket
 _WAKE = object()  # selector data of the wake-up socket
 
@@ -230,7 +231,8 @@ class Trace:
         framing: the framing both directions speak; its ``max_size`` bounds
             each direction's decoder.
         report: called with each `TraceEvent`, on the relay's thread; it
-            should be quick (relaying waits for it).
+            should be quick (relaying waits for it). An exception it raises
+            is logged (logger ``connecteur.proxy``) and relaying goes on.
         listen: where to listen; port 0 picks a free port (see `address`).
         codec: decodes each message for `TraceEvent.value`; None: bytes only.
         preview: bytes of each message kept in `TraceEvent.preview`, and
@@ -341,7 +343,7 @@ class _Loop:
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         self.rng = random.Random()  # part of the RelayLoop interface; only faults draw from it
         self.preview = trace._preview
-        self.report = trace._report
+        self._report = trace._report
         self._framing = trace._framing
         self._codec = trace._codec
         self._repr = _value_repr(self.preview)
@@ -410,7 +412,7 @@ class _Loop:
         except OSError as exc:
             close_socket(client, reset=False)
             self.report(TraceEvent(time.time(), number, "open", detail=name))
-            self.report(TraceEvent(time.time(), number, "close", detail=f"cannot connect: {exc.strerror or exc}"))
+            self.report(TraceEvent(time.time(), number, "close", detail=f"{_UNREACHABLE}: {exc.strerror or exc}"))
             return exc.errno in RESOURCE_ERRNOS
         relay = Relay(self, client, target, upstream=_NO_FAULTS, downstream=_NO_FAULTS, name=name)
         relay.upstream.tap = _Tap(self, number, "->", self._framing.decoder())
@@ -419,6 +421,13 @@ class _Loop:
         self.report(TraceEvent(time.time(), number, "open", detail=name))
         relay.start()
         return False
+
+    def report(self, event: TraceEvent) -> None:
+        """Hand `event` to the trace's callback; a callback's bug is logged, and relaying goes on."""
+        try:
+            self._report(event)
+        except Exception:
+            logger.exception("the trace's report callback failed on %r", event)
 
     def decode(self, message: bytes) -> tuple[str | None, str]:
         """The codec's value of `message` as a truncated repr, and why decoding failed ("" if it did not)."""
@@ -447,6 +456,6 @@ class _Loop:
             number = self._relays.pop(relay, None)
             if number is not None:
                 up, down = relay.upstream.forwarded, relay.downstream.forwarded
-                detail = f"{up} B ->, {down} B <-" if relay.is_connected else "the target could not be reached"
+                detail = f"{up} B ->, {down} B <-" if relay.is_connected else _UNREACHABLE
                 size = up + down
                 self.report(TraceEvent(time.time(), number, "close", size=size, detail=detail))
