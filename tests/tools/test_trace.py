@@ -139,6 +139,9 @@ def test_every_byte_passes_both_ways_and_each_message_is_one_event() -> None:
 def test_a_message_is_forwarded_before_it_is_reported() -> None:
     """The relay comes first: when the report runs (on the relay's thread), the target can already read the message.
 
+    (Once the connection to the target is made: until then, a client's bytes
+    are queued, and reporting them delays them by the report's time.)
+
     Were decoding first, the target's recv below would wait for bytes held by
     the very thread it blocks, and time out.
     """
@@ -148,7 +151,7 @@ def test_a_message_is_forwarded_before_it_is_reported() -> None:
         accepted: list[socket.socket] = []
 
         def report(event: TraceEvent) -> None:
-            if event.kind == "message":
+            if event.kind == "message" and event.direction == "->":
                 target = accepted[0]
                 target.settimeout(TIMEOUT)
                 seen.append(target.recv(100))
@@ -159,6 +162,10 @@ def test_a_message_is_forwarded_before_it_is_reported() -> None:
         ):
             accepted.append(listener.accept()[0])
             with accepted[0]:
+                # A reply first: once it is through, the relay's connection to
+                # the target is made (before, a client's bytes wait for it).
+                accepted[0].sendall(LENGTH.encode(b"hi"))
+                assert client.recv(100) == LENGTH.encode(b"hi")
                 client.sendall(LENGTH.encode(b"first"))
                 wait_until(lambda: seen, what="the report")
     assert seen == [LENGTH.encode(b"first")]
