@@ -274,13 +274,13 @@ def event(message: bytes, preview: int = 8, value: str | None = None, detail: st
 @pytest.mark.parametrize(
     ("message", "shown"),
     [
-        (b"hello", '"hello"'),
-        (b"a\tb\r", '"a\\tb\\r"'),
+        (b"hello", "'hello'"),
+        (b"a\tb\r", "'a\\tb\\r'"),
         (b"\x00\x01\xffabc", "00 01 ff 61 62 63"),
-        (b"0123456789", '"01234567"...'),
-        ("abcdefg\u00e9".encode(), '"abcdefg"...'),  # "\u00e9" cut in two: text up to it
+        (b"0123456789", "'01234567'..."),
+        ("abcdefg\u00e9".encode(), "'abcdefg'..."),  # "\u00e9" cut in two: text up to it
         (b"\xe2\x80\xa8x", "e2 80 a8 78"),  # U+2028 would break a line
-        (b"", '""'),
+        (b"", "''"),
     ],
 )
 def test_text_lines_show_text_quoted_and_anything_else_in_hex(message: bytes, shown: str) -> None:
@@ -307,13 +307,14 @@ def test_json_lines_parse_and_carry_the_same_fields() -> None:
 
 
 def test_a_codec_adds_the_value_truncated_or_why_it_failed() -> None:
-    up = wire(LENGTH, [b'{"a": [1, 2]}', b"not json", b'"' + b"x" * 1000 + b'"'])
+    up = wire(LENGTH, [b'{"a": [1, 2]}', b"not json", b'"' + b"x" * 1000 + b'"', b'{"z": 1, "a": 2}'])
     events, _, _ = exchange(LENGTH, up, b"", codec=Json(), preview=16)
-    first, bad, long = of(events, "message", "->")
+    first, bad, long, unsorted = of(events, "message", "->")
     assert first.value == "{'a': [1, 2]}" and not first.detail
     assert bad.value is None and "not JSON" in bad.detail
     assert long.value is not None and len(long.value) <= 16 + 3 and "..." in long.value
-    assert format_text(first).endswith(' 13 B "{\\"a\\": [1, 2]}" = {\'a\': [1, 2]}')
+    assert unsorted.value == "{'z': 1, 'a': 2}"  # as sent: reprlib alone would sort the keys
+    assert format_text(first).endswith(""" 13 B '{"a": [1, 2]}' = {'a': [1, 2]}""")
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -117,10 +117,10 @@ def _shown_preview(event: TraceEvent) -> tuple[str, str, bool]:
 
 
 def format_text(event: TraceEvent) -> str:
-    """One line for people: ``12:00:01.000123 -> #1 5 B "hello"``.
+    """One line for people: ``12:00:01.000123 -> #1 5 B 'hello'``.
 
-    Local time; text previews are quoted (control characters escaped as in
-    JSON), others are hex; ``...`` marks a truncated preview or value.
+    Local time; a text preview is quoted as a Python string (tabs and line
+    ends escaped), any other in hex; ``...`` marks a truncated preview or value.
     """
     when = datetime.fromtimestamp(event.time).strftime("%H:%M:%S.%f")
     head = f"{when} {event.direction or '--'} #{event.connection}"
@@ -131,7 +131,7 @@ def format_text(event: TraceEvent) -> str:
     if event.kind == "error":
         return f"{head} framing error, no longer decoded (bytes still relayed): {event.detail}"
     form, preview, truncated = _shown_preview(event)
-    line = f"{head} {event.size} B {json.dumps(preview, ensure_ascii=False) if form == 'text' else preview}"
+    line = f"{head} {event.size} B {repr(preview) if form == 'text' else preview}"
     line += "..." if truncated else ""
     if event.value is not None:
         line += f" = {event.value}"
@@ -202,9 +202,22 @@ class _Tap:
         return TraceEvent(time.time(), self._connection, kind, self._direction, **fields)
 
 
+class _ValueRepr(reprlib.Repr):
+    """`reprlib.Repr`, but a dict keeps its order (reprlib sorts the keys: not what the peer sent)."""
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = itertools.islice(x.items(), self.maxdict)
+        pieces = [f"{self.repr1(key, level - 1)}: {self.repr1(value, level - 1)}" for key, value in items]
+        return "{" + ", ".join(pieces) + (", ...}" if len(x) > self.maxdict else "}")
+
+
 def _value_repr(width: int) -> reprlib.Repr:
     """A repr whose cost is bounded, whatever the size of the value (a 16 MiB string, a long list)."""
-    shown = reprlib.Repr()
+    shown = _ValueRepr()
     shown.maxlevel = 3
     shown.maxstring = shown.maxother = shown.maxlong = max(width, 8)
     return shown
