@@ -317,6 +317,21 @@ def test_a_codec_adds_the_value_truncated_or_why_it_failed() -> None:
     assert format_text(first).endswith(""" 13 B '{"a": [1, 2]}' = {'a': [1, 2]}""")
 
 
+class BuggyCodec:
+    def encode(self, value: object) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> object:
+        return 1 // len(data)
+
+
+def test_a_codec_that_raises_its_own_error_is_reported_and_relaying_goes_on() -> None:
+    events, _, _ = exchange(LENGTH, wire(LENGTH, [b"", b"x"]), b"", codec=BuggyCodec())
+    empty, one = of(events, "message", "->")
+    assert (empty.value, empty.detail) == (None, "ZeroDivisionError: integer division or modulo by zero")
+    assert (one.value, one.detail) == ("1", "")
+
+
 # --- the command line ----------------------------------------------------------------------
 
 

@@ -448,8 +448,10 @@ class _Loop:
             return None, ""
         try:
             value = self._codec.decode(message)
-        except FramingError as exc:
+        except FramingError as exc:  # CodecError: the peer's bytes
             return None, str(exc)
+        except Exception as exc:  # a codec's own bug: say so, and keep relaying
+            return None, f"{type(exc).__name__}: {exc}"
         shown = self._repr.repr(value)
         return (shown if len(shown) <= self.preview else shown[: self.preview] + "..."), ""
 
