@@ -282,6 +282,7 @@ class Flow:
         self.source = source
         self.dest = dest
         self.faults = faults
+        self.tap: Callable[[bytes], None] | None = None
         self._pending: deque[tuple[float, memoryview]] = deque()  # (may leave at, bytes)
         self._queued = 0  # bytes in _pending
         self._source_ended = False
@@ -292,7 +293,6 @@ class Flow:
         self.is_ended = False
         self.wants_write = False
         self.timer_due: float | None = None
-        self.tap: Callable[[bytes], None] | None = None
 
     @property
     def wants_read(self) -> bool:
