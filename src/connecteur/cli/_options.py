@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import re
+import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from .. import Keepalive
@@ -47,6 +49,7 @@ __all__ = [
     "seconds_argument",
     "show_bytes",
     "size_argument",
+    "stop_on_signals",
 ]
 
 FRAMING_NAMES = (
@@ -346,3 +349,21 @@ class Printer(threading.Thread):
 def show_bytes(message: bytes) -> str:
     """A message for a terminal: UTF-8, undecodable bytes escaped."""
     return bytes(message).decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def stop_on_signals(event: threading.Event) -> Iterator[None]:
+    """Let SIGINT and SIGTERM set `event` (from the main thread; elsewhere they are left alone).
+
+    For the commands that relay until told to stop (``trace``); the previous
+    handlers come back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -33,6 +33,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Protocol, final
 
 from .. import _socket
@@ -283,10 +284,13 @@ class Flow:
         is_ended: the source's EOF was forwarded; nothing more will move.
         wants_write: a chunk is due now: watch `dest` for writability.
         timer_due: when this flow's live heap entry is due, None without one.
+        tap: None, or an observer (`connecteur.tools.trace`) called with each
+            read's bytes, and with ``b""`` for the source's EOF, once they
+            are queued and pumped: it sees every byte and holds none up.
     """
 
     __slots__ = ("_eof_due", "_fragment_sent_at", "_gate", "_pending", "_queued", "_reset_since", "_source_ended",
-                 "_timeout_since", "dest", "faults", "forwarded", "is_ended", "relay", "source", "timer_due",
+                 "_timeout_since", "dest", "faults", "forwarded", "is_ended", "relay", "source", "tap", "timer_due",
                  "wants_write")  # fmt: skip
 
     def __init__(self, relay: Relay, source: socket.socket, dest: socket.socket, faults: FaultSettings) -> None:
@@ -294,6 +298,7 @@ class Flow:
         self.source = source
         self.dest = dest
         self.faults = faults
+        self.tap: Callable[[bytes], None] | None = None
         self._pending: deque[tuple[float, memoryview]] = deque()  # (may leave at, bytes)
         self._queued = 0  # bytes in _pending
         self._source_ended = False
@@ -339,6 +344,8 @@ class Flow:
             self._source_ended = True
             self._eof_due = release
         self.pump()
+        if self.tap is not None:
+            self.tap(data)
 
     def _release_time(self) -> float:
         """Now plus the delay (± jitter), never before bytes already queued: a stream keeps its order."""
