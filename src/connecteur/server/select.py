@@ -347,9 +347,11 @@ class _SelectLink:
     def on_readable(self) -> None:
         """Read once and hand the bytes to the session (a large message's body straight, uncopied)."""
         session = self.session
-        direct = session.recv_buffer()
+        decoder, body = session.direct, None
+        if decoder is not None and decoder.reading_body:
+            body = decoder.recv_buffer()
         try:
-            count = self.sock.recv_into(self._engine._buffer if direct is None else direct)
+            count = self.sock.recv_into(self._engine._buffer if body is None else body)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -357,7 +359,7 @@ class _SelectLink:
             return
         if not count:
             session.receive_eof()
-        elif direct is None:
+        elif body is None:
             session.receive_data(self._engine._view[:count])
         else:
             session.buffer_filled(count)
@@ -380,7 +382,6 @@ class _SelectLink:
                 outgoing[0] = chunk[sent:]
                 break
             outgoing.popleft()
-        self.session.account(self._queued)
         if self._queued:
             self._apply_backpressure()
             return
@@ -399,7 +400,6 @@ class _SelectLink:
                 return
         if session.new_deadline:
             self._arm_timer()
-        session.account(self._queued)
         if session.closing:
             if session.error is not None or not self._queued:
                 self._finish()
@@ -442,7 +442,9 @@ class _SelectLink:
         self._apply_backpressure()
 
     def _apply_backpressure(self) -> None:
+        """The queue changed: tell the session (for the budget); stop or resume reading past the water marks."""
         queued = self._queued
+        self.session.account(queued)
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
         elif not self._paused and queued > HIGH_WATER:
