@@ -64,6 +64,10 @@ class BlockingLink:
         self._config = config
         self._budget_room = threading.Event()  # cleared while paused for the budget
         self._budget_room.set()
+        # True while paused for the budget: read before each recv, where an
+        # Event.wait() would cost three Python calls even when it is set.
+        self._budget_paused = False
+        self._due: float | None = None  # the deadline the socket's timeout counts down to
         self._evicted: OverBudget | None = None
         self._on_end = on_end
         self._sock = sock
@@ -127,6 +131,7 @@ class BlockingLink:
 
     def pause_reading_for_budget(self, paused: bool) -> None:
         """Stop or resume reading for the process's memory budget (any thread)."""
+        self._budget_paused = paused
         if paused:
             self._budget_room.clear()
         else:
@@ -161,10 +166,12 @@ class BlockingLink:
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
         while not session.closing:
-            self._budget_room.wait()  # set again within the budget's grace period
-            self._set_timeout()
+            if self._budget_paused:
+                self._budget_room.wait()  # set again within the budget's grace period
+            if self._due is not None or session.new_deadline:
+                self._set_timeout()
             # Always into the own buffer, never straight into a large body
-            # (`Session.recv_buffer`): the budget is checked before each read, and
+            # (`Session.direct`): the budget is checked before each read, and
             # threads read at once, so each read must stay small (RECV_SIZE).
             try:
                 count = sock.recv_into(buffer)
@@ -183,7 +190,6 @@ class BlockingLink:
                 session.receive_data(view[:count])
             else:
                 session.receive_eof()
-            session.account(0)  # what a blocking loop holds is its decoder's
             self._flush()
 
     def _flush(self) -> None:
@@ -203,8 +209,14 @@ class BlockingLink:
         self._sock.sendall(data[0] if len(data) == 1 else b"".join(data))
 
     def _set_timeout(self) -> None:
-        """Wake the read when the session's next deadline falls."""
-        due = self.session.next_deadline()
+        """Wake the read when the session's next deadline falls.
+
+        Called before each read while a deadline is pending (the socket's
+        timeout is relative: it must shrink as time passes) and when the
+        session says one may have come earlier; with none pending and none
+        new, the socket already waits without a timeout.
+        """
+        self._due = due = self.session.next_deadline()
         if due is not None:
             # Never 0.0: that would make the socket non-blocking, not a timeout.
             self._sock.settimeout(max(1e-3, due - time.monotonic()))

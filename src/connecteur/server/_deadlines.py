@@ -37,6 +37,8 @@ class Deadlines:
         "_message_started",
         "_message_timeout",
         "is_active",
+        "notes_reads",
+        "tracks_activity",
     )
 
     def __init__(
@@ -57,6 +59,12 @@ class Deadlines:
         """True when any deadline is configured at all: engines skip the clock otherwise.
 
         An attribute, not a property: the hot path reads it per read."""
+        self.tracks_activity = idle_timeout is not None
+        """True when `moved` matters (an idle timeout is set); else it need not be called."""
+        self.notes_reads = self.tracks_activity
+        """True when `received` must hear of every read, even one that leaves no byte buffered:
+        an idle timeout is set, or a message is under way. Otherwise only a read that leaves
+        bytes buffered (a message begins) needs it, and the clock is not read for the others."""
 
     def _any_deadline(self) -> bool:
         return self._idle_timeout is not None or self._message_timeout is not None or self._handshake_due is not None
@@ -82,9 +90,11 @@ class Deadlines:
             self._last_activity = now
         if not buffered:
             self._message_started = None
+            self.notes_reads = self.tracks_activity
             return False
-        if completed or self._message_started is None:
+        if self._message_timeout is not None and (completed or self._message_started is None):
             self._message_started = now
+            self.notes_reads = True
             return True
         return False
 

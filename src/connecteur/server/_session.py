@@ -112,11 +112,20 @@ class Session:
     Attributes:
         peer: the connection as the handler sees it.
         capabilities: what the framing can do, probed once.
+        direct: the decoder, when the next read may go straight into the body
+            of a large message under way (see `DirectDecoder`): a loop reads
+            into ``direct.recv_buffer()`` while ``direct.reading_body``, then
+            calls `buffer_filled`. None when it cannot (no such decoder, or a
+            channel in front that must see every byte). An attribute, not a
+            call: a loop checks it before every read.
         closing: True once no more bytes are to be read: close when what
             `data_to_send` gave is written, or at once if `error` is set.
         error: why the connection ends, once it fails (logged already).
         new_deadline: True when a deadline may have moved earlier since the
             loop last asked `next_deadline`; the loop clears it.
+        pending_replies: async replies handed out or to be, not back yet
+            (later replies wait behind them): a loop with none skips
+            `take_async_replies`, and stops reading past a limit.
     """
 
     __slots__ = (
@@ -125,7 +134,7 @@ class Session:
         "_awaiting",
         "_batch",
         "_budget",
-        "_chained",
+        "_buffered",
         "_channel",
         "_config",
         "_deadlines",
@@ -139,12 +148,15 @@ class Session:
         "_on_reply",
         "_out",
         "_plain",
+        "_queued",
         "_traffic",
         "capabilities",
         "closing",
+        "direct",
         "error",
         "new_deadline",
         "peer",
+        "pending_replies",
     )
 
     def __init__(
@@ -173,19 +185,22 @@ class Session:
         self._direct: DirectDecoder | None = direct_decoder(self._decoder)
         # PROXY header, TLS, authentication; None once open if it has nothing left to do.
         self._channel = config.channel.open(address)
+        self.direct = self._direct if self._channel is None else None
         self._deadlines = config.deadlines(clock)
         self._traffic = traffic
         self._budget = budget
         self._holder: Holder | None = holder  # None once ended: it holds this session (a cycle)
         self._held = 0  # bytes held, as last told to the budget
+        self._buffered = 0  # the decoder's bytes after the last read, for the budget
+        self._queued = 0  # the loop's bytes not yet written, as it last told (`account`)
         self._lock = lock
         self._on_open = on_open
         self._on_reply = on_reply
         self._async_replies = async_replies
         self._awaiting: list[tuple[object, bool]] = []  # for take_async_replies: (reply, counts)
-        self._chained = 0  # async replies handed out or to be, not yet back: later ones wait behind them
+        self.pending_replies = 0
         self._out: list[Buffer] = []  # for data_to_send, in order
-        self._plain = config.handler.is_plain  # answered by _answer_plain
+        self._plain = config.handler.is_plain  # answered in _received
         # While handler calls run, the replies and peer.send() messages they
         # produce, to leave as one buffer after them; a close waits for them.
         self._batch: list[bytes] | None = None
@@ -237,6 +252,8 @@ class Session:
         self._out_append(channel.data_to_send())
         if not was_open and channel.is_open:
             self._channel = channel_opened(channel, self.peer, self._deadlines)
+            if self._channel is None:
+                self.direct = self._direct
             self.new_deadline = True
             self._announce()
         return data if self._announced and self.error is None else None
@@ -248,18 +265,8 @@ class Session:
 
     # --- bytes in ----------------------------------------------------------------
 
-    def recv_buffer(self) -> memoryview | None:
-        """Where the next read may go straight (the body of a large message under way); None: anywhere.
-
-        After reading ``count`` bytes into it, call `buffer_filled` instead of `receive_data`.
-        """
-        direct = self._direct
-        if direct is not None and direct.reading_body and self._channel is None:
-            return direct.recv_buffer()
-        return None
-
     def buffer_filled(self, count: int) -> None:
-        """`count` bytes (not 0) were read into `recv_buffer()`."""
+        """`count` bytes (not 0) were read into ``direct.recv_buffer()`` (see `direct`)."""
         assert self._direct is not None
         self._received(self._direct.buffer_filled(count), count)
 
@@ -292,18 +299,43 @@ class Session:
         self.fail(exc)
 
     def _received(self, messages: list[bytes], size: int) -> None:
-        """`size` bytes were decoded into `messages`: note the time, count, answer."""
+        """`size` bytes were decoded into `messages`: note the time, count, answer.
+
+        A plain function (`_plain`) is answered here, the hot path of a
+        server: one handler loop for the read's messages, their replies
+        framed at once (`_emit_replies`), the clock read only when a deadline
+        needs it. Anything else (async replies, a handler object, replies
+        still in flight before these) goes through `_dispatch`.
+        """
+        buffered = self._decoder.buffered
+        if buffered != self._buffered:
+            self._buffered = buffered
+            self._tell_budget()
         deadlines = self._deadlines
-        if deadlines.is_active and deadlines.received(bool(messages), self._decoder.buffered):
+        if deadlines.is_active and (buffered or deadlines.notes_reads) and deadlines.received(bool(messages), buffered):
             self.new_deadline = True
+        traffic = self._traffic
+        traffic.bytes_in += size
         if not messages:
-            self._traffic.bytes_in += size
-        elif self._plain and not self._chained:
-            self._answer_plain(messages, size)
-        else:
-            self._traffic.messages_in += len(messages)
-            self._traffic.bytes_in += size
+            return
+        traffic.messages_in += len(messages)
+        if not self._plain or self.pending_replies:
             self._dispatch(messages)
+            return
+        replies: list[Buffer] = []
+        failure: HandlerFailed | None = None
+        stop, pending = len(messages), None
+        try:
+            stop, pending = self._config.handler.answer_plain(messages, replies, async_ok=self._async_replies)
+        except HandlerFailed as exc:
+            failure = exc  # answer the messages before the one that failed, then close
+        if replies:
+            failure = self._emit_replies(replies) or failure
+        if failure is not None:
+            self.fail(failure)
+        elif pending is not None:  # an awaitable: it and the rest wait in the chain
+            self._chain(pending)
+            self._dispatch(messages[stop + 1 :])
 
     # --- the handler ---------------------------------------------------------------
 
@@ -335,45 +367,21 @@ class Session:
         finally:
             self._batch = None
         self._emit_batch(replies)
-        if self.closing and not self._chained:
+        if self.closing and not self.pending_replies:
             self._close_channel()
 
     def _call_async(self, message: bytes) -> Buffer | None:
         """The handler's reply to `message`, or None when it joins the chain of async replies."""
         handler = self._config.handler
         reply = handler.received_maybe_async(self.peer, message)
-        if self._chained or (type(reply) is not bytes and inspect.isawaitable(reply)):
+        if self.pending_replies or (type(reply) is not bytes and inspect.isawaitable(reply)):
             self._chain(reply)  # behind the replies in flight, even a ready one: order
             return None
         return handler.check_reply(reply)
 
     def _chain(self, reply: object, *, counts: bool = True) -> None:
-        self._chained += 1
+        self.pending_replies += 1
         self._awaiting.append((reply, counts))
-
-    def _answer_plain(self, messages: list[bytes], size: int) -> None:
-        """`_dispatch` for a plain function, the hot path of a server: the `size` bytes read held `messages`.
-
-        One handler loop and one framing call per read, the counters with no
-        lock (`Traffic`), and the clock read only when a timeout is set.
-        """
-        replies: list[Buffer] = []
-        failure: HandlerFailed | None = None
-        stop, pending = len(messages), None
-        try:
-            stop, pending = self._config.handler.answer_plain(messages, replies, async_ok=self._async_replies)
-        except HandlerFailed as exc:
-            failure = exc  # answer the messages before the one that failed, then close
-        traffic = self._traffic
-        traffic.messages_in += len(messages)
-        traffic.bytes_in += size
-        if replies:
-            failure = self._emit_replies(replies) or failure
-        if failure is not None:
-            self.fail(failure)
-        elif pending is not None:  # an awaitable: it and the rest wait in the chain
-            self._chain(pending)
-            self._dispatch(messages[stop + 1 :])
 
     def _emit_replies(self, replies: list[Buffer]) -> HandlerFailed | None:
         """Frame and queue a plain handler's `replies`; the failure of one too large (those before it leave)."""
@@ -406,7 +414,7 @@ class Session:
 
     def reply(self, result: object, *, counts: bool = True, error: Exception | None = None) -> None:
         """An async reply came back (in order): frame and queue it; `error` if awaiting it raised."""
-        self._chained -= 1
+        self.pending_replies -= 1
         try:
             if error is not None:
                 raise HandlerFailed("received", error) from error
@@ -420,13 +428,8 @@ class Session:
                     self._emit((data,), 1, len(data))
         except HandlerFailed as exc:
             self.fail(exc)
-        if self.closing and not self._chained:
+        if self.closing and not self.pending_replies:
             self._close_channel()
-
-    @property
-    def pending_replies(self) -> int:
-        """Async replies not back yet: a loop stops reading past a limit."""
-        return self._chained
 
     # --- bytes out -------------------------------------------------------------------
 
@@ -466,7 +469,7 @@ class Session:
             traffic = self._traffic
             traffic.messages_out += messages
             traffic.bytes_out += size
-            if self._deadlines.is_active:
+            if self._deadlines.tracks_activity:
                 self._deadlines.moved()
             if self._channel is not None:
                 self._out.append(self._channel.send(parts[0] if len(parts) == 1 else b"".join(parts)))
@@ -494,7 +497,7 @@ class Session:
         if self.closing:
             return
         self.closing = True
-        if self._batch is None and not self._chained:  # else once the handler calls and async replies are done
+        if self._batch is None and not self.pending_replies:  # else once the handler calls and async replies are done
             self._close_channel()
 
     def _close_channel(self) -> None:
@@ -514,7 +517,7 @@ class Session:
         `closing` alone says so on loops without async replies; with them, a
         clean close also waits until none is pending.
         """
-        return self.closing and (self.error is not None or not self._chained)
+        return self.closing and (self.error is not None or not self.pending_replies)
 
     def fail(self, error: BaseException) -> None:
         """The connection must close at once because of `error`: log it as its kind deserves, keep it for the report."""
@@ -542,8 +545,16 @@ class Session:
     # --- memory ------------------------------------------------------------------------
 
     def account(self, queued: int) -> None:
-        """Tell the budget what this connection holds: the decoder's bytes and the `queued` ones not yet written."""
-        held = self._decoder.buffered + queued
+        """The loop's queue of bytes not yet written holds `queued` now: call when it changes.
+
+        The session tells the budget what the connection holds: these bytes
+        and its decoder's, which it follows itself.
+        """
+        self._queued = queued
+        self._tell_budget()
+
+    def _tell_budget(self) -> None:
+        held = self._buffered + self._queued
         if held != self._held and self._holder is not None:
             self._held = held
             self._budget.update(self._holder, held)
@@ -599,8 +610,8 @@ class Session:
         """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
         self._out = []
         self._awaiting = []
-        self._held = 0
+        self._held = self._buffered = self._queued = 0
         self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
-        self._direct = None
+        self._direct = self.direct = None
         self._channel = None
         self._on_open = self._on_reply = None  # they may hold the engine's object, which holds this session

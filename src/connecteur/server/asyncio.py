@@ -281,6 +281,7 @@ class _AioLink(asyncio.BufferedProtocol):
         self._close_asked = False  # close() called, not run yet
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
+        self._queued = 0  # the transport's write buffer, as last told to the session
         self.is_open = True
 
     # --- the Link interface ---------------------------------------------------
@@ -377,16 +378,17 @@ class _AioLink(asyncio.BufferedProtocol):
             return
         if out := session.data_to_send():
             self._write(transport, out)
-        for reply, counts in session.take_async_replies():
-            self._chain(reply, counts)
+        elif self._queued:
+            self._account()  # the transport's buffer drains without telling: look again
+        if session.pending_replies:
+            for reply, counts in session.take_async_replies():
+                self._chain(reply, counts)
         if session.new_deadline:
             self._arm_timer()
         if session.error is not None:
             self._fail(session.error)
-        elif session.close_expected():
+        elif session.closing and session.close_expected():
             transport.close()  # the transport flushes its buffer itself
-        else:
-            self._account()
 
     def _write(self, transport: asyncio.Transport, out: list[Buffer]) -> None:
         if transport.is_closing():
@@ -395,21 +397,26 @@ class _AioLink(asyncio.BufferedProtocol):
             transport.write(out[0])
         else:
             transport.writelines(out)
-        queued = transport.get_write_buffer_size()
+        queued = self._account()
         if queued > HARD_CAP:
             self.session.fail(
                 ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}")
             )
 
-    def _account(self) -> None:
-        """Tell the engine's budget what this connection holds now.
+    def _account(self) -> int:
+        """Tell the session (for the budget) what the transport holds now, if that changed; return it.
 
         The transport's queue drains without telling us: the budget's count of
-        it is as of this connection's last read or write, and a check past the
-        grace period closes connections on those counts.
+        it is as of this connection's last write, or its last read while
+        bytes were queued, and a check past the grace period closes
+        connections on those counts.
         """
         transport = self._transport
-        self.session.account(transport.get_write_buffer_size() if transport is not None else 0)
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        if queued != self._queued:
+            self._queued = queued
+            self.session.account(queued)
+        return queued
 
     def _update_reading(self) -> None:
         transport = self._transport

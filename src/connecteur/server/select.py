@@ -347,9 +347,11 @@ class _SelectLink:
     def on_readable(self) -> None:
         """Read once and hand the bytes to the session (a large message's body straight, uncopied)."""
         session = self.session
-        direct = session.recv_buffer()
+        decoder, body = session.direct, None
+        if decoder is not None and decoder.reading_body:
+            body = decoder.recv_buffer()
         try:
-            count = self.sock.recv_into(self._engine._buffer if direct is None else direct)
+            count = self.sock.recv_into(self._engine._buffer if body is None else body)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -357,7 +359,7 @@ class _SelectLink:
             return
         if not count:
             session.receive_eof()
-        elif direct is None:
+        elif body is None:
             session.receive_data(self._engine._view[:count])
         else:
             session.buffer_filled(count)
@@ -380,7 +382,6 @@ class _SelectLink:
                 outgoing[0] = chunk[sent:]
                 break
             outgoing.popleft()
-        self.session.account(self._queued)
         if self._queued:
             self._apply_backpressure()
             return
@@ -391,42 +392,48 @@ class _SelectLink:
         self._apply_backpressure()
 
     def _flush(self) -> None:
-        """Write what the session has to send; arm its next deadline; close when it says so."""
+        """Write what the session has to send; arm its next deadline; close when it says so.
+
+        The bytes leave now, in one system call, as far as the socket takes
+        them (several buffers, such as a large reply's header and body, in one
+        gathering ``sendmsg``, uncopied); the rest is queued, and so is all of
+        it while bytes before it wait in the queue.
+        """
         session = self.session
         if out := session.data_to_send():
-            self._write(out)
-            if not self.is_open:
+            if len(out) > _GATHER_MAX:
+                out = [b"".join(out)]
+            if self._queued:
+                self._queue_behind(out)
+            else:
+                try:
+                    sent = self.sock.send(out[0]) if len(out) == 1 else self.sock.sendmsg(out)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._fail(exc)
+                    return
+                if len(out) > 1 or sent < len(out[0]):
+                    self._queue_unsent(out, sent)
+            if not self.is_open:  # past the hard cap
                 return
         if session.new_deadline:
             self._arm_timer()
-        session.account(self._queued)
         if session.closing:
             if session.error is not None or not self._queued:
                 self._finish()
             else:
                 self._set_events(_WRITE)  # no more reading
 
-    def _write(self, buffers: list[Buffer]) -> None:
-        """Write `buffers` now, in one system call, as far as the socket takes them; queue the rest.
+    def _queue_behind(self, buffers: list[Buffer]) -> None:
+        """Queue `buffers` whole behind the bytes already waiting."""
+        for part in buffers:
+            self._outgoing.append(memoryview(part))
+            self._queued += len(part)
+        self._apply_backpressure()
 
-        Several buffers (a large reply's header and body) leave in one
-        gathering ``sendmsg``, uncopied.
-        """
-        if len(buffers) > _GATHER_MAX:
-            buffers = [b"".join(buffers)]
-        if self._queued:
-            for part in buffers:
-                self._outgoing.append(memoryview(part))
-                self._queued += len(part)
-            self._apply_backpressure()
-            return
-        try:
-            sent = self.sock.send(buffers[0]) if len(buffers) == 1 else self.sock.sendmsg(buffers)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fail(exc)
-            return
+    def _queue_unsent(self, buffers: list[Buffer], sent: int) -> None:
+        """Queue what a write of `buffers` that took `sent` bytes left."""
         for part in buffers:
             if sent >= len(part):
                 sent -= len(part)
@@ -442,7 +449,9 @@ class _SelectLink:
         self._apply_backpressure()
 
     def _apply_backpressure(self) -> None:
+        """The queue changed: tell the session (for the budget); stop or resume reading past the water marks."""
         queued = self._queued
+        self.session.account(queued)
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
         elif not self._paused and queued > HIGH_WATER:
