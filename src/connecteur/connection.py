@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Self, final, overload
 
 from . import _socket
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
+from ._skipping import report_skips
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -262,6 +263,7 @@ class Connection(Generic[T]):
         self._decoder: Decoder = self.framing.decoder()
         if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
             use_pool(BodyPool())  # large replies back to back reuse one body: no page faults for each
+        report_skips(self.framing, self._decoder, peer)
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._ready: deque[bytes] = deque()
@@ -619,6 +621,15 @@ class Connection(Generic[T]):
     def is_closed(self) -> bool:
         """True once `close()` has been called (or a send timed out)."""
         return self._closed
+
+    @property
+    def skipped(self) -> int:
+        """Messages from the peer over the framing's `max_size`, dropped (``on_oversize="skip"``); 0 otherwise.
+
+        Each is also logged, a WARNING on the ``connecteur.client`` logger;
+        `recv` simply returns the next message that fits.
+        """
+        return int(getattr(self._decoder, "skipped", 0))
 
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed), for `select`."""

@@ -32,6 +32,7 @@ __all__ = [
     "Running",
     "frame_replies",
     "log_closing",
+    "log_skipped",
     "logger",
     "running_handler",
 ]
@@ -108,21 +109,31 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     return error
 
 
-def _log_peer_fault(address: object, error: BaseException) -> None:
+def log_skipped(address: object, error: BaseException, log: logging.Logger = logger) -> None:
+    """Log a message over `max_size` dropped with the connection kept: a peer fault, like a close for one.
+
+    Clients pass their own `log`; the budget, `PEER_FAULT_LOG`, is the process's.
+    """
+    _log_peer_fault(address, error, "skipping a message from", log)
+
+
+def _log_peer_fault(
+    address: object, error: BaseException, doing: str = "closing", log: logging.Logger = logger
+) -> None:
     """A WARNING, or an INFO line once `PEER_FAULT_LOG`'s budget is spent."""
     left_out = PEER_FAULT_LOG.admit()
     if left_out is None:
-        logger.info("closing %s: %s", format_address(address), str(error))
+        log.info("%s %s: %s", doing, format_address(address), str(error))
         return
     if left_out:
         limit = PEER_FAULT_LOG
-        logger.warning(
+        log.warning(
             "... and %d more peer faults not logged as warnings (at most %d per %g s)",
             left_out,
             limit.lines,
             limit.interval,
         )
-    logger.warning("closing %s: %s", format_address(address), str(error))
+    log.warning("%s %s: %s", doing, format_address(address), str(error))
 
 
 def frame_replies(

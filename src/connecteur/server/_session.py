@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Protocol, final
 
 from .._channel import HANDSHAKE_ERRORS, Channel
-from ..errors import FramingError
+from ..errors import FramingError, MessageTooLarge
 from ..framing import LARGE_MESSAGE, BodyPool, Buffer, Decoder, DirectDecoder, Framing, batch_encoder, direct_decoder
 from ._budget import Budget, Holder
 from ._engine import EngineConfig, Traffic, channel_opened
-from ._handler import HandlerFailed, frame_replies, log_closing, logger
+from ._handler import HandlerFailed, frame_replies, log_closing, log_skipped, logger
 from ._peer import Link, Peer
 
 __all__ = ["Capabilities", "Lock", "Session"]
@@ -169,6 +169,8 @@ class Session:
         self.capabilities = Capabilities.probe(config.framing, self._decoder)
         if self.capabilities.pools_bodies and body_pool is not None:
             self._decoder.use_pool(body_pool)  # type: ignore[attr-defined]
+        if getattr(config.framing, "on_oversize", "close") == "skip":
+            self._decoder.on_skip = self._skipped  # type: ignore[attr-defined]
         # None: it cannot read straight into a large message.
         self._direct: DirectDecoder | None = direct_decoder(self._decoder)
         # PROXY header, TLS, authentication; None once open if it has nothing left to do.
@@ -285,6 +287,11 @@ class Session:
             return
         self._received(messages, 0)
         self.close()
+
+    def _skipped(self, error: MessageTooLarge) -> None:
+        """The decoder dropped a message over `max_size` (``on_oversize="skip"``): count it, log it."""
+        self._config.counters.skipped_message()
+        log_skipped(self.peer.address, error)
 
     def _framing_failed(self, exc: FramingError) -> None:
         """Answer the messages before the bad bytes, then fail."""
