@@ -185,6 +185,16 @@ class _DelimitedDecoder(_BufferDecoder):
             self._scanned = 0
         return pos
 
+    def eof(self) -> list[bytes]:
+        """Tell the decoder the stream has ended (see `_BufferDecoder.eof`).
+
+        Skipping, the bytes still held (a possible start of the delimiter)
+        belong to the skipped line: a clean end, as for the other framings.
+        """
+        if self._discarding and self._failure is None and not self._ended:
+            self._buf.clear()
+        return super().eof()
+
 
 # --- lines, CR tolerated --------------------------------------------------------
 
