@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from connecteur import Server, connect
 from connecteur.framing import Framing, LengthPrefixed, Lines
 from connecteur.tools.apps import echo
-from tests.support import TIMEOUT, wait_until
+from tests.support import TIMEOUT, recv_until_closed, wait_until
 
 Serve = Callable[..., Server]
 
@@ -61,3 +62,17 @@ def test_a_skip_is_a_rate_limited_peer_fault_warning(
     )
     # The peer-fault budget (10 a minute): the rest are INFO lines.
     assert [level for level, _ in skips] == [logging.WARNING] * 10 + [logging.INFO] * 2
+
+
+@pytest.mark.parametrize(
+    ("framing", "head"),
+    [(FRAMINGS[0].values[0], b"\x00\x10\x00\x00"), (FRAMINGS[1].values[0], b"")],
+    ids=["length", "lines"],
+)
+def test_message_timeout_still_bounds_a_message_being_skipped(serve: Serve, framing: Framing, head: bytes) -> None:
+    """Skipping keeps no bytes, but the message is still under way: a peer trickling it is the slowloris case."""
+    server = serve(echo, framing=framing, message_timeout=0.3)
+    with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
+        sock.sendall(head + b"x" * 200)  # 1 MiB announced (or a line of 200 bytes and counting), then silence
+        assert recv_until_closed(sock) == b""  # closed by the deadline, well before TIMEOUT
+    wait_until(lambda: server.stats.skipped == 1 and server.stats.errors == 1, what="the skip and the timeout counted")

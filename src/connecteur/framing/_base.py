@@ -100,8 +100,13 @@ class _BufferDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes received and not yet returned in a message, header bytes included."""
-        return len(self._buf)
+        """Bytes received and not yet returned in a message, header bytes included.
+
+        While a message is skipped, its bytes are dropped as they come, but it
+        is still under way: it counts 1 more (so that a server's
+        ``message_timeout`` bounds a peer trickling it, as any message).
+        """
+        return len(self._buf) + self._skipping()
 
     @property
     def held(self) -> int:
@@ -156,7 +161,7 @@ class _BufferDecoder:
         """
         self._check_usable()
         self._ended = True
-        pending = self.buffered
+        pending = self.buffered - self._skipping()  # a skipped message ending with the stream loses nothing
         if pending:
             raise TruncatedMessage(
                 f"the stream ended inside a message: {pending} bytes of it were received",
@@ -172,6 +177,10 @@ class _BufferDecoder:
 
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _skipping(self) -> int:
+        """1 while a message is being skipped, else 0."""
+        return self._skip_left > 0
 
     def _oversized(self, error: MessageTooLarge) -> None:
         """A message over `max_size` was found: raise `error`, or (skipping) count it and tell `on_skip`."""

@@ -477,6 +477,11 @@ class _SkippingLengthPrefixedDecoder(_LengthPrefixedDecoder):
 
     __slots__ = ()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned in a message; 1 while one is skipped (see `_BufferDecoder.buffered`)."""
+        return super().buffered + (self._skip_left > 0)
+
     def feed(self, data: Buffer) -> list[bytes]:
         """Drop the bytes of the message being skipped, then feed the rest (see `_LengthPrefixedDecoder.feed`)."""
         if self._skip_left and self._failure is None and not self._ended:

@@ -185,6 +185,9 @@ class _DelimitedDecoder(_BufferDecoder):
             self._scanned = 0
         return pos
 
+    def _skipping(self) -> int:
+        return self._discarding
+
     def eof(self) -> list[bytes]:
         """Tell the decoder the stream has ended (see `_BufferDecoder.eof`).
 
@@ -290,6 +293,9 @@ class _LinesDecoder(_BufferDecoder):
                 self._discarding = True
             pos, self._scanned = len(buf), 0  # skipping: the line's bytes go as they come
         return pos
+
+    def _skipping(self) -> int:
+        return self._discarding
 
 
 # --- decimal length prefix ------------------------------------------------------
