@@ -434,9 +434,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                 (size,) = self._unpack_from(buf, 0)
                 if size > self._max_size:
                     buf.clear()
-                    view = view[
-                        self._skip_frame(_too_large(size, self._max_size, "length header announces"), size, len(view)) :
-                    ]
+                    view = self._past_oversized(size, view)
                     continue
                 if size >= LARGE_MESSAGE:
                     buf.clear()
@@ -449,6 +447,11 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                 out.append(bytes(whole[header_size:]))
             buf.clear()
             self._need = header_size
+
+    def _past_oversized(self, size: int, view: memoryview) -> memoryview:
+        """A header announced `size` bytes, over the limit: raise, or skip them from the front of `view`; the rest."""
+        error = _too_large(size, self._max_size, "length header announces")
+        return view[self._skip_frame(error, size, len(view)) :]
 
     def _fill_body(self, view: memoryview, out: list[bytes]) -> memoryview:
         """Copy the front of `view` into the large message under way; return the rest of `view`."""
