@@ -7,8 +7,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from connecteur.server import _handler
-from connecteur.server._ratelimit import LogLimit
+from connecteur import _peerlog
+from connecteur._peerlog import LogLimit
 
 # CI machines are small and shared: no per-example deadline there.
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -20,4 +20,4 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def _fresh_peer_fault_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with the whole budget of peer-fault warnings: the level a test sees
     must not depend on how many bad peers the tests before it sent within the minute."""
-    monkeypatch.setattr(_handler, "PEER_FAULT_LOG", LogLimit())
+    monkeypatch.setattr(_peerlog, "PEER_FAULT_LOG", LogLimit())

@@ -34,6 +34,7 @@ from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, Chan
 from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import Keepalive, KeepaliveLike, as_keepalive
 from ._reconnect import Backoff
+from ._skipping import report_skips
 from .address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -416,6 +417,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             _socket.configure_stream(sock, self._keepalive)
         self.opened = self.closed.get_loop().create_future()
+        report_skips(self.framing, self.decoder, transport.get_extra_info("peername"))
         if self._spec is not None:
             self.channel = self._spec.open(transport.get_extra_info("peername"))
         if self.channel is None:
@@ -770,6 +772,15 @@ class Connection(Generic[T]):
     def is_closed(self) -> bool:
         """True once `close()` has been called."""
         return self._closed
+
+    @property
+    def skipped(self) -> int:
+        """Messages from the peer over the framing's `max_size`, dropped (``on_oversize="skip"``); 0 otherwise.
+
+        Each is also logged, a WARNING on the ``connecteur.client`` logger;
+        `recv` simply returns the next message that fits.
+        """
+        return int(getattr(self._protocol.decoder, "skipped", 0))
 
     async def __aenter__(self) -> Self:
         return self

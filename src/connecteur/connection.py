@@ -30,6 +30,7 @@ from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import KeepaliveLike, as_keepalive
 from ._multiplexed import MultiplexedConnection
 from ._reconnect import Backoff, ReconnectingConnection
+from ._skipping import report_skips
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, Timeout
@@ -411,6 +412,7 @@ class Connection(Generic[T]):
         self._decoder: Decoder = self.framing.decoder()
         if (use_pool := getattr(self._decoder, "use_pool", None)) is not None:
             use_pool(BodyPool())  # large replies back to back reuse one body: no page faults for each
+        report_skips(self.framing, self._decoder, peer)
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._ready: deque[bytes] = deque()
@@ -795,6 +797,15 @@ class Connection(Generic[T]):
         if not self._closed:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def skipped(self) -> int:
+        """Messages from the peer over the framing's `max_size`, dropped (``on_oversize="skip"``); 0 otherwise.
+
+        Each is also logged, a WARNING on the ``connecteur.client`` logger;
+        `recv` simply returns the next message that fits.
+        """
+        return int(getattr(self._decoder, "skipped", 0))
 
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed), for `select`."""

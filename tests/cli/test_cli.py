@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from connecteur.cli import main
 from connecteur.cli._options import framing_by_name, size_argument
 from connecteur.framing import Netstring
+from connecteur.server import Server
 from connecteur.server.workers import MAX_DEATHS
 from tests.support import TIMEOUT, kill_children, recv_until_closed
 
@@ -324,6 +326,60 @@ def test_a_digits_10_server_refuses_a_ten_gigabyte_header(serve_cli) -> None:  #
         sock.sendall(b"9999999999" + b"x" * 100)
         assert recv_until_closed(sock) == b""
     assert run("send", served.address, "--framing", "digits:10", "ok").stdout == "ok\n"
+
+
+def test_serve_on_oversize_skip_answers_the_messages_around_a_larger_one(serve_cli) -> None:  # type: ignore[no-untyped-def]
+    served = serve_cli("--max-size", "1KiB", "--on-oversize", "skip")
+    result = run("send", served.address, "--max-size", "1MiB", "--allow-unanswered", "first", "x" * 5000, "second")
+    assert (result.returncode, result.stdout) == (0, "first\nsecond\n"), result
+
+
+def _grow(message: bytes) -> bytes:
+    return b"y" * 300_000 if message == b"big" else message
+
+
+def test_send_on_oversize_skip_drops_a_larger_reply(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process: a server whose replies the CLI cannot produce. The skipped reply counts as an answer."""
+    server = Server(_grow, "127.0.0.1:0")
+    server.start()
+    try:
+        address = f"127.0.0.1:{server.address[1]}"  # type: ignore[index]
+        assert main(["send", address, "--max-size", "100", "--on-oversize", "skip", "first", "big", "second"]) == 0
+    finally:
+        server.stop(timeout=1.0)
+    assert capsys.readouterr().out == "first\nsecond\n"
+    (record,) = [r for r in caplog.records if r.name == "connecteur.client"]
+    assert record.levelno == logging.WARNING
+    assert re.fullmatch(
+        r"skipping a message from 127\.0\.0\.1:\d+: length header announces 300000 bytes; max_size is 100",
+        record.getMessage(),
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "send", "chat"])
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (
+            ["--framing", "netstring", "--on-oversize", "skip"],
+            ["--framing netstring", "--on-oversize skip needs one of"],
+        ),
+        (["--framing", "fixed:4", "--on-oversize", "skip"], ["length, field, digits, line, crlf, lines, not fixed"]),
+        (["--on-oversize", "drop"], ["--on-oversize", "'drop'", "close", "skip"]),
+    ],
+)
+def test_on_oversize_errors_are_one_line_with_status_2(
+    command: str, options: list[str], words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before connecting or listening (nothing listens on port 1)."""
+    more = {"serve": [], "send": ["x"], "chat": ["--name", "ann"]}[command]
+    assert main([command, "127.0.0.1:1", *more, *options]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"connecteur: {command}: "), err
+    for word in words:
+        assert word in err
 
 
 def test_serve_max_size_refuses_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]

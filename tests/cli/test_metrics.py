@@ -113,9 +113,23 @@ def test_scraped_counters_match_the_traffic(serve_metrics: Callable[..., Served]
         "connecteur_handshake_errors_total": 0,
         "connecteur_connections_evicted_total": 0,
         "connecteur_worker_restarts_total": 0,
+        "connecteur_messages_skipped_total": 0,
         "connecteur_connections_active": 0,
         "connecteur_server_info": 1,
     }
+    served.process.send_signal(signal.SIGINT)
+    assert served.process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("options", [ENGINES[0], ENGINES[3], ENGINES[4]])
+def test_skipped_messages_are_scraped(serve_metrics: Callable[..., Served], options: list[str]) -> None:
+    """``serve --on-oversize skip``: the connection goes on, and the skip is counted over every process."""
+    served = serve_metrics(*options, "--max-size", "100", "--on-oversize", "skip")
+    with connecteur.connect(served.address, timeout=TIMEOUT) as conn:
+        conn.send_many([b"small", b"x" * 101, b"x" * 5000])
+        assert conn.request(b"after") == b"small"
+        assert conn.recv() == b"after"
+    wait_until(lambda: scrape(served.metrics_url)["connecteur_messages_skipped_total"] == 2, what="the skips counted")
     served.process.send_signal(signal.SIGINT)
     assert served.process.wait(TIMEOUT) == 0
 

@@ -7,6 +7,8 @@ import ssl
 
 import pytest
 
+from connecteur import _peerlog
+from connecteur._peerlog import LogLimit
 from connecteur.errors import (
     AuthenticationError,
     CodecError,
@@ -15,9 +17,7 @@ from connecteur.errors import (
     Timeout,
     TruncatedMessage,
 )
-from connecteur.server import _handler
 from connecteur.server._handler import HandlerFailed, log_closing
-from connecteur.server._ratelimit import LogLimit
 
 ADDRESS = ("127.0.0.1", 40000)
 
@@ -90,7 +90,7 @@ def test_a_flood_of_bad_peers_is_bounded_and_counted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr(_handler, "PEER_FAULT_LOG", LogLimit(lines=10, interval=60.0, clock=clock))
+    monkeypatch.setattr(_peerlog, "PEER_FAULT_LOG", LogLimit(lines=10, interval=60.0, clock=clock))
     fault = TruncatedMessage("the stream ended inside a message", pending=3)
     with caplog.at_level(logging.WARNING, logger="connecteur.server"):
         for _ in range(1000):

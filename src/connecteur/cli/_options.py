@@ -19,6 +19,7 @@ from ..codecs import Codec, Json, MsgPack, Text
 from ..connection import Connection
 from ..errors import AddressError, ConnecteurError
 from ..framing import (
+    DEFAULT_LINE_MAX_SIZE,
     DEFAULT_MAX_SIZE,
     CloseDelimited,
     DecimalPrefixed,
@@ -29,6 +30,7 @@ from ..framing import (
     LengthPrefixed,
     Lines,
     Netstring,
+    OnOversize,
 )
 
 __all__ = [
@@ -68,27 +70,36 @@ _LARGEST_MAX_SIZE = 2**63
 _SIZE = re.compile(r"([0-9]{1,19})\s*([A-Za-z]*)")
 
 
-def framing_by_name(name: str, max_size: int | None = None) -> Framing:
+_SKIPPING = ("length", "field", "digits", "line", "crlf", "lines")
+"""The framings that can skip a message over --max-size (the others never see one, or cannot tell its end)."""
+
+
+def framing_by_name(name: str, max_size: int | None = None, on_oversize: OnOversize = "close") -> Framing:
     """Return the framing a command-line name stands for.
 
     Args:
         name: one of `FRAMING_NAMES`.
         max_size: the largest message, in bytes; None for the framing's own
             default (16 MiB; 64 KiB for lines).
+        on_oversize: ``"close"`` or ``"skip"``: what a message over
+            `max_size` does (``--on-oversize``).
 
     Raises:
-        ValueError: an unknown name or a bad size, in one line.
+        ValueError: an unknown name, a bad size, or a framing that cannot
+            skip, in one line.
     """
     kind, arg = _split_framing_name(name)
+    if on_oversize != "close" and kind not in _SKIPPING:
+        raise ValueError(f"--on-oversize {on_oversize} needs one of {', '.join(_SKIPPING)}, not {kind}")
     limit = {} if max_size is None else {"max_size": max_size}
     if kind == "length":
-        return LengthPrefixed(_LENGTH_HEADERS[arg or "4"], **limit)
+        return LengthPrefixed(_LENGTH_HEADERS[arg or "4"], **limit, on_oversize=on_oversize)
     if kind in ("line", "crlf"):
-        return Delimited(b"\n" if kind == "line" else b"\r\n", **limit)
+        return Delimited(b"\n" if kind == "line" else b"\r\n", **limit, on_oversize=on_oversize)
     if kind == "lines":
-        return Lines() if max_size is None else Lines(max_size)
+        return Lines(DEFAULT_LINE_MAX_SIZE if max_size is None else max_size, on_oversize=on_oversize)
     if kind == "field":
-        return _length_field(name, limit)
+        return _length_field(name, limit, on_oversize)
     if kind == "netstring":
         return Netstring(**limit)
     if kind == "close":
@@ -98,14 +109,14 @@ def framing_by_name(name: str, max_size: int | None = None) -> Framing:
         width = int(arg) if len(arg.lstrip("0")) <= 2 else 0
         if not 1 <= width <= 20:
             raise ValueError(f"the length takes from 1 to 20 digits, not {shown}")
-        return DecimalPrefixed(width, **limit)
+        return DecimalPrefixed(width, **limit, on_oversize=on_oversize)
     largest = DEFAULT_MAX_SIZE if max_size is None else max_size
     if len(arg.lstrip("0")) > len(str(largest)) or int(arg) > largest:
         raise ValueError(f"messages of {shown} bytes are over the largest, {largest} bytes (--max-size raises it)")
     return FixedLength(int(arg), **limit)
 
 
-def _length_field(name: str, limit: dict[str, int]) -> LengthField:
+def _length_field(name: str, limit: dict[str, int], on_oversize: OnOversize) -> LengthField:
     """``field:4:2`` is ``LengthField(offset=4, size=2)``; ``field:0:4le:-4:4``, a self-inclusive little-endian one."""
     match = _FIELD_NAME.fullmatch(name)
     assert match is not None  # _split_framing_name checked it
@@ -117,6 +128,7 @@ def _length_field(name: str, limit: dict[str, int]) -> LengthField:
         adjustment=int(adjustment or 0),
         strip=int(strip or 0),
         **limit,
+        on_oversize=on_oversize,
     )
 
 
@@ -161,18 +173,28 @@ def size_argument(text: str) -> int:
 
 
 def add_framing_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--framing`` and ``--max-size``; `framing_option` turns them into a framing."""
+    """Add ``--framing``, ``--max-size`` and ``--on-oversize``; `framing_option` turns them into a framing."""
     parser.add_argument("--framing", type=framing_argument, default="length", help=FRAMING_NAMES)
     parser.add_argument(
-        "--max-size", type=size_argument, metavar="BYTES",
+        "--max-size",
+        type=size_argument,
+        metavar="BYTES",
         help="the largest message, either way: 65536, 64KiB, 16MiB... (default 16MiB; 64KiB for line and crlf)",
+    )
+    parser.add_argument(
+        "--on-oversize", choices=("close", "skip"), default="close",
+        help="a message over --max-size closes the connection (close, the default) or is dropped "
+        "and counted, the connection kept (skip: " + ", ".join(_SKIPPING) + ")",
     )  # fmt: skip
 
 
 def framing_option(args: argparse.Namespace, command: str) -> Framing:
-    """The framing ``--framing`` and ``--max-size`` ask for; exits with a one-line error (status 2) if impossible."""
+    """The framing ``--framing``, ``--max-size`` and ``--on-oversize`` ask for.
+
+    Exits with a one-line error (status 2) if impossible.
+    """
     try:
-        return framing_by_name(args.framing, args.max_size)
+        return framing_by_name(args.framing, args.max_size, args.on_oversize)
     except ValueError as exc:
         fail(f"{command}: --framing {args.framing}: {exc}", status=2)
 

@@ -21,6 +21,20 @@ never a size announced: a decoder holds at most about twice the bytes of the
 message under way, plus `FIRST_BODY`; connecteur's decoders say how much in
 ``held`` (bytes of memory), next to ``buffered`` (bytes received).
 
+A message over ``max_size`` fails the decoder by default (`MessageTooLarge`:
+the connection closes). ``on_oversize="skip"`` (on `LengthPrefixed`,
+`LengthField`, `DecimalPrefixed`, `Delimited` and `Lines`) drops it instead:
+the bytes a header announced, or a line up to its delimiter, are discarded as
+they arrive, never kept (memory stays within ``max_size`` and a read, whatever
+size was announced), the decoder counts it in ``skipped`` and calls its
+``on_skip`` hook, and the next message follows. The policy is the framing's,
+beside the limit it applies to, so one object gives it to every engine, both
+clients and the command line; a `Server` or `connect` keyword would only
+duplicate it (and raise the question of which wins). Servers count skipped
+messages in `Stats.skipped` and log each as a peer fault; clients in their
+``skipped`` attribute. `FixedLength` and `TypeTagged` need no policy: their
+lengths are checked when the framing is made, so no message is ever over.
+
 The default framing, `LengthPrefixed`, is every server's hot path and has a
 decoder of its own (measured: see `_LengthPrefixedDecoder`), a `BodyPool` for
 the bodies of large messages, and ``encode_all``/``encode_parts`` for a
@@ -32,6 +46,7 @@ from ._base import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._base import Buffer as Buffer
 from ._base import Decoder as Decoder
 from ._base import Framing as Framing
+from ._base import OnOversize as OnOversize
 from ._base import batch_encoder as batch_encoder
 from .field import LengthField as LengthField
 from .length import DIRECT_READ as DIRECT_READ
@@ -63,6 +78,7 @@ __all__ = [
     "LengthPrefixed",
     "Lines",
     "Netstring",
+    "OnOversize",
     "TypeTagged",
     "batch_encoder",
     "direct_decoder",

@@ -4,7 +4,7 @@ buffer and error handling of decoders, and the limits every framing shares. No I
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from ..errors import FramingError, MessageTooLarge, TruncatedMessage
 
@@ -14,6 +14,7 @@ __all__ = [
     "Buffer",
     "Decoder",
     "Framing",
+    "OnOversize",
     "batch_encoder",
 ]
 
@@ -28,6 +29,11 @@ reserve gigabytes."""
 DEFAULT_LINE_MAX_SIZE: Final = 64 * 2**10
 """64 KiB: the longest line `Delimited` accepts by default, in bytes; lines are
 for text commands, and a peer that never sends a delimiter must not grow memory."""
+
+
+OnOversize: TypeAlias = Literal["close", "skip"]
+"""What a decoder does with a message over its framing's `max_size`: fail
+(``"close"``: the connection closes) or discard it and go on (``"skip"``)."""
 
 
 class Decoder(Protocol):
@@ -71,21 +77,36 @@ class _BufferDecoder:
     message found from the start of `buf` to `out` and return how many bytes
     they used. It raises `FramingError` for bad bytes; the decoder then stays
     failed, and the exception carries the messages found before the bad bytes.
+    A message over the limit goes through `_oversized` (or `_skip_frame`),
+    which raises, or, with ``on_oversize="skip"``, counts it so that the
+    parser can go past it.
     """
 
-    __slots__ = ("_buf", "_ended", "_failure")
+    __slots__ = ("_buf", "_ended", "_failure", "_skip", "_skip_left", "on_skip", "skipped")
 
-    def __init__(self) -> None:
+    def __init__(self, on_oversize: OnOversize = "close") -> None:
         self._buf = bytearray()
         # Why the decoder failed: the message, not the exception, whose traceback
         # would hold this decoder's frame (a cycle only the garbage collector frees).
         self._failure: str | None = None
         self._ended = False
+        self._skip = on_oversize == "skip"
+        self._skip_left = 0  # bytes of a skipped message still to come, dropped as they arrive
+        self.skipped = 0
+        """Messages over `max_size` discarded so far (``on_oversize="skip"``)."""
+        self.on_skip: Callable[[MessageTooLarge], object] | None = None
+        """Called with each message discarded, as the error it would have raised
+        (its size and limit), the moment it is found: the caller counts and logs it."""
 
     @property
     def buffered(self) -> int:
-        """Bytes received and not yet returned in a message, header bytes included."""
-        return len(self._buf)
+        """Bytes received and not yet returned in a message, header bytes included.
+
+        While a message is skipped, its bytes are dropped as they come, but it
+        is still under way: it counts 1 more (so that a server's
+        ``message_timeout`` bounds a peer trickling it, as any message).
+        """
+        return len(self._buf) + self._skipping()
 
     @property
     def held(self) -> int:
@@ -106,12 +127,15 @@ class _BufferDecoder:
 
         Raises:
             MessageTooLarge: a header announces more than `max_size` bytes
-                (raised as soon as the header is complete, before buffering).
+                (raised as soon as the header is complete, before buffering),
+                unless the framing skips such messages (``on_oversize="skip"``).
             FramingError: the bytes do not follow this framing, or the decoder
                 has already failed or seen `eof()`. The exception's `messages`
                 holds the complete messages that came before the bad bytes.
         """
         self._check_usable()
+        if self._skip_left:
+            data = self._discard(data)
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -129,14 +153,15 @@ class _BufferDecoder:
         """Tell the decoder the stream has ended.
 
         Returns:
-            ``[]`` when nothing is pending.
+            ``[]`` when nothing is pending, or only the rest of a message
+            being skipped (it was counted when found; nothing is lost).
 
         Raises:
             TruncatedMessage: part of a message is pending.
         """
         self._check_usable()
         self._ended = True
-        pending = self.buffered
+        pending = self.buffered - self._skipping()  # a skipped message ending with the stream loses nothing
         if pending:
             raise TruncatedMessage(
                 f"the stream ended inside a message: {pending} bytes of it were received",
@@ -153,6 +178,37 @@ class _BufferDecoder:
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _skipping(self) -> int:
+        """1 while a message is being skipped, else 0."""
+        return self._skip_left > 0
+
+    def _oversized(self, error: MessageTooLarge) -> None:
+        """A message over `max_size` was found: raise `error`, or (skipping) count it and tell `on_skip`."""
+        if not self._skip:
+            raise error
+        self.skipped += 1
+        if self.on_skip is not None:
+            self.on_skip(error)
+
+    def _skip_frame(self, error: MessageTooLarge, stop: int, end: int) -> int:
+        """`_oversized` for a frame that ends at `stop` of a buffer of `end` bytes: where parsing resumes.
+
+        What of the frame is not received yet is dropped as it arrives
+        (`_discard`), never kept: skipping a message holds no memory for it.
+        """
+        self._oversized(error)
+        if stop > end:
+            self._skip_left = stop - end
+            return end
+        return stop
+
+    def _discard(self, data: Buffer) -> memoryview:
+        """Drop the front of `data` that belongs to the message being skipped; return the rest, uncopied."""
+        view = memoryview(data).cast("B")
+        take = min(self._skip_left, len(view))
+        self._skip_left -= take
+        return view[take:]
+
 
 def batch_encoder(framing: Framing) -> Callable[[Sequence[Buffer]], bytes]:
     """Return a function giving the wire bytes of a list of messages, as `framing.encode` of each joined.
@@ -168,6 +224,12 @@ def batch_encoder(framing: Framing) -> Callable[[Sequence[Buffer]], bytes]:
         return own
     encode = framing.encode
     return lambda messages: b"".join([encode(message) for message in messages])
+
+
+def _check_on_oversize(on_oversize: str) -> OnOversize:
+    if on_oversize in ("close", "skip"):
+        return "close" if on_oversize == "close" else "skip"
+    raise ValueError(f"on_oversize must be 'close' or 'skip', not {on_oversize!r}")
 
 
 def _check_max_size(max_size: int, name: str = "max_size") -> int:

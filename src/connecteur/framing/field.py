@@ -11,7 +11,16 @@ from __future__ import annotations
 from typing import Final, Literal, final
 
 from ..errors import FramingError
-from ._base import DEFAULT_MAX_SIZE, Buffer, Decoder, _BufferDecoder, _check_max_size, _too_large
+from ._base import (
+    DEFAULT_MAX_SIZE,
+    Buffer,
+    Decoder,
+    OnOversize,
+    _BufferDecoder,
+    _check_max_size,
+    _check_on_oversize,
+    _too_large,
+)
 
 __all__ = ["LengthField"]
 
@@ -50,12 +59,15 @@ class LengthField:
         max_size: the largest message, in bytes: a frame minus its `strip`
             bytes. Checked the moment the length field is complete, before a
             byte of the rest is kept.
+        on_oversize: ``"close"`` (a message over `max_size` fails the
+            decoder) or ``"skip"`` (its frame is dropped as it arrives, counted,
+            and the next frame follows; see `LengthPrefixed`).
 
     Raises:
         ValueError: a parameter out of range.
     """
 
-    __slots__ = ("adjustment", "byteorder", "max_size", "offset", "size", "strip")
+    __slots__ = ("adjustment", "byteorder", "max_size", "offset", "on_oversize", "size", "strip")
 
     def __init__(
         self,
@@ -66,6 +78,7 @@ class LengthField:
         adjustment: int = 0,
         strip: int = 0,
         max_size: int = DEFAULT_MAX_SIZE,
+        on_oversize: OnOversize = "close",
     ) -> None:
         if _check_int(offset, "offset") < 0 or _check_int(strip, "strip") < 0:
             raise ValueError(f"LengthField offset and strip must not be negative, not {offset} and {strip}")
@@ -78,6 +91,7 @@ class LengthField:
         self.byteorder: Literal["big", "little"] = byteorder
         self.adjustment = _check_int(adjustment, "adjustment")
         self.strip = strip
+        self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
         largest = offset + size + 2 ** (8 * size) - 1 + adjustment  # the longest frame the field can give
         if largest < max(offset + size, strip):
             raise ValueError(
@@ -89,7 +103,8 @@ class LengthField:
     def __repr__(self) -> str:
         return (
             f"LengthField(offset={self.offset}, size={self.size}, byteorder={self.byteorder!r}, "
-            f"adjustment={self.adjustment}, strip={self.strip})"
+            f"adjustment={self.adjustment}, strip={self.strip}"
+            + (", on_oversize='skip')" if self.on_oversize == "skip" else ")")
         )
 
     @property
@@ -148,7 +163,7 @@ class _LengthFieldDecoder(_BufferDecoder):
     __slots__ = ("_adjustment", "_byteorder", "_header", "_max_size", "_offset", "_strip")
 
     def __init__(self, framing: LengthField) -> None:
-        super().__init__()
+        super().__init__(framing.on_oversize)
         self._offset = framing.offset
         self._header = framing.header_size
         self._byteorder = framing.byteorder
@@ -161,6 +176,10 @@ class _LengthFieldDecoder(_BufferDecoder):
         with memoryview(buf) as view:
             while end - pos >= header:
                 frame = self._frame_size(view[pos + self._offset : pos + header])
+                if frame - self._strip > self._max_size:
+                    error = _too_large(frame - self._strip, self._max_size, "length field announces a message of")
+                    pos = self._skip_frame(error, pos + frame, end)
+                    continue
                 if pos + frame > end:
                     break
                 out.append(bytes(view[pos + self._strip : pos + frame]))
@@ -168,7 +187,7 @@ class _LengthFieldDecoder(_BufferDecoder):
         return pos
 
     def _frame_size(self, field: memoryview) -> int:
-        """The whole frame's size from its length field; raises if it cannot be a frame or is too large."""
+        """The whole frame's size from its length field; raises if it cannot be a frame."""
         length = int.from_bytes(field, self._byteorder)
         frame = self._header + length + self._adjustment
         if frame < max(self._header, self._strip):
@@ -176,6 +195,4 @@ class _LengthFieldDecoder(_BufferDecoder):
                 f"length field {length} with adjustment {self._adjustment} gives a {frame}-byte frame, "
                 f"shorter than its {self._header}-byte header or the {self._strip} bytes to strip"
             )
-        if frame - self._strip > self._max_size:
-            raise _too_large(frame - self._strip, self._max_size, "length field announces a message of")
         return frame

@@ -15,7 +15,16 @@ from collections.abc import Iterable
 from typing import Final, Protocol, final
 
 from ..errors import FramingError
-from ._base import DEFAULT_MAX_SIZE, Buffer, Decoder, _BufferDecoder, _check_max_size, _too_large
+from ._base import (
+    DEFAULT_MAX_SIZE,
+    Buffer,
+    Decoder,
+    OnOversize,
+    _BufferDecoder,
+    _check_max_size,
+    _check_on_oversize,
+    _too_large,
+)
 
 __all__ = [
     "DIRECT_READ",
@@ -42,11 +51,17 @@ class LengthPrefixed:
             ``"!H"``, ``"!Q"``, or ``"<I"`` and friends for little-endian peers.
         max_size: the largest message, in bytes. The effective limit is the
             smaller of this and the largest length the header can express.
+        on_oversize: what a decoder does with a message over `max_size`:
+            ``"close"`` fails (the connection closes), ``"skip"`` drops its
+            bytes as they arrive, without keeping them, counts it, and goes
+            on with the next message (see the framing package).
     """
 
-    __slots__ = ("_struct", "header", "max_size")
+    __slots__ = ("_struct", "header", "max_size", "on_oversize")
 
-    def __init__(self, header: str = "!I", max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self, header: str = "!I", max_size: int = DEFAULT_MAX_SIZE, *, on_oversize: OnOversize = "close"
+    ) -> None:
         if not isinstance(header, str) or not _HEADER_FORMAT.fullmatch(header):
             raise ValueError(
                 f"bad length header {header!r}: expected a byte order (!, > or <) and one of B, H, I, L, Q"
@@ -54,9 +69,11 @@ class LengthPrefixed:
         self.header = header
         self._struct = struct.Struct(header)
         self.max_size = min(_check_max_size(max_size), 2 ** (8 * self._struct.size) - 1)
+        self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
 
     def __repr__(self) -> str:
-        return f"LengthPrefixed({self.header!r}, max_size={self.max_size})"
+        skip = ", on_oversize='skip'" if self.on_oversize == "skip" else ""
+        return f"LengthPrefixed({self.header!r}, max_size={self.max_size}{skip})"
 
     def encode(self, message: Buffer) -> bytes:
         """Return the length header followed by `message`.
@@ -106,6 +123,8 @@ class LengthPrefixed:
 
     def decoder(self) -> Decoder:
         """Return a new decoder for this header and limit."""
+        if self.on_oversize == "skip":
+            return _SkippingLengthPrefixedDecoder(self._struct, self.max_size, "skip")
         return _LengthPrefixedDecoder(self._struct, self.max_size)
 
 
@@ -214,7 +233,6 @@ def _doubled(body: memoryview, need: int, size: int) -> bytearray:
     return buffer
 
 
-@final
 class _LengthPrefixedDecoder(_BufferDecoder):
     """The default framing's decoder: the hot path of every server, so it has its own `feed`.
 
@@ -243,8 +261,8 @@ class _LengthPrefixedDecoder(_BufferDecoder):
         "reading_body",
     )
 
-    def __init__(self, header: struct.Struct, max_size: int) -> None:
-        super().__init__()
+    def __init__(self, header: struct.Struct, max_size: int, on_oversize: OnOversize = "close") -> None:
+        super().__init__(on_oversize)
         self._unpack_from = header.unpack_from
         self._header_size = header.size
         self._max_size = max_size
@@ -369,9 +387,10 @@ class _LengthPrefixedDecoder(_BufferDecoder):
             try:
                 while pos < end:
                     (size,) = unpack_from(data, pos)  # struct.error: part of a header left
-                    if size > max_size:
-                        raise _too_large(size, max_size, "length header announces")
                     stop = pos + header_size + size
+                    if size > max_size:
+                        pos = self._skip_frame(_too_large(size, max_size, "length header announces"), stop, end)
+                        continue
                     if stop > end:
                         if size >= LARGE_MESSAGE:
                             self._start_body(size)
@@ -412,7 +431,11 @@ class _LengthPrefixedDecoder(_BufferDecoder):
             buf += view[:missing]
             view = view[missing:]
             if self._need == header_size:  # the header is whole: now the message's size is known
-                size = self._checked_size(buf, 0)
+                (size,) = self._unpack_from(buf, 0)
+                if size > self._max_size:
+                    buf.clear()
+                    view = self._past_oversized(size, view)
+                    continue
                 if size >= LARGE_MESSAGE:
                     buf.clear()
                     self._start_body(size)
@@ -424,6 +447,11 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                 out.append(bytes(whole[header_size:]))
             buf.clear()
             self._need = header_size
+
+    def _past_oversized(self, size: int, view: memoryview) -> memoryview:
+        """A header announced `size` bytes, over the limit: raise, or skip them from the front of `view`; the rest."""
+        error = _too_large(size, self._max_size, "length header announces")
+        return view[self._skip_frame(error, size, len(view)) :]
 
     def _fill_body(self, view: memoryview, out: list[bytes]) -> memoryview:
         """Copy the front of `view` into the large message under way; return the rest of `view`."""
@@ -438,11 +466,29 @@ class _LengthPrefixedDecoder(_BufferDecoder):
             out.append(self._take_body(body))
         return view[take:]
 
-    def _checked_size(self, buf: Buffer, pos: int) -> int:
-        (size,) = self._unpack_from(buf, pos)
-        if size > self._max_size:
-            raise _too_large(size, self._max_size, "length header announces")
-        return int(size)
-
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:  # pragma: no cover - feed is overridden
         raise NotImplementedError
+
+
+@final
+class _SkippingLengthPrefixedDecoder(_LengthPrefixedDecoder):
+    """`_LengthPrefixedDecoder` for ``on_oversize="skip"``: drops the rest of a skipped message first.
+
+    A class of its own, chosen by `LengthPrefixed.decoder`, so that the
+    default decoder's `feed` (every server's hot path) tests nothing more.
+    """
+
+    __slots__ = ()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned in a message; 1 while one is skipped (see `_BufferDecoder.buffered`)."""
+        return super().buffered + (self._skip_left > 0)
+
+    def feed(self, data: Buffer) -> list[bytes]:
+        """Drop the bytes of the message being skipped, then feed the rest (see `_LengthPrefixedDecoder.feed`)."""
+        if self._skip_left and self._failure is None and not self._ended:
+            data = self._discard(data)
+            if not data:
+                return []
+        return super().feed(data)

@@ -15,8 +15,10 @@ from ._base import (
     DEFAULT_MAX_SIZE,
     Buffer,
     Decoder,
+    OnOversize,
     _BufferDecoder,
     _check_max_size,
+    _check_on_oversize,
     _too_large,
 )
 
@@ -99,18 +101,25 @@ class Delimited:
     Args:
         delimiter: the bytes that end a message (``b"\\n"`` for lines).
         max_size: the longest message, in bytes, delimiter excluded.
+        on_oversize: ``"close"`` (a longer message fails the decoder) or
+            ``"skip"`` (it is dropped up to the next delimiter, as its bytes
+            arrive, counted, and the next message follows; see `LengthPrefixed`).
     """
 
-    __slots__ = ("delimiter", "max_size")
+    __slots__ = ("delimiter", "max_size", "on_oversize")
 
-    def __init__(self, delimiter: bytes = b"\n", max_size: int = DEFAULT_LINE_MAX_SIZE) -> None:
+    def __init__(
+        self, delimiter: bytes = b"\n", max_size: int = DEFAULT_LINE_MAX_SIZE, *, on_oversize: OnOversize = "close"
+    ) -> None:
         if not isinstance(delimiter, bytes) or not delimiter:
             raise ValueError(f"the delimiter must be non-empty bytes, not {delimiter!r}")
         self.delimiter = delimiter
         self.max_size = _check_max_size(max_size)
+        self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
 
     def __repr__(self) -> str:
-        return f"Delimited({self.delimiter!r}, max_size={self.max_size})"
+        skip = ", on_oversize='skip'" if self.on_oversize == "skip" else ""
+        return f"Delimited({self.delimiter!r}, max_size={self.max_size}{skip})"
 
     def encode(self, message: Buffer) -> bytes:
         """Return `message` followed by the delimiter.
@@ -132,20 +141,25 @@ class Delimited:
 
     def decoder(self) -> Decoder:
         """Return a new decoder that cuts the stream after each delimiter."""
-        return _DelimitedDecoder(self.delimiter, self.max_size)
+        return _DelimitedDecoder(self.delimiter, self.max_size, self.on_oversize)
 
 
 @final
 class _DelimitedDecoder(_BufferDecoder):
-    """Resumes each delimiter search where the previous one stopped (linear time)."""
+    """Resumes each delimiter search where the previous one stopped (linear time).
 
-    __slots__ = ("_delimiter", "_max_size", "_scanned")
+    Skipping, it drops a line's bytes as soon as they cannot hold the start
+    of a delimiter, and drops what follows up to the next delimiter.
+    """
 
-    def __init__(self, delimiter: bytes, max_size: int) -> None:
-        super().__init__()
+    __slots__ = ("_delimiter", "_discarding", "_max_size", "_scanned")
+
+    def __init__(self, delimiter: bytes, max_size: int, on_oversize: OnOversize = "close") -> None:
+        super().__init__(on_oversize)
         self._delimiter = delimiter
         self._max_size = max_size
         self._scanned = 0  # bytes at the start of the buffer known to hold no delimiter
+        self._discarding = False  # skipping a line whose start was dropped: its delimiter ends the skip
 
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:
         delimiter, max_size = self._delimiter, self._max_size
@@ -153,16 +167,36 @@ class _DelimitedDecoder(_BufferDecoder):
         pos = 0
         search_from = self._scanned
         while (end := buf.find(delimiter, search_from)) >= 0:
-            if end - pos > max_size:
-                raise _too_large(end - pos, max_size, "line has")
-            out.append(bytes(buf[pos:end]))
+            if self._discarding:
+                self._discarding = False
+            elif end - pos > max_size:
+                self._oversized(_too_large(end - pos, max_size, "line has"))
+            else:
+                out.append(bytes(buf[pos:end]))
             pos = search_from = end + width
         pending = len(buf) - pos
         # The last width-1 bytes may be the start of a delimiter: search them again.
         self._scanned = max(0, pending - width + 1)
-        if self._scanned > max_size:
-            raise _too_large(self._scanned, max_size, "no delimiter after")
+        if self._scanned > max_size or (self._discarding and self._scanned):
+            if not self._discarding:
+                self._oversized(_too_large(self._scanned, max_size, "no delimiter after"))
+                self._discarding = True
+            pos += self._scanned  # skipping: what cannot hold the delimiter's start goes now
+            self._scanned = 0
         return pos
+
+    def _skipping(self) -> int:
+        return self._discarding
+
+    def eof(self) -> list[bytes]:
+        """Tell the decoder the stream has ended (see `_BufferDecoder.eof`).
+
+        Skipping, the bytes still held (a possible start of the delimiter)
+        belong to the skipped line: a clean end, as for the other framings.
+        """
+        if self._discarding and self._failure is None and not self._ended:
+            self._buf.clear()
+        return super().eof()
 
 
 # --- lines, CR tolerated --------------------------------------------------------
@@ -182,17 +216,24 @@ class Lines:
             ``\\r\\n``) excluded.
         crlf: whether `encode` ends lines with ``\\r\\n`` (for peers that
             want them) rather than ``\\n``. The decoder accepts both either way.
+        on_oversize: ``"close"`` (a longer line fails the decoder) or
+            ``"skip"`` (it is dropped up to the next ``\\n``, as its bytes
+            arrive, counted, and the next line follows; see `LengthPrefixed`).
     """
 
-    __slots__ = ("crlf", "max_size")
+    __slots__ = ("crlf", "max_size", "on_oversize")
 
-    def __init__(self, max_size: int = DEFAULT_LINE_MAX_SIZE, *, crlf: bool = False) -> None:
+    def __init__(
+        self, max_size: int = DEFAULT_LINE_MAX_SIZE, *, crlf: bool = False, on_oversize: OnOversize = "close"
+    ) -> None:
         self.max_size = _check_max_size(max_size)
         self.crlf = bool(crlf)
+        self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
 
     def __repr__(self) -> str:
         crlf = ", crlf=True" if self.crlf else ""
-        return f"Lines(max_size={self.max_size}{crlf})"
+        skip = ", on_oversize='skip'" if self.on_oversize == "skip" else ""
+        return f"Lines(max_size={self.max_size}{crlf}{skip})"
 
     def encode(self, message: Buffer) -> bytes:
         """Return `message` followed by ``\\n`` (``\\r\\n`` with `crlf`).
@@ -217,34 +258,44 @@ class Lines:
 
     def decoder(self) -> Decoder:
         """Return a new decoder that cuts the stream after each ``\\n`` and drops a ``\\r`` before it."""
-        return _LinesDecoder(self.max_size)
+        return _LinesDecoder(self.max_size, self.on_oversize)
 
 
 @final
 class _LinesDecoder(_BufferDecoder):
     """Resumes each search where the previous one stopped (linear time), like `_DelimitedDecoder`."""
 
-    __slots__ = ("_max_size", "_scanned")
+    __slots__ = ("_discarding", "_max_size", "_scanned")
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__()
+    def __init__(self, max_size: int, on_oversize: OnOversize = "close") -> None:
+        super().__init__(on_oversize)
         self._max_size = max_size
         self._scanned = 0  # bytes at the start of the buffer known to hold no b"\n"
+        self._discarding = False  # skipping a line whose start was dropped: the next b"\n" ends the skip
 
     def _parse(self, buf: bytearray, out: list[bytes]) -> int:
         max_size, pos = self._max_size, 0
         while (end := buf.find(b"\n", pos + self._scanned)) >= 0:
             stop = end - 1 if end > pos and buf[end - 1] == 0x0D else end
-            if stop - pos > max_size:
-                raise _too_large(stop - pos, max_size, "line has")
-            out.append(bytes(buf[pos:stop]))
+            if self._discarding:
+                self._discarding = False
+            elif stop - pos > max_size:
+                self._oversized(_too_large(stop - pos, max_size, "line has"))
+            else:
+                out.append(bytes(buf[pos:stop]))
             pos = end + 1
             self._scanned = 0
         self._scanned = len(buf) - pos
         # A line of max_size bytes may still be followed by its \r.
-        if self._scanned > max_size + 1 or (self._scanned == max_size + 1 and buf[-1] != 0x0D):
-            raise _too_large(self._scanned, max_size, "no end of line after")
+        if self._scanned > max_size + 1 or (self._scanned == max_size + 1 and buf[-1] != 0x0D) or self._discarding:
+            if not self._discarding:
+                self._oversized(_too_large(self._scanned, max_size, "no end of line after"))
+                self._discarding = True
+            pos, self._scanned = len(buf), 0  # skipping: the line's bytes go as they come
         return pos
+
+    def _skipping(self) -> int:
+        return self._discarding
 
 
 # --- decimal length prefix ------------------------------------------------------
@@ -262,18 +313,23 @@ class DecimalPrefixed:
             (`DEFAULT_MAX_SIZE`), like the other framings. The effective
             limit is the smaller of this and the largest number `width`
             digits can write.
+        on_oversize: ``"close"`` (a message over `max_size` fails the
+            decoder) or ``"skip"`` (it is dropped as it arrives, counted, and
+            the next message follows; see `LengthPrefixed`).
     """
 
-    __slots__ = ("max_size", "width")
+    __slots__ = ("max_size", "on_oversize", "width")
 
-    def __init__(self, width: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, width: int, max_size: int = DEFAULT_MAX_SIZE, *, on_oversize: OnOversize = "close") -> None:
         if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 20:
             raise ValueError(f"DecimalPrefixed width must be an int from 1 to 20, not {width!r}")
         self.width = width
         self.max_size = min(_check_max_size(max_size), 10**width - 1)
+        self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
 
     def __repr__(self) -> str:
-        return f"DecimalPrefixed({self.width}, max_size={self.max_size})"
+        skip = ", on_oversize='skip'" if self.on_oversize == "skip" else ""
+        return f"DecimalPrefixed({self.width}, max_size={self.max_size}{skip})"
 
     def encode(self, message: Buffer) -> bytes:
         """Return the decimal header followed by `message`.
@@ -288,15 +344,15 @@ class DecimalPrefixed:
 
     def decoder(self) -> Decoder:
         """Return a new decoder for this width and limit."""
-        return _DecimalPrefixedDecoder(self.width, self.max_size)
+        return _DecimalPrefixedDecoder(self.width, self.max_size, self.on_oversize)
 
 
 @final
 class _DecimalPrefixedDecoder(_BufferDecoder):
     __slots__ = ("_max_size", "_width")
 
-    def __init__(self, width: int, max_size: int) -> None:
-        super().__init__()
+    def __init__(self, width: int, max_size: int, on_oversize: OnOversize = "close") -> None:
+        super().__init__(on_oversize)
         self._width = width
         self._max_size = max_size
 
@@ -308,9 +364,10 @@ class _DecimalPrefixedDecoder(_BufferDecoder):
                 if not digits.isdigit():
                     raise FramingError(f"decimal length header {digits!r} is not {width} ASCII digits")
                 size = int(digits)
-                if size > max_size:
-                    raise _too_large(size, max_size, "decimal length header announces")
                 stop = pos + width + size
+                if size > max_size:
+                    pos = self._skip_frame(_too_large(size, max_size, "decimal length header announces"), stop, end)
+                    continue
                 if stop > end:
                     break
                 out.append(bytes(view[pos + width : stop]))

@@ -96,6 +96,9 @@ class Stats:
             `errors`).
         worker_restarts: pre-forked workers (``workers=N``) started to replace
             one that died outside a stop.
+        skipped: messages over the framing's `max_size` dropped, the
+            connection kept (a framing with ``on_oversize="skip"``; not in
+            `messages_in`, their bytes in `bytes_in`).
     """
 
     accepted: int = 0
@@ -109,6 +112,7 @@ class Stats:
     handshake_errors: int = 0
     evicted: int = 0
     worker_restarts: int = 0
+    skipped: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         """Add two snapshots field by field (to sum several processes)."""
@@ -147,7 +151,7 @@ class Counters:
         self._traffic: set[Traffic] = set()  # live; a retired one is added to the fields below
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
-        self.handshake_errors = self.evicted = self.worker_restarts = 0
+        self.handshake_errors = self.evicted = self.worker_restarts = self.skipped = 0
 
     def opened(self) -> None:
         """Count a connection admitted."""
@@ -170,6 +174,11 @@ class Counters:
         """Count connections closed because the server held more than `max_buffered`."""
         with self._lock:
             self.evicted += count
+
+    def skipped_message(self) -> None:
+        """Count a message over `max_size` dropped with its connection kept (rare: a lock is cheap here)."""
+        with self._lock:
+            self.skipped += 1
 
     def withdrawn(self) -> None:
         """Take back `opened()`: the connection could not be served yet."""
@@ -224,6 +233,7 @@ class Counters:
             self.bytes_out += stats.bytes_out
             self.errors += stats.errors + stats.active
             self.handshake_errors += stats.handshake_errors
+            self.skipped += stats.skipped
 
     def worker_restarted(self) -> None:
         """Count a worker started in place of one that died."""
@@ -231,8 +241,9 @@ class Counters:
             self.worker_restarts += 1
 
     def add_traffic(self, stats: Stats) -> None:
-        """Add the messages and bytes of `stats`: the report of a child process that ended."""
+        """Add the messages, bytes and skipped messages of `stats`: the report of a child process that ended."""
         with self._lock:
+            self.skipped += stats.skipped
             self.messages_in += stats.messages_in
             self.messages_out += stats.messages_out
             self.bytes_in += stats.bytes_in
@@ -248,7 +259,7 @@ class Counters:
                 self.messages_out + sum(t.messages_out for t in live),
                 self.bytes_in + sum(t.bytes_in for t in live),
                 self.bytes_out + sum(t.bytes_out for t in live),
-                self.errors, self.handshake_errors, self.evicted, self.worker_restarts,
+                self.errors, self.handshake_errors, self.evicted, self.worker_restarts, self.skipped,
             )  # fmt: skip
             return sum(self._elsewhere.values(), own)
 

@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, final
 
+from .._peerlog import log_peer_fault
 from ..address import format_address
 from ..codecs import Codec
 from ..errors import AuthenticationError, CodecError, FramingError, ProxyProtocolError
 from ..framing import Buffer, Framing
 from ._peer import Peer
-from ._ratelimit import LogLimit
 
 logger: Final = logging.getLogger("connecteur.server")
 """Where servers log: a handler's bug with its traceback, network trouble in one line."""
@@ -32,6 +32,7 @@ __all__ = [
     "Running",
     "frame_replies",
     "log_closing",
+    "log_skipped",
     "logger",
     "running_handler",
 ]
@@ -77,10 +78,6 @@ class HandlerFailed(Exception):
         self.__cause__ = cause
 
 
-PEER_FAULT_LOG: Final = LogLimit().register_at_fork()
-"""How many peer-fault warnings a process logs (10 a minute): beyond, one line says how many it left out."""
-
-
 def log_closing(address: object, error: BaseException) -> BaseException:
     """Log why a connection closes, as its kind deserves; return the error to report.
 
@@ -97,32 +94,23 @@ def log_closing(address: object, error: BaseException) -> BaseException:
     if isinstance(error, HandlerFailed):
         cause = error.__cause__ or error
         if error.peer_fault:
-            _log_peer_fault(address, error)
+            log_peer_fault(address, error, "closing", logger)
         else:
             logger.error("closing %s: %s", format_address(address), error, exc_info=cause)
         return cause
     if isinstance(error, PEER_FAULTS) and not isinstance(error, ssl.SSLEOFError):  # EOF: a peer that left
-        _log_peer_fault(address, error)
+        log_peer_fault(address, error, "closing", logger)
     else:
         logger.info("closing %s: %s", format_address(address), str(error))
     return error
 
 
-def _log_peer_fault(address: object, error: BaseException) -> None:
-    """A WARNING, or an INFO line once `PEER_FAULT_LOG`'s budget is spent."""
-    left_out = PEER_FAULT_LOG.admit()
-    if left_out is None:
-        logger.info("closing %s: %s", format_address(address), str(error))
-        return
-    if left_out:
-        limit = PEER_FAULT_LOG
-        logger.warning(
-            "... and %d more peer faults not logged as warnings (at most %d per %g s)",
-            left_out,
-            limit.lines,
-            limit.interval,
-        )
-    logger.warning("closing %s: %s", format_address(address), str(error))
+def log_skipped(address: object, error: BaseException, log: logging.Logger = logger) -> None:
+    """Log a message over `max_size` dropped with the connection kept: a peer fault, like a close for one.
+
+    Clients pass their own `log`; the budget, `PEER_FAULT_LOG`, is the process's.
+    """
+    log_peer_fault(address, error, "skipping a message from", log)
 
 
 def frame_replies(

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Protocol, final
 
 from .._channel import HANDSHAKE_ERRORS, Channel
-from ..errors import FramingError
+from ..errors import FramingError, MessageTooLarge
 from ..framing import LARGE_MESSAGE, BodyPool, Buffer, Decoder, DirectDecoder, Framing, batch_encoder, direct_decoder
 from ._budget import Budget, Holder
 from ._engine import EngineConfig, Traffic, channel_opened
-from ._handler import HandlerFailed, frame_replies, log_closing, logger
+from ._handler import HandlerFailed, frame_replies, log_closing, log_skipped, logger
 from ._peer import Link, Peer
 
 __all__ = ["Capabilities", "Lock", "Session"]
@@ -64,12 +64,15 @@ class Capabilities:
         direct_reads: its decoder can take a read straight into a large
             message's body (`DirectDecoder`).
         pools_bodies: its decoder can borrow large bodies from a `BodyPool`.
+        skips_oversize: its decoder drops messages over `max_size` instead of
+            failing (``on_oversize="skip"``), and reports each to ``on_skip``.
     """
 
     encode_all: Callable[[Sequence[Buffer]], bytes]
     encode_parts: Callable[[Buffer], list[Buffer]] | None
     direct_reads: bool
     pools_bodies: bool
+    skips_oversize: bool
 
     @classmethod
     def probe(cls, framing: Framing, decoder: Decoder) -> Capabilities:
@@ -79,6 +82,7 @@ class Capabilities:
             encode_parts=getattr(framing, "encode_parts", None),
             direct_reads=direct_decoder(decoder) is not None,
             pools_bodies=hasattr(decoder, "use_pool"),
+            skips_oversize=getattr(framing, "on_oversize", "close") == "skip",
         )
 
 
@@ -181,6 +185,8 @@ class Session:
         self.capabilities = Capabilities.probe(config.framing, self._decoder)
         if self.capabilities.pools_bodies and body_pool is not None:
             self._decoder.use_pool(body_pool)  # type: ignore[attr-defined]
+        if self.capabilities.skips_oversize:
+            self._decoder.on_skip = self._skipped  # type: ignore[attr-defined]
         # None: it cannot read straight into a large message.
         self._direct: DirectDecoder | None = direct_decoder(self._decoder)
         # PROXY header, TLS, authentication; None once open if it has nothing left to do.
@@ -292,6 +298,11 @@ class Session:
             return
         self._received(messages, 0)
         self.close()
+
+    def _skipped(self, error: MessageTooLarge) -> None:
+        """The decoder dropped a message over `max_size` (``on_oversize="skip"``): count it, log it."""
+        self._config.counters.skipped_message()
+        log_skipped(self.peer.address, error)
 
     def _framing_failed(self, exc: FramingError) -> None:
         """Answer the messages before the bad bytes, then fail."""

@@ -50,6 +50,11 @@ COUNTERS: Final = (
         "Connections closed because the server held more than max_buffered bytes, largest first.",
     ),
     ("connecteur_worker_restarts", "worker_restarts", "Worker processes started in place of one that died."),
+    (
+        "connecteur_messages_skipped",
+        "skipped",
+        "Messages over max_size dropped with their connection kept (on_oversize='skip').",
+    ),
 )
 """Each counter: its name (``prometheus_client`` adds ``_total``), its `Stats` field, its help text."""
 

@@ -1,14 +1,21 @@
-"""A budget of log lines per interval, so that a flood of bad peers cannot fill a disk."""
+"""Peer faults in the log, within a budget of lines per interval, so that a flood of bad peers cannot fill a disk.
+
+Shared by the server (a connection closed for its peer's bytes) and the
+clients (a message skipped for its size): one budget per process.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import final
+from typing import Final, final
 
-__all__ = ["LogLimit"]
+from .address import format_address
+
+__all__ = ["PEER_FAULT_LOG", "LogLimit", "log_peer_fault"]
 
 
 @final
@@ -68,3 +75,24 @@ class LogLimit:
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self.reset_after_fork)
         return self
+
+
+PEER_FAULT_LOG: Final = LogLimit().register_at_fork()
+"""How many peer-fault warnings a process logs (10 a minute): beyond, one line says how many it left out."""
+
+
+def log_peer_fault(address: object, error: BaseException, doing: str, log: logging.Logger) -> None:
+    """Log `error` of the peer at `address` to `log`: a WARNING, or INFO once `PEER_FAULT_LOG`'s budget is spent."""
+    left_out = PEER_FAULT_LOG.admit()
+    if left_out is None:
+        log.info("%s %s: %s", doing, format_address(address), str(error))
+        return
+    if left_out:
+        limit = PEER_FAULT_LOG
+        log.warning(
+            "... and %d more peer faults not logged as warnings (at most %d per %g s)",
+            left_out,
+            limit.lines,
+            limit.interval,
+        )
+    log.warning("%s %s: %s", doing, format_address(address), str(error))
