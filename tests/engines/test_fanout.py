@@ -273,6 +273,37 @@ def test_close_disconnects_the_slow_peer_at_the_hard_cap(
         sock.close()
 
 
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_queued_copies_count_against_max_buffered(serve: Callable[..., Server], engine: str) -> None:
+    budget = 1024 * 1024
+    closed: list[BaseException | None] = []
+
+    class Watch:
+        def received(self, peer: Peer, message: bytes) -> None:
+            return None
+
+        def closed(self, peer: Peer, error: BaseException | None) -> None:
+            closed.append(error)
+
+    # "close" with the 16 MiB hard cap: only the budget can stop these queues.
+    server = serve(Watch(), engine=engine, max_buffered=budget, high_water=256 * 1024, low_water=64 * 1024)
+    slow = [client_socket(server) for _ in range(3)]
+    try:
+        wait_until(lambda: len(server.peers) == 3, what="three peers")
+        for _ in range(1000):  # 3 x 1 MiB over what the kernel takes: past the budget
+            server.broadcast(b"w" * 4096)
+            if server.stats.queued > budget:
+                break
+        assert server.stats.queued > budget
+        # BUDGET_GRACE (1 s) later, the largest holders are closed until the server is under its budget.
+        # closed() runs just after the queue is let go: wait for it too.
+        wait_until(lambda: closed and server.stats.evicted > 0 and server.stats.queued <= budget, what="eviction")
+        assert all("max_buffered" in str(error) for error in closed)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
 # --- the proof: one reader that never reads, many that do -----------------------------------
 
 
