@@ -15,8 +15,9 @@ listening socket watched by ``loop.add_reader`` and each accepted socket given
 to ``loop.connect_accepted_socket``; so a stop can still serve the backlog.
 
 Flow control mirrors the select engine: the transport's write buffer has the
-same high and low water marks, and a peer whose replies pile up is not read
-until they drain (``pause_writing`` pauses reading). Async replies in flight
+same high and low water marks (the server's ``high_water`` and ``low_water``),
+and a peer whose replies pile up is not read until they drain
+(``pause_writing`` pauses reading, and tells the handler's ``paused`` hook). Async replies in flight
 are bounded the same way. Deadlines run on ``loop.call_at``.
 
 Runs on asyncio's default loop or on uvloop (``loop="uvloop"``).

@@ -12,9 +12,12 @@ one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
 non-empty.
 
-Backpressure: a connection whose queue passes `HIGH_WATER` is no longer read
-until the queue falls below `LOW_WATER`; one whose queue passes `HARD_CAP`
-(only `peer.send()` can push it there) is disconnected.
+Backpressure: a connection whose queue passes the server's ``high_water``
+(`HIGH_WATER` by default) is no longer read until the queue falls below its
+``low_water`` (`LOW_WATER`), and the handler's ``paused``/``resumed`` hooks
+are told; one whose queue passes `HARD_CAP` (only `peer.send()` and
+`broadcast` can push it there) is disconnected, unless the send's
+slow-consumer policy drops instead (``server/_fanout.py``).
 
 Timers without threads: idle and per-message deadlines live on the
 connections; a heap holds at most one entry per connection, checked lazily
