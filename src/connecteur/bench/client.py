@@ -36,6 +36,7 @@ from typing import Final
 
 from . import proc
 from .connection import client
+from .fanout import fanout
 from .job import (
     IO_TIMEOUT,
     PIPELINE_BATCH,
@@ -280,6 +281,7 @@ WORKLOADS: Final[dict[str, Callable[[Job], Figures]]] = {
     "idle": idle,
     "scale": scale,
     "client": client,
+    "fanout": fanout,
 }
 
 
