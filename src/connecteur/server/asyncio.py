@@ -199,11 +199,14 @@ class AsyncioEngine:
         return result[0]
 
     def _fan_out(self, data: bytes, skip: set[Peer], policy: str) -> BroadcastResult:
-        total = BroadcastResult()
+        delivered = dropped = closed = 0  # not BroadcastResult sums: a new object per peer costs (profiled)
         for link in list(self._links):  # a link may close (and leave the set) as it is sent to
             if link.session.announced and link.session.peer not in skip:
-                total += link.offer(data, policy)
-        return total
+                result = link.offer(data, policy)
+                delivered += result.delivered
+                dropped += result.dropped
+                closed += result.closed
+        return BroadcastResult(delivered, dropped, closed)
 
     async def run(self, listener: socket.socket) -> None:
         """Serve on the running loop until a stop is requested, then stop gracefully."""
