@@ -188,6 +188,33 @@ def test_the_queued_gauge_adds_up_this_process_and_the_workers_reports() -> None
     assert (counters.snapshot().queued, counters.snapshot().dropped) == (105, 6)
 
 
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_paused_hook_that_raises_closes_its_connection(serve: Callable[..., Server], engine: str) -> None:
+    closed: list[BaseException | None] = []
+
+    class Faulty:
+        def received(self, peer: Peer, message: bytes) -> None:
+            return None
+
+        def paused(self, peer: Peer) -> None:
+            raise RuntimeError("no room")
+
+        def closed(self, peer: Peer, error: BaseException | None) -> None:
+            closed.append(error)
+
+    server = serve(Faulty(), engine=engine, high_water=32 * 1024, low_water=8 * 1024)
+    sock, _ = slow_socket(server)
+    try:
+        for _ in range(2000):  # until the queue passes high_water (bounded: ~8 MiB at most)
+            server.broadcast(b"x" * 4096)
+            if closed or not server.peers:
+                break
+        wait_until(lambda: closed, what="the connection closed")
+        assert isinstance(closed[0], RuntimeError) and str(closed[0]) == "no room"
+    finally:
+        sock.close()
+
+
 # --- slow-consumer policies ---------------------------------------------------------------
 
 
