@@ -13,7 +13,8 @@ import pytest
 
 from connecteur.bench import check as bench_check
 from connecteur.bench import servers
-from connecteur.bench.orchestrator import TARGETS
+from connecteur.bench.fanout import SUBSCRIBERS
+from connecteur.bench.orchestrator import FANOUT_BASELINE, TARGETS
 from connecteur.bench.scale import SCALE_CONNECTIONS
 from connecteur.cli import main
 from tests.bench.test_command import COMMAND, processes_tagged, tagged_environment
@@ -84,6 +85,25 @@ def test_the_mux_workload_compares_a_shared_multiplexed_connection_with_one_per_
     assert "mux" in document["skipped"]["asyncio-streams"]
     assert document["failures"] == {} and document["notes"] == []
     assert processes_tagged(tag) == []  # the multiplexed twin stopped too
+
+
+def test_fanout_measures_the_broadcast_against_the_hand_written_broadcaster(tmp_path: Path) -> None:
+    """Every subscriber gets every message (the client checks the byte counts); the baseline joins the run by itself."""
+    output = tmp_path / "bench.json"
+    env, tag = tagged_environment()
+    result = run_bench(
+        "--targets", "select,processes", "--workload", "fanout,rr", "--quick", "--json", str(output), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "del/s" in result.stdout
+    document = json.loads(output.read_text())
+    for target in ("select", FANOUT_BASELINE):
+        fanout = document["results"][target]["fanout"]
+        assert fanout["per_second"] > 0 and fanout["server_cpu_us_per_message"] > 0
+        assert fanout["messages"] == fanout["published"] * fanout["subscribers"] == fanout["published"] * SUBSCRIBERS
+    assert "no broadcast" in document["skipped"]["processes"]["fanout"]
+    assert "fanout workload only" in document["skipped"][FANOUT_BASELINE]["rr"]
+    assert document["failures"] == {} and processes_tagged(tag) == []
 
 
 @pytest.mark.parametrize("option", [["--targets", "select"], ["--workload", "rr"], ["--reference", "select"]])

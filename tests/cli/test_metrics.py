@@ -114,7 +114,9 @@ def test_scraped_counters_match_the_traffic(serve_metrics: Callable[..., Served]
         "connecteur_connections_evicted_total": 0,
         "connecteur_worker_restarts_total": 0,
         "connecteur_messages_skipped_total": 0,
+        "connecteur_messages_dropped_total": 0,
         "connecteur_connections_active": 0,
+        "connecteur_queued_bytes": 0,
         "connecteur_server_info": 1,
     }
     served.process.send_signal(signal.SIGINT)
@@ -140,7 +142,7 @@ def test_every_metric_has_help_a_type_and_the_server_labels(serve_metrics: Calla
         families = {family.name: family for family in text_string_to_metric_families(response.read().decode())}
     assert {name for name, _, _ in COUNTERS} <= families.keys()
     assert all(families[name].type == "counter" for name, _, _ in COUNTERS)
-    assert families["connecteur_connections_active"].type == "gauge"
+    assert families["connecteur_connections_active"].type == families["connecteur_queued_bytes"].type == "gauge"
     assert all(family.documentation for family in families.values())
     (info,) = families["connecteur_server_info"].samples
     assert info.labels == {"engine": "select", "workers": "2", "version": connecteur.__version__}

@@ -36,6 +36,7 @@ from typing import Final
 
 from . import proc
 from .connection import client
+from .fanout import fanout
 from .job import (
     IO_TIMEOUT,
     PIPELINE_BATCH,
@@ -282,6 +283,7 @@ WORKLOADS: Final[dict[str, Callable[[Job], Figures]]] = {
     "scale": scale,
     "client": client,
     "mux": mux,
+    "fanout": fanout,
 }
 
 

@@ -30,6 +30,7 @@ from typing import Final, Literal, Self
 
 from . import proc
 from .client import BULK_WINDOW, PIPELINE_WINDOW
+from .fanout import SUBSCRIBERS
 from .job import IO_TIMEOUT, Figures, Job
 from .mux import MUX_THREADS
 from .processes import Client, Server, ServerFailed, running_client, running_servers
@@ -86,9 +87,15 @@ TARGETS: Final = {
         Target("uvloop-protocol", "peer", "an asyncio Protocol on uvloop"),
         Target("recv-into", "peer", "a bare recv_into loop, no framing (a thread per connection)"),
         Target("epoll-loop", "peer", "stdlib: a hand-written select.epoll loop, the HOWTO's third design"),
+        Target("selectors-broadcast", "peer", "stdlib: a hand-written selectors broadcaster (fanout only)"),
     )
 }
 """Every target, in the order of the table."""
+
+FANOUT_BASELINE: Final = "selectors-broadcast"
+"""The fanout workload's hand-written server: it serves that workload only, and every run of it has it."""
+FANOUT_TARGETS: Final = ("select", "asyncio", "asyncio@uvloop", "threads", FANOUT_BASELINE)
+"""The targets with a broadcast: the engines that hold every connection in one process, and the baseline."""
 
 
 @dataclass(frozen=True)
@@ -151,12 +158,21 @@ WORKLOADS: Final = {
             True,
             is_default=False,
         ),
+        Workload(
+            "fanout",
+            f"64 B messages from 1 connection broadcast to {SUBSCRIBERS} others",
+            "per_second",
+            "deliveries/s",
+            True,
+            is_default=False,
+        ),
     )
 }
-"""Every workload, in the order they run. scale, mux and client only run when asked for
+"""Every workload, in the order they run. scale, mux, client and fanout only run when asked for
 (``--workload``, ``--check``): scale is for servers with several workers, mux
-for connecteur's engines only (the peers speak no envelope), and client
-measures connecteur's client rather than the server."""
+for connecteur's engines only (the peers speak no envelope), client
+measures connecteur's client rather than the server, and fanout needs
+a server that broadcasts (its own, started for it, beside `FANOUT_BASELINE`)."""
 DEFAULT_WORKLOADS: Final = [name for name, workload in WORKLOADS.items() if workload.is_default]
 """The workloads of a run that does not choose."""
 
@@ -209,7 +225,9 @@ class BenchError(Exception):
 def available_targets() -> list[str]:
     """The targets this machine can run: all of them, minus uvloop's when it is not installed."""
     has_uvloop = find_spec("uvloop") is not None
-    return [name for name, target in TARGETS.items() if has_uvloop or not target.needs_uvloop]
+    return [
+        name for name, target in TARGETS.items() if (has_uvloop or not target.needs_uvloop) and name != FANOUT_BASELINE
+    ]
 
 
 @dataclass
@@ -309,6 +327,8 @@ def prepare(targets: Sequence[str], workloads: Sequence[str], settings: Settings
     missing = [name for name in targets if TARGETS[name].needs_uvloop]
     if missing and find_spec("uvloop") is None:
         raise BenchError(f"{', '.join(missing)} need uvloop: pip install 'connecteur[uvloop]'")
+    if "fanout" in workloads and FANOUT_BASELINE not in targets:
+        targets = [*targets, FANOUT_BASELINE]  # what the fanout figures are read against
     notes: list[str] = []
     settings = _fit_fd_limit(settings, notes)
     server_cpu, client_cpu, pinning = _choose_cpus()
@@ -320,6 +340,7 @@ def prepare(targets: Sequence[str], workloads: Sequence[str], settings: Settings
     )
     results.notes += notes
     _skip_what_cannot_fit(results)
+    _skip_what_cannot_fan_out(results)
     return results
 
 
@@ -336,23 +357,32 @@ def run(results: Results, *, progress: Progress | None = None) -> Results:
     targets, settings = results.targets, results.settings
     server_cpu, client_cpu = results.cpus
     throughput = [workload for workload in results.workloads if workload != "idle"]
+    echoing = [workload for workload in throughput if workload != "fanout"]
     # Only the servers with something to do: --check skips most pairs.
-    busy_targets = [name for name in targets if any(not results.is_skipped(name, w) for w in throughput)]
+    busy_targets = [name for name in targets if any(not results.is_skipped(name, w) for w in echoing)]
     fresh_targets = [name for name in targets if "idle" in results.workloads and not results.is_skipped(name, "idle")]
-    pairs = sum(not results.is_skipped(name, workload) for name in busy_targets for workload in throughput)
-    progress.begin(pairs * settings.rounds + len(fresh_targets), settings.rounds)
+    fan_targets = [name for name in targets if "fanout" in throughput and not results.is_skipped(name, "fanout")]
+    pairs = sum(not results.is_skipped(name, workload) for name in busy_targets for workload in echoing)
+    progress.begin((pairs + len(fan_targets)) * settings.rounds + len(fresh_targets), settings.rounds)
     unpinned = {name for name in targets if TARGETS[name].workers > 1}
     try:
-        # The idle workload's fresh servers start with the others, in parallel.
-        started = running_servers(busy_targets + fresh_targets, server_cpu, results.notes, unpinned=unpinned)
+        # The idle workload's fresh servers and the fanout servers start with the others, in parallel.
+        started = running_servers(
+            busy_targets + fresh_targets + [f"fanout:{name}" for name in fan_targets],
+            server_cpu,
+            results.notes,
+            unpinned=unpinned,
+        )
         with started as servers, running_client(client_cpu) as client:  # the client stops first
             busy = dict(zip(busy_targets, servers, strict=False))
-            fresh = dict(zip(fresh_targets, servers[len(busy_targets) :], strict=True))
+            fresh = dict(zip(fresh_targets, servers[len(busy_targets) :], strict=False))
+            fan = dict(zip(fan_targets, servers[len(busy_targets) + len(fresh_targets) :], strict=True))
             for round_number in range(1, settings.rounds + 1):
-                order = busy_targets if round_number % 2 else busy_targets[::-1]
                 for workload in throughput:
+                    serving = fan if workload == "fanout" else busy
+                    order = list(serving) if round_number % 2 else list(serving)[::-1]
                     for target in order:
-                        _measure(client, busy[target], workload, results, progress, round_number)
+                        _measure(client, serving[target], workload, results, progress, round_number, target)
             for target in fresh:
                 _measure(client, fresh[target], "idle", results, progress, 1)
                 fresh[target].terminate()  # now: a processes engine holds a process per connection
@@ -399,6 +429,16 @@ def _skip_what_cannot_fit(results: Results) -> None:
             results.skipped.setdefault("processes", {})[workload] = problem
 
 
+def _skip_what_cannot_fan_out(results: Results) -> None:
+    """Skip fanout on the targets without a broadcast, and everything but fanout on its baseline."""
+    for target in results.targets:
+        for workload in results.workloads:
+            if workload == "fanout" and target not in FANOUT_TARGETS:
+                results.skipped.setdefault(target, {})[workload] = "no broadcast: it holds no live peers to send to"
+            elif workload != "fanout" and target == FANOUT_BASELINE:
+                results.skipped.setdefault(target, {})[workload] = "it serves the fanout workload only"
+
+
 def _processes_problem(connections: int) -> str | None:
     """Why a process per connection would not fit here, if so."""
     needed = connections * CHILD_KIB_ESTIMATE
@@ -415,10 +455,16 @@ def _processes_problem(connections: int) -> str | None:
 
 
 def _measure(
-    client: Client, server: Server, workload: str, results: Results, progress: Progress, round_number: int
+    client: Client,
+    server: Server,
+    workload: str,
+    results: Results,
+    progress: Progress,
+    round_number: int,
+    target: str = "",
 ) -> None:
-    """Run one workload against one server; file its figures, or what went wrong."""
-    target = server.target
+    """Run one workload against one server (of `target`, by default its own); file its figures, or what went wrong."""
+    target = target or server.target
     if results.is_skipped(target, workload) or workload in results.failures.get(target, {}):
         return
     progress.step(target, workload, round_number)

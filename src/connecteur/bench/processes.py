@@ -28,7 +28,7 @@ from .job import IO_TIMEOUT, Figures, Job
 
 __all__ = ["Client", "Server", "ServerFailed", "running_client", "running_servers"]
 
-_READY: Final = re.compile(r"serving echo on (\S+):(\d+)")
+_READY: Final = re.compile(r"serving (?:echo|fanout) on (\S+):(\d+)")
 
 
 class ServerFailed(Exception):

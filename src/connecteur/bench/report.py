@@ -68,6 +68,8 @@ COLUMNS: Final = (
     Column("mux", "lockstep_server_cpu_us_per_message", "cpu µs", ",.1f", False),
     Column("client", "per_second", "rt/s", ",.0f", True),
     Column("client", "ratio", "vs socket", ",.2f", True),
+    Column("fanout", "per_second", "del/s", ",.0f", True),
+    Column("fanout", "server_cpu_us_per_message", "cpu µs", ",.2f", False),
 )
 """Every column of the table, by workload; "cpu µs" is the server's CPU per message."""
 
@@ -195,6 +197,7 @@ def _units(workloads: list[str]) -> list[str]:
         "req/s: requests per second from threads sharing one multiplexed connection; "
         "1 conn each: the same threads with a plain connection each, taking turns": {"mux"},
         "vs socket: connecteur's round trips/s over a hand-written socket client's, taking turns": {"client"},
+        "del/s: copies delivered per second, all subscribers together; cpu µs per copy delivered": {"fanout"},
     }
     explained = [unit for unit, where in units.items() if where & set(workloads)]
     return ["; ".join(explained) + "."] if explained else []

@@ -21,6 +21,10 @@ header is the same for messages under 2 GiB). All of them set TCP_NODELAY,
 as connecteur does, and listen with a backlog of 128, connecteur's default
 (socketserver's 5 and Listener's 1 would drop the many workload's handshakes).
 
+``fanout:TARGET`` serves the fanout workload instead (`connecteur.bench.fanout`):
+an engine whose handler broadcasts each message to the other connections, or
+``fanout:selectors-broadcast``, the same written by hand.
+
 One more peer is no server a user would write but a bound: ``recv-into``, a
 bare ``recv_into`` loop with no framing (a thread per connection, a 64 KiB
 buffer each, ``sendall`` of what each read brought). It echoes bytes, not
@@ -49,9 +53,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener
 from typing import Final, cast
 
-from ..server import Server
+from ..server import Peer, Server
 from ..tools.apps import echo
 from . import proc
+from .fanout import run_selectors_broadcaster
 
 __all__ = ["ENGINES", "PEERS", "main"]
 
@@ -84,8 +89,8 @@ _handle: Final = echo
 """The peers' handler, called per message: the engines' too."""
 
 
-def _ready(address: tuple[str, int]) -> None:  # a socket-module address: host, port
-    print(f"serving echo on {address[0]}:{address[1]}", flush=True)
+def _ready(address: tuple[str, int], app: str = "echo") -> None:  # a socket-module address: host, port
+    print(f"serving {app} on {address[0]}:{address[1]}", flush=True)
 
 
 def _ready_once_forked(server: Server, workers: int) -> None:
@@ -344,10 +349,40 @@ PEERS: Final[dict[str, Callable[[], None]]] = {
 """How to run each standard-library peer, by target name."""
 
 
+# --- fan-out ------------------------------------------------------------------------------
+
+
+class _Broadcaster:
+    """The fanout workload's handler: each message to every other connection (`Server.broadcast`)."""
+
+    def __init__(self) -> None:
+        self.server: Server | None = None
+
+    def received(self, peer: Peer, message: bytes) -> None:
+        assert self.server is not None
+        self.server.broadcast(message, exclude=peer)
+
+
+def _run_fanout(target: str) -> None:
+    """Serve the fanout workload: an engine broadcasting, or the hand-written broadcaster."""
+    if target == "selectors-broadcast":
+        run_selectors_broadcaster(lambda address: _ready(address, "fanout"), HOST, BACKLOG)
+        return
+    engine, loop, _ = ENGINES[target]
+    handler = _Broadcaster()
+    server = Server(handler, (HOST, 0), engine=engine, loop=loop, max_connections=MAX_CONNECTIONS)
+    handler.server = server
+    server.serve_forever(ready=lambda: _ready(server.address, "fanout"))
+
+
+FANOUT: Final = ("select", "asyncio", "asyncio@uvloop", "threads", "selectors-broadcast")
+"""The targets that serve the fanout workload, as ``fanout:TARGET``."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one target's server until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m connecteur.bench.servers")
-    parser.add_argument("target", choices=[*ENGINES, *PEERS])
+    parser.add_argument("target", choices=[*ENGINES, *PEERS, *(f"fanout:{name}" for name in FANOUT)])
     parser.add_argument("--cpu", type=int, help="the CPU to run on")
     parser.add_argument("--multiplexed", action="store_true", help="speak the multiplexing envelope (engines only)")
     args = parser.parse_args(argv)
@@ -355,9 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.target} is a standard-library peer: it speaks no envelope")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    if args.target in PEERS:
+    if args.target in PEERS or args.target == "fanout:selectors-broadcast":
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: SIGTERM stops a peer
+    if args.target in PEERS:
         PEERS[args.target]()
+        return 0
+    if args.target.startswith("fanout:"):
+        _run_fanout(args.target.removeprefix("fanout:"))
         return 0
     engine, loop, workers = ENGINES[args.target]
     server = Server(

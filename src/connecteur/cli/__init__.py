@@ -12,7 +12,7 @@ from ._options import ArgumentParser
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("serve", "send", "chat", "proxy", "trace", "fetch", "bench", "demo")
+SUBCOMMANDS = ("serve", "send", "chat", "pub", "sub", "proxy", "trace", "fetch", "bench", "demo")
 """Each has a module here with ``add_parser(commands)``; in this order in ``--help``."""
 
 

@@ -4,8 +4,9 @@ Each server runs in its own process, the client in another, over 127.0.0.1.
 Workloads: rr (64 B request/response), pipeline (64 B messages in flight),
 bulk (1 MiB messages), many (1,000 connections), idle (server memory per
 connection); on request, scale (16 pipelined connections, for ``select*2``,
-the select engine with two workers) and client (connecteur's blocking
-Connection against a hand-written socket client). The table gives each figure
+the select engine with two workers), client (connecteur's blocking
+Connection against a hand-written socket client) and fanout (a message to 100
+subscribers, against a hand-written selectors broadcaster). The table gives each figure
 as a ratio to a reference target, with the server's CPU per message;
 ``--json`` keeps every raw figure, ``--plot`` draws them (matplotlib).
 ``--quick`` runs every target once, for shorter and with fewer connections,

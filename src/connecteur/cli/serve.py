@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..address import Address, TcpAddress, format_address
 from ..errors import WorkersFailed
-from ..server import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_BUFFERED, DEFAULT_MESSAGE_TIMEOUT, ENGINES, Server
+from ..server import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_BUFFERED,
+    DEFAULT_MESSAGE_TIMEOUT,
+    ENGINES,
+    POLICIES,
+    Server,
+)
 from ..server.asyncio import LOOPS
 from ..server.systemd import sockets_from_systemd
 from ..tools.apps import APPS, ONE_PROCESS_APPS
@@ -64,8 +71,9 @@ def add_parser(commands: Any) -> None:
         "--app",
         choices=sorted(APPS),
         default="echo",
-        help="what the server does with a message; chat (the room of `connecteur chat`) needs its "
-        "connections in one process: --engine select, threads or asyncio, one worker",
+        help="what the server does with a message; chat (the room of `connecteur chat`) and pubsub (the topics "
+        "of `connecteur pub` and `sub`) need their connections in one process: --engine select, threads or "
+        "asyncio, one worker",
     )
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop of the asyncio engine")
     parser.add_argument(
@@ -82,6 +90,11 @@ def add_parser(commands: Any) -> None:
         "--max-buffered", type=size_argument, default=DEFAULT_MAX_BUFFERED, metavar="BYTES",
         help="bytes a server process may hold for all its connections, in unfinished messages and queued replies; "
         "past it, growing connections are paused, then the largest closed (default: 256MiB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--slow-consumer", choices=POLICIES, default="close",
+        help="what a peer that reads too slowly gets when more is sent to it (select and asyncio engines): "
+        "close (at 16MiB queued), drop (new messages, past 1MiB) or drop_oldest (default: close)",
     )  # fmt: skip
     parser.add_argument(
         "--idle-timeout",
@@ -198,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_connections=args.max_connections,
             max_buffered=args.max_buffered,
+            slow_consumer=args.slow_consumer,
             idle_timeout=args.idle_timeout,
             message_timeout=args.message_timeout,
             handshake_timeout=args.handshake_timeout,

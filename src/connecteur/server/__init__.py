@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, Final, Self, final
 
@@ -40,7 +40,10 @@ from ._engine import (
     logger,
 )
 from ._engine import EngineConfig as EngineConfig
+from ._fanout import POLICIES as POLICIES
+from ._fanout import BroadcastResult, check_policy
 from ._handler import Handler, MessageHandler, PeerHandler
+from ._limits import HIGH_WATER, LOW_WATER
 from ._peer import Peer
 
 # Also importable from here, outside __all__, for modules that may not import private ones:
@@ -49,6 +52,8 @@ __all__ = [
     "DEFAULT_MAX_BUFFERED",
     "DEFAULT_MESSAGE_TIMEOUT",
     "ENGINES",
+    "POLICIES",
+    "BroadcastResult",
     "MessageHandler",
     "Peer",
     "PeerHandler",
@@ -108,6 +113,9 @@ def engine_config(
     keepalive: KeepaliveLike = None,
     multiplexed: bool = False,
     heartbeat: Heartbeat | tuple[float, float] | None = None,
+    high_water: int = HIGH_WATER,
+    low_water: int = LOW_WATER,
+    slow_consumer: str = "close",
 ) -> EngineConfig:
     """Check a server's options and return the configuration its engine runs with.
 
@@ -128,6 +136,8 @@ def engine_config(
     _check_positive("message_timeout", message_timeout)
     if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
         raise ValueError(f"max_buffered must be a positive int (bytes), not {max_buffered!r}")
+    _check_water_marks(high_water, low_water)
+    check_policy(slow_consumer)
     return EngineConfig(
         handler=Handler(handler, codec),
         framing=framing if framing is not None else LengthPrefixed(),
@@ -139,7 +149,18 @@ def engine_config(
         handshake_timeout=handshake_timeout,
         max_buffered=max_buffered,
         keepalive=tcp_keepalive,
+        high_water=high_water,
+        low_water=low_water,
+        slow_consumer=slow_consumer,
     )
+
+
+def _check_water_marks(high_water: int, low_water: int) -> None:
+    for name, value in (("high_water", high_water), ("low_water", low_water)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int of bytes, 0 or more, not {value!r}")
+    if low_water > high_water:
+        raise ValueError(f"low_water ({low_water}) must not exceed high_water ({high_water})")
 
 
 @final
@@ -192,6 +213,17 @@ class Server:
             longer read; if the total stays over for `BUDGET_GRACE` (1 s), the
             connections holding the most are closed, largest first, and counted
             in `Stats.evicted`. The default, `DEFAULT_MAX_BUFFERED`, is 256 MiB.
+            Replies and messages queued for slow readers count against it.
+        high_water: bytes queued for one peer past which it is no longer
+            read and the handler's ``paused(peer)`` is called (event-loop
+            engines); ``"drop"`` sends are then dropped. Default 1 MiB.
+        low_water: bytes queued under which such a peer is read again and
+            the handler's ``resumed(peer)`` is called. Default 256 KiB.
+        slow_consumer: the policy of `peer.send` and `broadcast` for a peer
+            over `high_water`, when they name none: ``"close"`` (queue it;
+            close the peer past the 16 MiB hard cap), ``"drop"`` or
+            ``"drop_oldest"`` (select and asyncio engines; see
+            docs/fan-out.md).
         backlog: connections the kernel may queue before they are accepted.
         stop_timeout: seconds a graceful stop may take when none is given.
         keepalive: TCP keepalive and ``TCP_USER_TIMEOUT`` for every accepted
@@ -259,6 +291,9 @@ class Server:
         proxy_trusted: list[str] | tuple[str, ...] | None = None,
         multiplexed: bool = False,
         heartbeat: Heartbeat | tuple[float, float] | None = None,
+        high_water: int = HIGH_WATER,
+        low_water: int = LOW_WATER,
+        slow_consumer: str = "close",
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -266,6 +301,8 @@ class Server:
             raise ValueError(f"workers must be a positive int, not {workers!r}")
         if workers > 1 and engine not in ("select", "asyncio"):
             raise ValueError(f"workers > 1 needs engine='select' or 'asyncio', not {engine!r}")
+        if slow_consumer != "close" and engine not in ("select", "asyncio"):
+            raise ValueError(f"slow_consumer={slow_consumer!r} needs engine='select' or 'asyncio', not {engine!r}")
         if loop != "asyncio" and engine != "asyncio":
             raise ValueError(f"loop={loop!r} needs engine='asyncio'")
         if engine == "asyncio":
@@ -294,6 +331,9 @@ class Server:
             idle_timeout=idle_timeout,
             message_timeout=message_timeout,
             max_buffered=max_buffered,
+            high_water=high_water,
+            low_water=low_water,
+            slow_consumer=slow_consumer,
             channel=ChannelSpec.build(
                 server_side=True,
                 tls=tls,
@@ -355,6 +395,58 @@ class Server:
     def stats(self) -> Stats:
         """An immutable snapshot of the server's counters."""
         return self._counters.snapshot()
+
+    # --- fan-out ---------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[Peer]:
+        """A snapshot of the live peers: connections whose handler's ``connected`` has run, not yet closed.
+
+        Safe from any thread. A peer may close right after: sending to it
+        then raises `ConnectionClosed` (`broadcast` counts it instead).
+
+        Raises:
+            RuntimeError: the server is not started, or its connections are
+                not in this process (``workers > 1``, the processes engine).
+        """
+        return list(self._fan_out_engine().peers())
+
+    def broadcast(
+        self, message: Any, *, exclude: Peer | Iterable[Peer] | None = None, policy: str | None = None
+    ) -> BroadcastResult:
+        """Send `message` to every live peer but `exclude`; safe from handlers and from any thread.
+
+        The message is framed (and encoded by the codec) once. On the event-loop
+        engines it is queued to each peer without waiting, under the
+        slow-consumer `policy` (None: the server's `slow_consumer`), so a
+        slow reader never slows the others; called from another thread, it
+        returns once the loop has queued it. On the threads engine each copy
+        is written in turn, waiting while its peer does not read (only
+        ``"close"`` applies there).
+
+        Returns:
+            How many peers it was delivered (queued) to, dropped for, and closed.
+
+        Raises:
+            RuntimeError: as `peers`.
+            ValueError: an unknown policy, or one the engine cannot apply.
+            CodecError: the codec cannot encode `message`.
+            FramingError: the framing cannot carry it.
+        """
+        engine = self._fan_out_engine()
+        data = self._config.framing.encode(self._config.handler.encode_value(message))
+        skipped = () if exclude is None else (exclude,) if isinstance(exclude, Peer) else exclude
+        return engine.broadcast(data, skipped, policy)  # type: ignore[no-any-return]
+
+    def _fan_out_engine(self) -> Any:
+        """The engine, if it holds every connection in this process."""
+        if self.workers > 1 or self.engine == "processes":
+            raise RuntimeError(
+                "peers and broadcast need every connection in one process: engine select, asyncio or threads, workers=1"
+            )
+        if self._engine is None:
+            raise RuntimeError("the server is not started: use `with server:`, start() or serve_forever()")
+        return self._engine
 
     # --- running ---------------------------------------------------------------
 

@@ -15,17 +15,29 @@ from collections.abc import Callable
 from typing import Final
 
 from ..address import format_address
+from ..errors import ConnectionClosed
 from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
 from ._engine import EngineConfig, logger
+from ._fanout import CLOSED, DELIVERED, BroadcastResult, check_policy
 from ._peer import closed_locally
 from ._session import Session
 
-__all__ = ["RECV_SIZE", "BlockingLink", "thread_budget"]
+__all__ = ["RECV_SIZE", "BlockingLink", "refuse_policy", "thread_budget"]
 
 RECV_SIZE: Final = 64 * 2**10
 """64 KiB read buffer per connection: one thread per connection already costs
 more than this, and it holds many small messages per read."""
+
+
+def refuse_policy(policy: str) -> None:
+    """Refuse a slow-consumer policy a blocking send cannot apply.
+
+    Raises:
+        ValueError: `policy` is not ``"close"``.
+    """
+    if check_policy(policy) != "close":
+        raise ValueError(f"the {policy!r} policy needs engine='select' or 'asyncio' (here a send waits for its peer)")
 
 
 def thread_budget(config: EngineConfig) -> Budget:
@@ -98,16 +110,41 @@ class BlockingLink:
 
     # --- the Link interface (any thread) ---------------------------------------
 
-    def send(self, message: Buffer) -> None:
-        """Write one message now; blocks while the peer does not read."""
+    def send(self, message: Buffer, policy: str | None = None) -> None:
+        """Write one message now; blocks while the peer does not read (so only the ``"close"`` policy applies)."""
+        if policy is not None:
+            refuse_policy(policy)
         if self._close_asked or self.session.closing:
             raise closed_locally(self.session.peer.address)
-        data = self.session.frame(message)
+        self._send_framed(self.session.frame(message))
+
+    def offer(self, data: bytes, policy: str) -> BroadcastResult:
+        """Write the framed `data` now (a broadcast's copy); only ``"close"`` applies (see `refuse_policy`)."""
+        refuse_policy(policy)
+        try:
+            if self._close_asked or self.session.closing:
+                return CLOSED
+            self._send_framed(data)
+        except (ConnectionClosed, OSError):
+            return CLOSED
+        return DELIVERED
+
+    def _send_framed(self, data: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise closed_locally(self.session.peer.address)
             self.session.queue(data)
             self._sendall(self.session.data_to_send())
+
+    @property
+    def queued(self) -> int:
+        """Nothing waits here: `send` writes at once."""
+        return 0
+
+    @property
+    def is_live(self) -> bool:
+        """True while the connection is open and its handler has seen it (for `Server.peers`)."""
+        return not self._closed and self.session.announced
 
     def close(self) -> None:
         """Close after the current handler call's reply (from the own thread) or at once."""

@@ -31,6 +31,7 @@ from ..address import format_address
 from ..framing import Framing
 from ._deadlines import Deadlines
 from ._handler import Handler, logger, running_handler
+from ._limits import HIGH_WATER, LOW_WATER
 from ._peer import Peer
 
 __all__ = [
@@ -99,6 +100,10 @@ class Stats:
         skipped: messages over the framing's `max_size` dropped, the
             connection kept (a framing with ``on_oversize="skip"``; not in
             `messages_in`, their bytes in `bytes_in`).
+        queued: bytes waiting now in the outgoing queues of the event-loop
+            engines (select, asyncio), peers not reading yet: a gauge.
+        dropped: messages dropped by a slow-consumer policy (``"drop"``,
+            ``"drop_oldest"``) instead of being queued to a slow peer.
     """
 
     accepted: int = 0
@@ -113,6 +118,8 @@ class Stats:
     evicted: int = 0
     worker_restarts: int = 0
     skipped: int = 0
+    queued: int = 0
+    dropped: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         """Add two snapshots field by field (to sum several processes)."""
@@ -151,7 +158,8 @@ class Counters:
         self._traffic: set[Traffic] = set()  # live; a retired one is added to the fields below
         self.accepted = self.rejected = self.active = 0
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = self.errors = 0
-        self.handshake_errors = self.evicted = self.worker_restarts = self.skipped = 0
+        self.handshake_errors = self.evicted = self.worker_restarts = self.skipped = self.dropped = 0
+        self._queued: list[Callable[[], int]] = []  # each returns bytes queued now (an engine's connections)
 
     def opened(self) -> None:
         """Count a connection admitted."""
@@ -179,6 +187,16 @@ class Counters:
         """Count a message over `max_size` dropped with its connection kept (rare: a lock is cheap here)."""
         with self._lock:
             self.skipped += 1
+
+    def dropped_messages(self, count: int = 1) -> None:
+        """Count messages a slow-consumer policy dropped."""
+        with self._lock:
+            self.dropped += count
+
+    def watch_queued(self, source: Callable[[], int]) -> None:
+        """Add `source()`, bytes queued now, to the `queued` gauge of every snapshot."""
+        with self._lock:
+            self._queued.append(source)
 
     def withdrawn(self) -> None:
         """Take back `opened()`: the connection could not be served yet."""
@@ -234,6 +252,7 @@ class Counters:
             self.errors += stats.errors + stats.active
             self.handshake_errors += stats.handshake_errors
             self.skipped += stats.skipped
+            self.dropped += stats.dropped  # not `queued`: a gauge, whose bytes went with the process
 
     def worker_restarted(self) -> None:
         """Count a worker started in place of one that died."""
@@ -260,6 +279,7 @@ class Counters:
                 self.bytes_in + sum(t.bytes_in for t in live),
                 self.bytes_out + sum(t.bytes_out for t in live),
                 self.errors, self.handshake_errors, self.evicted, self.worker_restarts, self.skipped,
+                sum(source() for source in self._queued), self.dropped,
             )  # fmt: skip
             return sum(self._elsewhere.values(), own)
 
@@ -281,6 +301,9 @@ class EngineConfig:
     handshake_timeout: float | None = None
     max_buffered: int = DEFAULT_MAX_BUFFERED
     keepalive: Keepalive | None = None  # for every accepted TCP connection (configure_stream)
+    high_water: int = HIGH_WATER
+    low_water: int = LOW_WATER
+    slow_consumer: str = "close"
 
     def deadlines(self, clock: Callable[[], float] = time.monotonic) -> Deadlines:
         """The deadlines of a new connection (a handshake deadline when it needs one), read on `clock`."""

@@ -47,8 +47,11 @@ class PeerHandler(Protocol):
     The engines call each of these that the object defines:
     ``connected(peer)`` when a connection opens, ``received(peer, message)``
     for each whole message, ``closed(peer, error)`` once it has closed
-    (`error` is None after a clean close). Only `received` is declared here,
-    as a Protocol cannot declare a method optional.
+    (`error` is None after a clean close), and ``paused(peer)`` /
+    ``resumed(peer)`` when the bytes queued for the peer rise past the
+    server's ``high_water`` / fall back under its ``low_water`` (event-loop
+    engines; see docs/fan-out.md). Only `received` is declared here, as a
+    Protocol cannot declare a method optional.
     """
 
     def received(self, peer: Peer, message: bytes) -> bytes | None:
@@ -56,7 +59,7 @@ class PeerHandler(Protocol):
         ...
 
 
-_HOOKS = ("connected", "received", "closed")
+_HOOKS = ("connected", "received", "closed", "paused", "resumed")
 
 PEER_FAULTS: Final = (FramingError, AuthenticationError, ProxyProtocolError, ssl.SSLError)
 """What a peer that does not speak the server's protocol gets closed for (codec errors are FramingErrors)."""
@@ -146,12 +149,14 @@ class Handler:
         TypeError: the object is neither handler form.
     """
 
-    __slots__ = ("_closed", "_codec", "_connected", "_function", "_received")
+    __slots__ = ("_closed", "_codec", "_connected", "_function", "_paused", "_received", "_resumed")
 
     def __init__(self, handler: object, codec: Codec | None = None) -> None:
         self._codec = codec
         self._connected: Callable[[Peer], object] | None = getattr(handler, "connected", None)
         self._closed: Callable[[Peer, BaseException | None], object] | None = getattr(handler, "closed", None)
+        self._paused: Callable[[Peer], object] | None = getattr(handler, "paused", None)
+        self._resumed: Callable[[Peer], object] | None = getattr(handler, "resumed", None)
         self._received: Callable[[Peer, bytes], Any] | None = None
         self._function: Callable[[bytes], Any] | None = None  # the plain form, called without a wrapper
         if any(hasattr(handler, name) for name in _HOOKS):
@@ -175,6 +180,21 @@ class Handler:
             return self._connected(peer)
         except Exception as exc:
             raise HandlerFailed("connected", exc) from exc
+
+    @property
+    def watches_writability(self) -> bool:
+        """True when the handler has a ``paused`` or ``resumed`` hook."""
+        return self._paused is not None or self._resumed is not None
+
+    def writability_changed(self, peer: Peer, *, paused: bool) -> None:
+        """Call the handler's ``paused(peer)`` or ``resumed(peer)``, if it has it."""
+        hook = self._paused if paused else self._resumed
+        if hook is None:
+            return
+        try:
+            hook(peer)
+        except Exception as exc:
+            raise HandlerFailed("paused" if paused else "resumed", exc) from exc
 
     @property
     def is_plain(self) -> bool:
@@ -312,6 +332,7 @@ _HOOK_CODES: Final = {
     Handler.answer_plain.__code__: "received",
     Handler.check_reply.__code__: "received",  # a codec's encode
     Handler.closed.__code__: "closed",
+    Handler.writability_changed.__code__: "paused",
 }
 
 

@@ -20,8 +20,13 @@ def closed_locally(address: object) -> ConnectionClosed:
 class Link(Protocol):
     """Internal: what an engine provides behind each `Peer`."""
 
-    def send(self, message: Buffer) -> None:
-        """Send or queue one message to the peer, from any thread."""
+    def send(self, message: Buffer, policy: str | None = None) -> None:
+        """Send or queue one message to the peer, from any thread; `policy` for a slow peer (None: the server's)."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be written to the peer."""
         ...
 
     def close(self) -> None:
@@ -43,8 +48,12 @@ class _ClosedLink:
     def __init__(self, address: object) -> None:
         self._address = address
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Buffer, policy: str | None = None) -> None:
         raise closed_locally(self._address)
+
+    @property
+    def queued(self) -> int:
+        return 0
 
     def close(self) -> None:
         pass
@@ -61,9 +70,19 @@ class Peer:
         proxy_address: the balancer's address when the connection came with a
             PROXY header naming another client; None otherwise.
         data: a dict for the handler's per-connection state.
+        dropped: messages a slow-consumer policy dropped instead of sending
+            them to this peer (see `send`).
     """
 
-    __slots__ = ("__weakref__", "_encode", "_link", "address", "data", "proxy_address")  # weakref: WeakSet of peers
+    __slots__ = (
+        "__weakref__",
+        "_encode",
+        "_link",
+        "address",
+        "data",
+        "dropped",
+        "proxy_address",
+    )  # weakref: WeakSet of peers
 
     def __init__(self, link: Link, address: object, encode: Callable[[Any], Buffer] | None = None) -> None:
         self._link = link
@@ -71,11 +90,17 @@ class Peer:
         self.address = address
         self.proxy_address: object = None
         self.data: dict[str, Any] = {}
+        self.dropped = 0
 
     def __repr__(self) -> str:
         return f"<Peer {format_address(self.address)}>"
 
-    def send(self, message: Any) -> None:
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be written to this peer (0 on the threads and processes engines, which write at once)."""
+        return self._link.queued
+
+    def send(self, message: Any, policy: str | None = None) -> None:
         """Send a message to this peer; safe from any thread.
 
         On the threads and processes engines it is written before `send`
@@ -83,13 +108,22 @@ class Peer:
 
         With a codec on the server, `message` is a value the codec encodes.
 
+        Args:
+            message: the message (bytes, or a value for the server's codec).
+            policy: what to do when more than the server's ``high_water``
+                bytes are already queued for this peer (event-loop engines):
+                ``"close"`` (queue it; the peer is closed past the hard cap),
+                ``"drop"`` (do not send it; counted in `dropped`) or
+                ``"drop_oldest"`` (send it, drop older queued messages sent
+                with this policy). None: the server's ``slow_consumer``.
+
         Raises:
             CodecError: the codec cannot encode the value (nothing is sent).
             FramingError: the framing cannot carry the message.
             ConnectionClosed: the connection is already closed.
             OSError: the connection broke while sending.
         """
-        self._link.send(message if self._encode is None else self._encode(message))
+        self._link.send(message if self._encode is None else self._encode(message), policy)
 
     def close(self) -> None:
         """Close this connection after the replies already due; safe from any thread."""

@@ -518,6 +518,16 @@ class Session:
             self._out_append(channel.close_write())  # TLS close_notify: a clean end, not a truncation
 
     @property
+    def announced(self) -> bool:
+        """True once the handler's ``connected`` ran (the handshakes are done): a live peer for `Server.peers`."""
+        return self._announced and not self._ended
+
+    @property
+    def encrypts(self) -> bool:
+        """True while what it sends is encrypted (TLS): the queued bytes are one stream, no message can be dropped."""
+        return self._channel is not None and self._channel.encrypts
+
+    @property
     def in_handler(self) -> bool:
         """True while handler calls for received messages run: a `send` or `close` then waits for them."""
         return self._batch is not None

@@ -15,8 +15,9 @@ listening socket watched by ``loop.add_reader`` and each accepted socket given
 to ``loop.connect_accepted_socket``; so a stop can still serve the backlog.
 
 Flow control mirrors the select engine: the transport's write buffer has the
-same high and low water marks, and a peer whose replies pile up is not read
-until they drain (``pause_writing`` pauses reading). Async replies in flight
+same high and low water marks (the server's ``high_water`` and ``low_water``),
+and a peer whose replies pile up is not read until they drain
+(``pause_writing`` pauses reading, and tells the handler's ``paused`` hook). Async replies in flight
 are bounded the same way. Deadlines run on ``loop.call_at``.
 
 Runs on asyncio's default loop or on uvloop (``loop="uvloop"``).
@@ -30,7 +31,7 @@ import inspect
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, cast
 
 from .. import _socket
@@ -50,9 +51,11 @@ from ._engine import (
     refuse_untrusted,
     shut_down,
 )
-from ._limits import HARD_CAP, HIGH_WATER, LOW_WATER, RECV_SIZE
+from ._fanout import CLOSED, DELIVERED, DROPPED, BroadcastResult, check_policy
+from ._handler import HandlerFailed
+from ._limits import HARD_CAP, RECV_SIZE
 from ._multiplex import Unordered
-from ._peer import closed_locally
+from ._peer import Peer, closed_locally
 from ._session import Session
 
 __all__ = ["LOOPS", "AsyncioEngine", "loop_factory"]
@@ -102,6 +105,7 @@ class AsyncioEngine:
         self._tasks: set[asyncio.Future[None]] = set()  # referenced until done, or they may vanish
         self._abandoned = False  # see abandon()
         self._waiting: asyncio.Timeout | None = None  # the stop's wait for the connections to end
+        config.counters.watch_queued(self.queued)
 
     # --- Engine interface --------------------------------------------------------
 
@@ -159,6 +163,52 @@ class AsyncioEngine:
         assert self._loop is not None
         deadline = self._stop.deadline or time.monotonic()
         return self._loop.time() + max(0.0, deadline - time.monotonic())
+
+    # --- fan-out (docs/fan-out.md) ------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """The live peers (handshakes done, not closed); safe from any thread."""
+        # list(): one step under the GIL, while the loop may still change the set.
+        return [link.session.peer for link in list(self._links) if link.is_open and link.session.announced]
+
+    def queued(self) -> int:
+        """Bytes queued for all the connections now (the `Stats.queued` gauge; any thread, approximate)."""
+        return sum(link.queued for link in list(self._links))
+
+    def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
+        """Queue the framed `data` to every live peer but `exclude`; from another thread, wait for the loop to."""
+        policy = check_policy(policy if policy is not None else self._config.slow_consumer)
+        skip = set(exclude)
+        loop = self._loop
+        if threading.get_ident() == self._loop_thread:
+            return self._fan_out(data, skip, policy)
+        if loop is None:
+            return BroadcastResult()
+        result: list[BroadcastResult] = []
+        done = threading.Event()
+
+        def fan_out() -> None:
+            result.append(self._fan_out(data, skip, policy))
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(fan_out)
+        except RuntimeError:  # the loop has closed
+            return BroadcastResult()
+        while not done.wait(0.1):  # the loop may end meanwhile (a stop): then nobody is there to send to
+            if loop.is_closed() or not loop.is_running():
+                return BroadcastResult()
+        return result[0]
+
+    def _fan_out(self, data: bytes, skip: set[Peer], policy: str) -> BroadcastResult:
+        delivered = dropped = closed = 0  # not BroadcastResult sums: a new object per peer costs (profiled)
+        for link in list(self._links):  # a link may close (and leave the set) as it is sent to
+            if link.session.announced and link.session.peer not in skip:
+                result = link.offer(data, policy)
+                delivered += result.delivered
+                dropped += result.dropped
+                closed += result.closed
+        return BroadcastResult(delivered, dropped, closed)
 
     async def run(self, listener: socket.socket) -> None:
         """Serve on the running loop until a stop is requested, then stop gracefully."""
@@ -286,17 +336,43 @@ class _AioLink(asyncio.BufferedProtocol):
 
     # --- the Link interface ---------------------------------------------------
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Buffer, policy: str | None = None) -> None:
         """Queue one message; safe from any thread."""
         if not self.is_open or self._close_asked or self.session.closing:
             raise closed_locally(self.session.peer.address)
         data = self.session.frame(message)
+        config = self._engine._config
+        send: Callable[[bytes], object] = self._send_framed
+        if policy is not None or config.slow_consumer != "close":
+            policy = check_policy(policy if policy is not None else config.slow_consumer)
+            send = lambda data: self.offer(data, policy)  # noqa: E731
         if threading.get_ident() == self._engine._loop_thread:
-            self._send_framed(data)
+            send(data)
         else:
             loop = self._engine._loop
             assert loop is not None
-            loop.call_soon_threadsafe(self._send_framed, data)
+            loop.call_soon_threadsafe(send, data)
+
+    @property
+    def queued(self) -> int:
+        """Bytes in the transport's write buffer."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def offer(self, data: bytes, policy: str) -> BroadcastResult:
+        """On the loop's thread: send the framed `data` under the slow-consumer `policy` (see `_fanout`).
+
+        The transport's buffer is one stream that nothing can be taken out
+        of: ``"drop_oldest"`` drops the new message, as ``"drop"`` does.
+        """
+        if not self.is_open or self.session.closing:
+            return CLOSED
+        if self._writing_paused and policy != "close":
+            self.session.peer.dropped += 1
+            self._engine._config.counters.dropped_messages()
+            return DROPPED
+        self._send_framed(data)
+        return DELIVERED if self.session.error is None else CLOSED
 
     def _send_framed(self, data: bytes) -> None:
         if self.is_open:
@@ -346,7 +422,8 @@ class _AioLink(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without inheriting it.
         self._transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        config = self._engine._config
+        transport.set_write_buffer_limits(high=config.high_water, low=config.low_water)
         self.session.start()
         self._flush()
 
@@ -365,11 +442,25 @@ class _AioLink(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._update_reading()
+        self._writability_changed(paused=True)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._update_reading()
         self._account()
+        self._writability_changed(paused=False)
+
+    def _writability_changed(self, *, paused: bool) -> None:
+        """Tell the handler's ``paused``/``resumed`` hook, if it has one."""
+        handler = self._engine._config.handler
+        if handler.watches_writability and self.is_open and self.session.announced:
+            try:
+                handler.writability_changed(self.session.peer, paused=paused)
+            except HandlerFailed as exc:
+                self.session.fail(exc)
+                loop = self._engine._loop
+                assert loop is not None
+                loop.call_soon(self._flush)  # not now: the transport may be inside write()
 
     def _flush(self) -> None:
         """Write what the session has to send, chain its async replies, arm its deadline, close when due."""

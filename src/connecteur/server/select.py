@@ -12,9 +12,12 @@ one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
 non-empty.
 
-Backpressure: a connection whose queue passes `HIGH_WATER` is no longer read
-until the queue falls below `LOW_WATER`; one whose queue passes `HARD_CAP`
-(only `peer.send()` can push it there) is disconnected.
+Backpressure: a connection whose queue passes the server's ``high_water``
+(`HIGH_WATER` by default) is no longer read until the queue falls below its
+``low_water`` (`LOW_WATER`), and the handler's ``paused``/``resumed`` hooks
+are told; one whose queue passes `HARD_CAP` (only `peer.send()` and
+`broadcast` can push it there) is disconnected, unless the send's
+slow-consumer policy drops instead (``server/_fanout.py``).
 
 Timers without threads: idle and per-message deadlines live on the
 connections; a heap holds at most one entry per connection, checked lazily
@@ -32,7 +35,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .. import _socket
 from .._loop import Inbox, Timers
@@ -50,11 +53,13 @@ from ._engine import (
     refuse_untrusted,
     shut_down,
 )
+from ._fanout import CLOSED, DELIVERED, DROPPED, BroadcastResult, DropOldest, check_policy
+from ._handler import HandlerFailed
 from ._limits import HARD_CAP as HARD_CAP
 from ._limits import HIGH_WATER as HIGH_WATER
 from ._limits import LOW_WATER as LOW_WATER
 from ._limits import RECV_SIZE as RECV_SIZE
-from ._peer import closed_locally
+from ._peer import Peer, closed_locally
 from ._poller import READ, READABLE, WRITABLE, WRITE, Poller
 from ._session import Session
 
@@ -87,6 +92,8 @@ class SelectEngine:
         self._loop_thread = 0
         self._listener: socket.socket | None = None
         self._abandoned = False  # see abandon()
+        self._running = True  # False once serve() returned: a broadcast from another thread stops waiting
+        config.counters.watch_queued(self.queued)
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -118,6 +125,7 @@ class SelectEngine:
         try:
             self._run_until_stopped()
         finally:
+            self._running = False
             self._stop_accepting(drain_backlog=False)
             for link in list(self._links):
                 link.abort()
@@ -163,6 +171,46 @@ class SelectEngine:
             action()
         else:
             self._inbox.put(action)
+
+    # --- fan-out (docs/fan-out.md) ------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """The live peers (handshakes done, not closed); safe from any thread."""
+        # list(): one step under the GIL, while the loop may still change the set.
+        return [link.session.peer for link in list(self._links) if link.is_open and link.session.announced]
+
+    def queued(self) -> int:
+        """Bytes queued for all the connections now (the `Stats.queued` gauge; any thread, approximate)."""
+        return sum(link.queued for link in list(self._links))
+
+    def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
+        """Queue the framed `data` to every live peer but `exclude`; from another thread, wait for the loop to."""
+        policy = check_policy(policy if policy is not None else self._config.slow_consumer)
+        skip = set(exclude)
+        if threading.get_ident() == self._loop_thread:
+            return self._fan_out(data, skip, policy)
+        result: list[BroadcastResult] = []
+        done = threading.Event()
+
+        def fan_out() -> None:
+            result.append(self._fan_out(data, skip, policy))
+            done.set()
+
+        self._inbox.put(fan_out)
+        while not done.wait(0.1):  # the loop may end meanwhile (a stop): then nobody is there to send to
+            if not self._running:
+                return BroadcastResult()
+        return result[0]
+
+    def _fan_out(self, data: bytes, skip: set[Peer], policy: str) -> BroadcastResult:
+        delivered = dropped = closed = 0  # not BroadcastResult sums: a new object per peer costs (profiled)
+        for link in list(self._links):  # a link may close (and leave the set) as it is sent to
+            if link.session.announced and link.session.peer not in skip:
+                result = link.offer(data, policy)
+                delivered += result.delivered
+                dropped += result.dropped
+                closed += result.closed
+        return BroadcastResult(delivered, dropped, closed)
 
     # --- accepting -------------------------------------------------------------
 
@@ -269,6 +317,7 @@ class _SelectLink:
         "__weakref__",
         "_budget_paused",
         "_close_asked",
+        "_droppable",
         "_engine",
         "_events",
         "_outgoing",
@@ -294,19 +343,63 @@ class _SelectLink:
         self._budget_paused = False  # reading stopped: the server is over max_buffered
         self._close_asked = False  # close() from another thread, not run yet
         self._timer_due: float | None = None
+        self._droppable: DropOldest | None = None  # made by the first "drop_oldest" send that queues
         self.is_open = True
 
     # --- the Link interface (any thread) ---------------------------------------
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Buffer, policy: str | None = None) -> None:
         """Queue one message; from another thread the loop writes it soon after."""
         if not self.is_open or self._close_asked or self.session.closing:
             raise closed_locally(self.session.peer.address)
         data = self.session.frame(message)
-        if threading.get_ident() == self._engine._loop_thread:
+        if policy is not None or self._engine._config.slow_consumer != "close":
+            policy = check_policy(policy if policy is not None else self._engine._config.slow_consumer)
+            self._engine.call_soon(lambda: self._offer_quietly(data, policy))
+        elif threading.get_ident() == self._engine._loop_thread:
             self._send_framed(data)
         else:
             self._engine.call_soon(lambda: self._send_framed(data))
+
+    def _offer_quietly(self, data: bytes, policy: str) -> None:
+        self.offer(data, policy)  # a drop is counted in peer.dropped and the stats
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued, not yet taken by the socket."""
+        return self._queued
+
+    def offer(self, data: bytes, policy: str) -> BroadcastResult:
+        """On the loop's thread: send the framed `data` under the slow-consumer `policy` (see `_fanout`)."""
+        session = self.session
+        if session.closing:  # closed, or closing: nothing more goes out
+            return CLOSED
+        if self._paused and (policy == "drop" or (policy == "drop_oldest" and session.encrypts)):
+            return self._count_dropped(DROPPED)
+        queued_before = self._queued
+        self._send_framed(data)
+        if not self.is_open:
+            return CLOSED
+        if policy != "drop_oldest" or not queued_before or session.in_handler:
+            return DELIVERED
+        outgoing = self._outgoing
+        if outgoing and outgoing[-1].obj is data:  # queued whole, unencrypted, behind what was queued
+            if self._droppable is None:
+                self._droppable = DropOldest()
+            self._droppable.add(outgoing[-1])
+        dropped, high = 0, self._engine._config.high_water
+        while self._queued > high and self._droppable is not None and (size := self._droppable.drop_one()):
+            self._queued -= size
+            dropped += 1
+        if not dropped:
+            return DELIVERED
+        self.session.account(self._queued)
+        return self._count_dropped(BroadcastResult(delivered=1, dropped=dropped))
+
+    def _count_dropped(self, result: BroadcastResult) -> BroadcastResult:
+        self.session.peer.dropped += result.dropped
+        self._engine._config.counters.dropped_messages(result.dropped)
+        return result
 
     def _send_framed(self, data: bytes) -> None:
         if self.is_open:
@@ -367,9 +460,12 @@ class _SelectLink:
 
     def on_writable(self) -> None:
         """Send queued bytes until the socket would block or the queue is empty."""
-        outgoing = self._outgoing
+        outgoing, droppable = self._outgoing, self._droppable
         while outgoing:
             chunk = outgoing[0]
+            if droppable is not None and droppable.leaving(chunk):
+                outgoing.popleft()  # dropped by "drop_oldest"; not in _queued any more
+                continue
             try:
                 sent = self.sock.send(chunk)
             except (BlockingIOError, InterruptedError):
@@ -450,16 +546,27 @@ class _SelectLink:
 
     def _apply_backpressure(self) -> None:
         """The queue changed: tell the session (for the budget); stop or resume reading past the water marks."""
-        queued = self._queued
+        queued, config = self._queued, self._engine._config
         self.session.account(queued)
         if queued > HARD_CAP:
             self._fail(ConnectionError(f"{queued} bytes queued for a peer that does not read; limit is {HARD_CAP}"))
-        elif not self._paused and queued > HIGH_WATER:
+        elif not self._paused and queued > config.high_water:
             self._paused = True
             self._set_events(self._events & ~_READ)
-        elif self._paused and queued < LOW_WATER:
+            self._writability_changed(paused=True)
+        elif self._paused and queued < config.low_water:
             self._paused = False
             self._set_events(self._events | _READ)
+            self._writability_changed(paused=False)
+
+    def _writability_changed(self, *, paused: bool) -> None:
+        """Tell the handler's ``paused``/``resumed`` hook, if it has one."""
+        handler = self._engine._config.handler
+        if handler.watches_writability and self.session.announced:
+            try:
+                handler.writability_changed(self.session.peer, paused=paused)
+            except HandlerFailed as exc:
+                self._fail(exc)
 
     def _set_events(self, events: int) -> None:
         if self.session.closing or self._paused or self._budget_paused:
@@ -509,5 +616,6 @@ class _SelectLink:
         self._engine.forget(self)
         self.sock.close()
         self._outgoing.clear()  # now: a timer entry or the handler may hold this object longer
+        self._droppable = None
         self._queued = 0
         self.session.connection_lost()

@@ -17,14 +17,14 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from .. import _socket
 from ..address import format_address
 from ..framing import BodyPool
 from ._blocking import RECV_SIZE as RECV_SIZE
-from ._blocking import BlockingLink, thread_budget
+from ._blocking import BlockingLink, refuse_policy, thread_budget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -37,6 +37,8 @@ from ._engine import (
     refuse_if_full,
     refuse_untrusted,
 )
+from ._fanout import BroadcastResult
+from ._peer import Peer
 
 __all__ = ["BlockingLink", "ThreadsEngine"]
 
@@ -77,6 +79,25 @@ class ThreadsEngine:
             self._finish_links()
         finally:
             self._stop.close()
+
+    # --- fan-out (docs/fan-out.md) ------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """The live peers (handshakes done, not closed); safe from any thread."""
+        return [link.session.peer for link in self._live_links() if link.is_live]
+
+    def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
+        """Write the framed `data` to every live peer but `exclude`, one after another, in the calling thread.
+
+        Each write waits while its peer does not read, as `peer.send` does
+        here: a slow reader holds up the peers after it.
+        """
+        refuse_policy(policy if policy is not None else self._config.slow_consumer)
+        skip, total = set(exclude), BroadcastResult()
+        for link in self._live_links():
+            if link.is_live and link.session.peer not in skip:
+                total += link.offer(data, "close")
+        return total
 
     # --- accepting -------------------------------------------------------------
 

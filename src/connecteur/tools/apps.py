@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 import threading
 from collections.abc import Callable, Iterable
 from typing import Final, final
@@ -9,7 +10,7 @@ from typing import Final, final
 from ..errors import ConnecteurError, FramingError
 from ..server import MessageHandler, Peer, PeerHandler
 
-__all__ = ["APPS", "ONE_PROCESS_APPS", "Chat", "discard", "echo", "upper"]
+__all__ = ["APPS", "ONE_PROCESS_APPS", "Chat", "PubSub", "discard", "echo", "upper"]
 
 
 def echo(message: bytes) -> bytes:
@@ -154,15 +155,138 @@ class Chat:
         return None
 
 
+_TOPIC_CHARACTERS: Final = frozenset(string.ascii_letters + string.digits + "-_./:")
+
+
+@final
+class PubSub:
+    """Topics: clients subscribe to some, and each message published to one goes to its subscribers.
+
+    `connecteur serve --app pubsub` serves it; `connecteur sub` and
+    `connecteur pub` are its clients. The protocol, in messages of the
+    server's framing (any framing of variable length), ASCII commands:
+
+    - ``sub TOPIC``: subscribe; the server answers ``* subscribed TOPIC``.
+      A topic is 1 to `MAX_TOPIC` letters, digits, ``-``, ``_``, ``.``,
+      ``/`` or ``:``.
+    - ``unsub TOPIC``: unsubscribe; answered ``* unsubscribed TOPIC``.
+    - ``pub TOPIC PAYLOAD``: every subscriber of TOPIC (the publisher too,
+      if it subscribed) receives what follows ``pub ``: ``TOPIC PAYLOAD``
+      (PAYLOAD is any bytes; ``pub TOPIC`` alone publishes ``TOPIC``). The
+      publisher receives nothing back, so that it can publish at full speed.
+    - Anything else, a bad topic, or more than `MAX_SUBSCRIPTIONS` topics
+      for one client: ``* error: REASON``; the connection stays open.
+
+    Messages from the server that start with ``* `` answer the client's
+    commands, in order; any other is a publication, ``TOPIC PAYLOAD`` cut at
+    the first space. A publication to a subscriber is sent with the server's
+    slow-consumer policy (``serve --slow-consumer``, docs/fan-out.md): a
+    subscriber that does not read is closed at the hard cap (``close``), or
+    misses publications (``drop``, ``drop_oldest``), and never slows the
+    publisher or the other subscribers on the select and asyncio engines.
+
+    Thread-safe; the topics live in this object, so every connection must be
+    in one process: the select, threads or asyncio engine, one worker.
+    Create one `PubSub` per server.
+    """
+
+    MAX_TOPIC: Final = 64
+    """The longest topic, in characters."""
+
+    MAX_SUBSCRIPTIONS: Final = 1024
+    """Topics one client may subscribe to: what a client can make the server hold stays bounded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[bytes, set[Peer]] = {}  # guarded by _lock
+        self.published = 0
+        """Publications taken (each sent to every subscriber of its topic)."""
+
+    def __repr__(self) -> str:
+        return f"<PubSub {len(self._subscribers)} topics>"
+
+    @classmethod
+    def check_topic(cls, topic: str) -> None:
+        """Check that `topic` follows the protocol's rule.
+
+        Raises:
+            ValueError: the topic is empty, too long or holds another character.
+        """
+        if not 1 <= len(topic) <= cls.MAX_TOPIC or not set(topic) <= _TOPIC_CHARACTERS:
+            raise ValueError(f"a topic is 1 to {cls.MAX_TOPIC} ASCII letters, digits, '-', '_', '.', '/' or ':'")
+
+    def received(self, peer: Peer, message: bytes) -> bytes | None:
+        """Run one command."""
+        command, _, rest = bytes(message).partition(b" ")
+        try:
+            if command == b"pub":
+                self._publish(self._topic(rest.partition(b" ")[0]), bytes(message), len(command) + 1)
+                return None
+            if command == b"sub":
+                return self._subscribe(peer, self._topic(rest))
+            if command == b"unsub":
+                return self._unsubscribe(peer, self._topic(rest))
+            raise ValueError("commands are 'sub TOPIC', 'unsub TOPIC' and 'pub TOPIC PAYLOAD'")
+        except ValueError as exc:
+            return f"* error: {exc}".encode()
+
+    def closed(self, peer: Peer, error: BaseException | None) -> None:
+        """Forget the peer's subscriptions."""
+        with self._lock:
+            for topic in peer.data.pop("pubsub_topics", ()):
+                self._forget(topic, peer)
+
+    def _topic(self, raw: bytes) -> bytes:
+        self.check_topic(raw.decode("ascii", "replace"))
+        return raw
+
+    def _subscribe(self, peer: Peer, topic: bytes) -> bytes:
+        with self._lock:
+            topics: set[bytes] = peer.data.setdefault("pubsub_topics", set())
+            if topic not in topics and len(topics) >= self.MAX_SUBSCRIPTIONS:
+                raise ValueError(f"at most {self.MAX_SUBSCRIPTIONS} topics per client")
+            topics.add(topic)
+            self._subscribers.setdefault(topic, set()).add(peer)
+        return b"* subscribed " + topic
+
+    def _unsubscribe(self, peer: Peer, topic: bytes) -> bytes:
+        with self._lock:
+            peer.data.get("pubsub_topics", set()).discard(topic)
+            self._forget(topic, peer)
+        return b"* unsubscribed " + topic
+
+    def _forget(self, topic: bytes, peer: Peer) -> None:
+        subscribers = self._subscribers.get(topic)
+        if subscribers is not None:
+            subscribers.discard(peer)
+            if not subscribers:
+                del self._subscribers[topic]
+
+    def _publish(self, topic: bytes, message: bytes, start: int) -> None:
+        """Send ``TOPIC PAYLOAD`` (`message` from `start`) to the topic's subscribers, outside the lock."""
+        with self._lock:
+            subscribers = list(self._subscribers.get(topic, ()))
+            self.published += 1
+        publication = memoryview(message)[start:]
+        for subscriber in subscribers:
+            try:
+                subscriber.send(publication)
+            except FramingError:
+                return  # cannot happen: shorter than the command the framing carried
+            except (ConnecteurError, OSError):
+                continue  # that subscriber is leaving; its closed() forgets it
+
+
 APPS: Final[dict[str, Callable[[], MessageHandler | PeerHandler]]] = {
     "echo": lambda: echo,
     "upper": lambda: upper,
     "discard": lambda: discard,
     "chat": Chat,
+    "pubsub": PubSub,
 }
 """The apps the command line knows: name -> a function that returns a new
 handler (a fresh room for ``chat``; the stateless apps return themselves)."""
 
-ONE_PROCESS_APPS: Final = frozenset({"chat"})
+ONE_PROCESS_APPS: Final = frozenset({"chat", "pubsub"})
 """Apps whose state spans connections: every connection must be served by
 one process (the select, threads or asyncio engine, one worker)."""

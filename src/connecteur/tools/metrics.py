@@ -55,6 +55,11 @@ COUNTERS: Final = (
         "skipped",
         "Messages over max_size dropped with their connection kept (on_oversize='skip').",
     ),
+    (
+        "connecteur_messages_dropped",
+        "dropped",
+        "Messages a slow-consumer policy (drop, drop_oldest) dropped instead of queuing them to a slow peer.",
+    ),
 )
 """Each counter: its name (``prometheus_client`` adds ``_total``), its `Stats` field, its help text."""
 
@@ -92,7 +97,7 @@ class StatsCollector:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the counters, the active connections and the server's info, as they are now."""
+        """Yield the counters, the active connections, the queued bytes and the server's info, as they are now."""
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         server = self._server
@@ -100,6 +105,9 @@ class StatsCollector:
         for name, field, documentation in COUNTERS:
             yield CounterMetricFamily(name, documentation, value=getattr(stats, field))
         yield GaugeMetricFamily("connecteur_connections_active", "Connections open now.", value=stats.active)
+        yield GaugeMetricFamily(
+            "connecteur_queued_bytes", "Bytes queued now for peers that have not read them yet.", value=stats.queued
+        )
         labels = {"engine": server.engine, "workers": str(server.workers), "version": __version__}
         yield InfoMetricFamily("connecteur_server", "How the server runs: engine, worker processes, version.", labels)
 
