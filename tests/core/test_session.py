@@ -43,7 +43,7 @@ class FakeLink:
 
     session: Session
 
-    def send(self, message: Buffer) -> None:
+    def send(self, message: Buffer, policy: str | None = None) -> None:
         self.session.send(self.session.frame(message))
 
     def close(self) -> None:

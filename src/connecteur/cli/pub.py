@@ -15,7 +15,15 @@ from typing import Any
 
 from ..address import Address
 from ..errors import ConnecteurError
-from ._options import add_framing_options, address_argument, fail, framing_option, seconds_argument, show_bytes
+from ._options import (
+    add_framing_options,
+    add_keepalive_option,
+    address_argument,
+    fail,
+    framing_option,
+    seconds_argument,
+    show_bytes,
+)
 from ._security import add_security_options, connect_or_fail
 from .sub import topic_argument
 
@@ -38,6 +46,7 @@ def add_parser(commands: Any) -> None:
         "--timeout", type=seconds_argument, default=10.0, metavar="S",
         help="seconds to connect, and to wait for the server to close after the last message (default 10)",
     )  # fmt: skip
+    add_keepalive_option(parser)
     add_security_options(parser, "client")
     parser.set_defaults(run=run)
 

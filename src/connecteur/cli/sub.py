@@ -17,7 +17,15 @@ from ..address import Address
 from ..connection import Connection
 from ..errors import ConnecteurError
 from ..tools.apps import PubSub
-from ._options import add_framing_options, address_argument, fail, framing_option, seconds_argument, show_bytes
+from ._options import (
+    add_framing_options,
+    add_keepalive_option,
+    address_argument,
+    fail,
+    framing_option,
+    seconds_argument,
+    show_bytes,
+)
 from ._security import add_security_options, connect_or_fail
 
 __all__ = ["add_parser", "run", "topic_argument"]
@@ -41,6 +49,7 @@ def add_parser(commands: Any) -> None:
         "--timeout", type=seconds_argument, default=10.0, metavar="S",
         help="seconds to connect and to have the subscriptions confirmed (default 10)",
     )  # fmt: skip
+    add_keepalive_option(parser)
     add_security_options(parser, "client")
     parser.set_defaults(run=run)
 
