@@ -17,7 +17,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, final
 
-from ._envelope import Envelope, Heartbeat, Kind, RequestTable, decode, encode
+from ._envelope import MAX_ONE_WAY, Envelope, Heartbeat, Kind, RequestTable, decode, encode
 from ._multiplexed import Default
 from .address import format_address
 from .codecs import Codec
@@ -65,7 +65,9 @@ class MultiplexedConnection(Generic[T]):
         self.address: object = connection.address
         self._loop = asyncio.get_running_loop()
         self._table: RequestTable[asyncio.Future[Envelope]] = RequestTable()
-        self._one_way: deque[bytes] = deque()
+        self._one_way: deque[bytes] = deque(maxlen=MAX_ONE_WAY)  # full: appending drops the oldest
+        self.one_way_dropped = 0
+        """One-way messages from the server dropped, oldest first, because `recv` left `MAX_ONE_WAY` waiting."""
         self._one_way_waiter: asyncio.Future[None] | None = None
         self._ended: ConnectionClosed | None = None
         self._last_heard = self._loop.time()
@@ -201,6 +203,8 @@ class MultiplexedConnection(Generic[T]):
             if reply is not None and not reply.done():
                 reply.set_result(envelope)
         elif kind is Kind.ONE_WAY:
+            if len(self._one_way) == MAX_ONE_WAY:
+                self.one_way_dropped += 1
             self._one_way.append(envelope.payload)
             self._wake_recv()
         elif kind is Kind.PING:

@@ -25,6 +25,7 @@ from .errors import FramingError
 
 __all__ = [
     "HEADER_SIZE",
+    "MAX_ONE_WAY",
     "MAX_REQUEST_ID",
     "MAX_TOMBSTONES",
     "Envelope",
@@ -149,6 +150,11 @@ def heartbeat_of(value: Heartbeat | tuple[float, float] | None) -> Heartbeat | N
         return Heartbeat(*value)
     raise TypeError(f"heartbeat must be a Heartbeat, an (interval, deadline) pair or None, not {value!r}")
 
+
+MAX_ONE_WAY: Final = 1_024
+"""One-way messages from the server a multiplexed client keeps for `recv` at most. Beyond, the
+oldest is dropped and counted (``one_way_dropped``): the client's reader cannot stop reading
+for them, since the replies to its requests come on the same connection."""
 
 MAX_TOMBSTONES: Final = 65_536
 """Ids of timed-out requests remembered at most (about 5 MiB): their late replies are dropped, and

@@ -26,7 +26,7 @@ from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, final
 
-from ._envelope import Envelope, Heartbeat, Kind, RequestTable, decode, encode
+from ._envelope import MAX_ONE_WAY, Envelope, Heartbeat, Kind, RequestTable, decode, encode
 from .address import format_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, RemoteError, Timeout
@@ -108,7 +108,9 @@ class MultiplexedConnection(Generic[T]):
         self._lock = threading.Lock()  # the table, the one-way queue, the state
         self._send_lock = threading.Lock()  # one envelope at a time on the wire
         self._table: RequestTable[_Waiter] = RequestTable()
-        self._one_way: deque[bytes] = deque()
+        self._one_way: deque[bytes] = deque(maxlen=MAX_ONE_WAY)  # full: appending drops the oldest
+        self.one_way_dropped = 0
+        """One-way messages from the server dropped, oldest first, because `recv` left `MAX_ONE_WAY` waiting."""
         self._one_way_ready = threading.Condition(self._lock)
         self._ended: ConnectionClosed | None = None  # why it ended, once it did
         self._closed_by_user = False
@@ -301,6 +303,8 @@ class MultiplexedConnection(Generic[T]):
                 waiter.event.set()
         elif kind is Kind.ONE_WAY:
             with self._one_way_ready:
+                if len(self._one_way) == MAX_ONE_WAY:
+                    self.one_way_dropped += 1
                 self._one_way.append(envelope.payload)
                 self._one_way_ready.notify()
         elif kind is Kind.PING:

@@ -13,6 +13,7 @@ import pytest
 
 import connecteur
 from connecteur import ConnectionClosed, Peer, RemoteError, Server, Timeout
+from connecteur._envelope import MAX_ONE_WAY
 from connecteur.codecs import Json
 from tests.support import TIMEOUT, recv_until_closed, wait_until
 
@@ -261,3 +262,30 @@ def test_an_aio_request_timed_out_or_cancelled_leaves_a_tombstone() -> None:
 
     with Server(slow_first, "127.0.0.1:0", engine="threads", multiplexed=True) as server:
         asyncio.run(main(server.address))
+
+
+def test_one_way_messages_nobody_receives_are_bounded_oldest_dropped_first(serve: Serve) -> None:
+    """A client that never calls recv() keeps at most MAX_ONE_WAY of them: its reader cannot stop reading."""
+    extra = 5
+
+    class Flooding:
+        def received(self, peer: Peer, message: bytes) -> bytes:
+            for number in range(MAX_ONE_WAY + extra):
+                peer.send(b"%d" % number)
+            return b"done"  # after the one-way messages on the wire: they are all in when it arrives
+
+    server = serve(Flooding(), multiplexed=True)
+    with connecteur.connect(server.address, multiplexed=True, timeout=TIMEOUT) as conn:
+        assert conn.request(b"flood") == b"done"
+        assert conn.one_way_dropped == extra
+        assert conn.recv() == b"%d" % extra  # the oldest went first
+
+    async def main() -> tuple[int, bytes]:
+        conn = await connecteur.aio.connect(server.address, multiplexed=True, timeout=TIMEOUT)
+        try:
+            assert await conn.request(b"flood") == b"done"
+            return conn.one_way_dropped, await conn.recv()
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == (extra, b"%d" % extra)
