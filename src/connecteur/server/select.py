@@ -27,6 +27,7 @@ Other threads reach the loop through its `Inbox` and a wake-up socket pair
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .. import _socket
+from .._compiled import python_class
 from .._loop import Inbox, Timers
 from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
@@ -262,6 +264,7 @@ def _is_live(due: float, ref: weakref.ref[_SelectLink] | None) -> bool:
     return link is not None and link.is_timer_live(due)
 
 
+@python_class  # the timers refer to links weakly
 class _SelectLink:
     """One non-blocking connection: the I/O around its `Session`, driven by the engine's loop."""
 
@@ -306,7 +309,7 @@ class _SelectLink:
         if threading.get_ident() == self._engine._loop_thread:
             self._send_framed(data)
         else:
-            self._engine.call_soon(lambda: self._send_framed(data))
+            self._engine.call_soon(functools.partial(self._send_framed, data))  # no closure: mypyc fails on one here
 
     def _send_framed(self, data: bytes) -> None:
         if self.is_open:
