@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Final, Literal, final
 
-from .._compiled import python_class
 from ..errors import FramingError
 from ._base import DEFAULT_MAX_SIZE, Buffer, Decoder, _BufferDecoder, _check_max_size, _too_large
 
@@ -26,7 +25,6 @@ def _check_int(value: int, name: str) -> int:
 
 
 @final
-@python_class  # checks its arguments itself
 class LengthField:
     """A header holding an unsigned length field somewhere in it, then the rest of the frame.
 

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable
 from typing import Final, Protocol, final
 
-from .._compiled import python_class
 from ..errors import FramingError
 from ._base import DEFAULT_MAX_SIZE, Buffer, Decoder, _BufferDecoder, _check_max_size, _too_large
 
@@ -34,7 +33,6 @@ _HEADER_FORMAT: Final = re.compile(r"[!<>][BHILQ]")
 
 
 @final
-@python_class  # checks its arguments itself
 class LengthPrefixed:
     """A binary unsigned length, then that many bytes: the common choice.
 

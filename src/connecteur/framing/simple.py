@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import final
 
-from .._compiled import python_class
 from ..errors import FramingError
 from ._base import (
     DEFAULT_LINE_MAX_SIZE,
@@ -27,7 +26,6 @@ __all__ = ["CloseDelimited", "DecimalPrefixed", "Delimited", "FixedLength", "Lin
 
 
 @final
-@python_class  # checks its arguments itself
 class FixedLength:
     """Every message is exactly `size` bytes: the simplest framing, for records.
 
@@ -95,7 +93,6 @@ class _FixedLengthDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class Delimited:
     """Each message ends with a delimiter, which is not part of the message.
 
@@ -172,7 +169,6 @@ class _DelimitedDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class Lines:
     """Text lines ended by ``\\n``, with one ``\\r`` before it dropped: LF and CRLF peers both work.
 
@@ -255,7 +251,6 @@ class _LinesDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class DecimalPrefixed:
     """A zero-padded decimal length of `width` ASCII digits, then the message.
 
@@ -327,7 +322,6 @@ class _DecimalPrefixedDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class Netstring:
     """D. J. Bernstein's netstrings: ``b"5:hello,"``.
 
@@ -415,7 +409,6 @@ class _NetstringDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class TypeTagged:
     """The first byte is a type; the type decides how many bytes follow.
 
@@ -500,7 +493,6 @@ class _TypeTaggedDecoder(_BufferDecoder):
 
 
 @final
-@python_class  # checks its arguments itself
 class CloseDelimited:
     """One message per direction, ended by the sender's shutdown or close.
 
