@@ -85,7 +85,7 @@ def _extensions() -> list[Extension]:
         options = ["--follow-imports=silent"]
         return mypycify([*options, *(str(root / module) for module in COMPILED_MODULES)], group_name="connecteur")
     except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
-        _notice(f"mypyc failed: {exc!r}")
+        _notice(f"mypyc failed: {type(exc).__name__}; pip install -v shows why")
         return []
 
 
@@ -100,7 +100,7 @@ class BuildExt(build_ext):
                 Path(output).unlink(missing_ok=True)
             self.extensions = []
             self.distribution.ext_modules = []
-            _notice(f"the C build failed: {exc!r}")
+            _notice(f"the C build failed: {type(exc).__name__}; pip install -v shows why")
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
