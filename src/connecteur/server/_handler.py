@@ -79,7 +79,9 @@ class HandlerFailed(Exception):
         self.__cause__ = cause
 
 
-PEER_FAULT_LOG: Final = LogLimit().register_at_fork()
+# Not Final: a compiled module reads a Final global from a C variable, and the
+# tests replace this one (a fresh budget per test) in the module's namespace.
+PEER_FAULT_LOG: LogLimit = LogLimit().register_at_fork()
 """How many peer-fault warnings a process logs (10 a minute): beyond, one line says how many it left out."""
 
 
