@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -81,3 +87,50 @@ def kill_children(pid: int, count: int, timeout: float = TIMEOUT) -> list[int]:
                 killed.append(child)
         time.sleep(0.005)
     return killed
+
+
+def _compiled_source(value: Any) -> tuple[Any, ast.Module] | None:
+    """`value`'s module and the parsed source shipped beside it, if that module is compiled (else None).
+
+    mypyc's compiled classes, functions and modules carry no docstrings and
+    no signatures; the package ships each ``.py`` beside its extension, so
+    the checks that read them read the source there, on both builds alike.
+    """
+    module = value if inspect.ismodule(value) else sys.modules[value.__module__]
+    path = Path(module.__file__ or "")
+    if not path.name.endswith(tuple(EXTENSION_SUFFIXES)):
+        return None
+    return module, ast.parse(path.with_name(path.name.split(".")[0] + ".py").read_text())
+
+
+def _definition(tree: ast.Module, names: list[str]) -> Any:
+    node: Any = tree
+    for name in names:
+        node = next(child for child in node.body if getattr(child, "name", None) == name)
+    return node
+
+
+def docstring(value: Any, member: str | None = None) -> str | None:
+    """The docstring of `value` (or of its attribute `member`), as `inspect.getdoc` gives it, on either build."""
+    compiled = _compiled_source(value)
+    if compiled is None:
+        return inspect.getdoc(value if member is None else getattr(value, member))
+    module, tree = compiled
+    names = [] if value is module else value.__qualname__.split(".")
+    return ast.get_docstring(_definition(tree, [*names, *([] if member is None else [member])]))
+
+
+def parameter_default(value: Any, parameter: str) -> object:
+    """The default of `parameter` of function `value` (of a class: of its constructor), on either build."""
+    compiled = _compiled_source(value)
+    if compiled is None:
+        return inspect.signature(value).parameters[parameter].default
+    module, tree = compiled
+    node = _definition(tree, [*value.__qualname__.split("."), *(["__init__"] if inspect.isclass(value) else [])])
+    arguments = node.args
+    positional = [*arguments.posonlyargs, *arguments.args]
+    with_default = positional[len(positional) - len(arguments.defaults) :]
+    defaults = dict(zip([a.arg for a in with_default], arguments.defaults, strict=True))
+    keywords = zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+    defaults |= {a.arg: d for a, d in keywords if d is not None}
+    return eval(ast.unparse(defaults[parameter]), vars(module))  # a constant or a module's name

@@ -7,6 +7,9 @@ one handler API, timeouts and graceful stops.
 
 from __future__ import annotations
 
+from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Final
+
 from . import aio as aio
 from . import codecs as codecs
 from . import framing as framing
@@ -32,11 +35,13 @@ from .errors import RemoteError as RemoteError
 from .errors import Timeout as Timeout
 from .errors import TruncatedMessage as TruncatedMessage
 from .errors import WorkersFailed as WorkersFailed
+from .framing import length as _length
 from .server import Peer as Peer
 from .server import Server as Server
 from .server import Stats as Stats
 
 __all__ = [
+    "COMPILED",
     "AddressError",
     "AuthenticationError",
     "Backoff",
@@ -68,3 +73,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+COMPILED: Final = (_length.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+"""True when the hot modules run compiled with mypyc (``pip install .`` with
+a C compiler), False for the pure-Python build. Both behave the same; one
+install is one or the other, as its ``.so`` files win over its ``.py``."""
+
+BUILD: Final = "compiled with mypyc" if COMPILED else "pure Python"
+"""Which build runs, in words: what ``connecteur --version`` and ``connecteur bench`` print."""

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import connecteur
 from connecteur.bench.orchestrator import available_targets
 from connecteur.cli import SUBCOMMANDS, build_parser, main
 from tests.cli.test_cli import assert_one_line_error, run
@@ -81,4 +82,5 @@ def test_a_misspelt_top_level_option_is_not_a_missing_command() -> None:
 def test_version(flag: str) -> None:
     result = run(flag)
     assert (result.returncode, result.stderr) == (0, "")
-    assert re.fullmatch(r"connecteur \S+\n", result.stdout)
+    build = "compiled with mypyc" if connecteur.COMPILED else "pure Python"
+    assert re.fullmatch(rf"connecteur \S+ \({build}\)\n", result.stdout)

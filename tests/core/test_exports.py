@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 import connecteur
+from tests.support import docstring
 
 MODULES = ["connecteur", "connecteur.framing", "connecteur.errors", "connecteur.address", "connecteur.connection",
            "connecteur.server"]  # fmt: skip
@@ -16,11 +17,11 @@ MODULES = ["connecteur", "connecteur.framing", "connecteur.errors", "connecteur.
 @pytest.mark.parametrize("name", MODULES)
 def test_every_exported_name_exists_and_has_a_docstring(name: str) -> None:
     module = importlib.import_module(name)
-    assert module.__doc__
+    assert docstring(module)
     for export in module.__all__:
         value = getattr(module, export)
-        if inspect.isclass(value) or inspect.isfunction(value):
-            assert getattr(value, "__doc__", None), f"{name}.{export} has no docstring"
+        if inspect.isclass(value) or inspect.isroutine(value):
+            assert docstring(value), f"{name}.{export} has no docstring"
 
 
 def test_top_level_names_from_the_design() -> None:

@@ -20,6 +20,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.support import docstring, parameter_default
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
@@ -109,12 +111,12 @@ def test_every_public_class_and_function_has_docstrings(module: str, name: str) 
     value = getattr(importlib.import_module(module), name)
     if not (inspect.isclass(value) or inspect.isroutine(value) or inspect.ismodule(value)):
         return
-    assert inspect.getdoc(value), f"{module}.{name} has no docstring"
+    assert docstring(value), f"{module}.{name} has no docstring"
     if inspect.isclass(value):
         for attribute, member in vars(value).items():
             if attribute.startswith("_") or not (inspect.isroutine(member) or isinstance(member, property)):
                 continue
-            assert inspect.getdoc(member), f"{module}.{name}.{attribute} has no docstring"
+            assert docstring(value, attribute), f"{module}.{name}.{attribute} has no docstring"
 
 
 def test_every_page_is_in_the_nav() -> None:
@@ -151,7 +153,7 @@ def _resolve(source: str) -> object:
     else:
         raise AssertionError(f"cannot import {source}")
     if parameter:
-        return inspect.signature(value).parameters[parameter].default  # type: ignore[arg-type]
+        return parameter_default(value, parameter)
     return value
 
 

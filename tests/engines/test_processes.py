@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import connecteur
 from connecteur import ConnectionClosed, Server, connect
 from connecteur.tools.apps import echo
 from tests.support import TIMEOUT, wait_until
@@ -114,6 +115,7 @@ def test_sigterm_to_the_parent_stops_the_children_and_exits_zero() -> None:
         process.communicate(timeout=TIMEOUT)
 
 
+@pytest.mark.skipif(connecteur.COMPILED, reason="compiled, Session is native: patching its start() reaches no engine")
 def test_a_child_stuck_in_its_handshake_is_ended_by_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child stuck where no timeout of ours runs (a lock inherited from the fork, in C) still ends.
 

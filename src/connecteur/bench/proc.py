@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from .. import COMPILED
+
 __all__ = [
     "cpu_model",
     "cpu_seconds",
@@ -216,6 +218,7 @@ def machine() -> dict[str, object]:
         "cpus_usable": len(os.sched_getaffinity(0)),
         "memory_mib": None if total is None else total // 1024,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "compiled": COMPILED,  # the build measured: mypyc or pure Python
         "os": platform.platform(),
         "load_average": os.getloadavg()[0],  # over the last minute: others' work skews every figure
     }

@@ -436,7 +436,7 @@ def _plot_legend(ax: Any, results: Results) -> None:
         "",
         f"connecteur bench, {results.settings.name} run",
         f"{machine['cpu']}, {machine['cpus']} CPUs",
-        f"{machine['python']}",
+        f"{machine['python']}, connecteur {'compiled with mypyc' if machine.get('compiled') else 'pure Python'}",
         f"{machine['os']}",
         results.pinning,
     ]

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import BUILD, __version__
 from ._options import ArgumentParser
 
 __all__ = ["main"]
@@ -19,7 +19,7 @@ SUBCOMMANDS = ("serve", "send", "chat", "pub", "sub", "proxy", "trace", "fetch",
 def build_parser() -> ArgumentParser:
     """Return the parser of the whole command line."""
     parser = ArgumentParser(prog="connecteur", description="Message-oriented TCP and Unix-socket tools.")
-    parser.add_argument("-V", "--version", action="version", version=f"connecteur {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"connecteur {__version__} ({BUILD})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f".{name}", __name__).add_parser(commands)

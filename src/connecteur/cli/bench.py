@@ -24,6 +24,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from .. import BUILD, __version__
 from ..bench import check, orchestrator, report
 from ..bench.orchestrator import (
     DEFAULT_WORKLOADS,
@@ -179,6 +180,7 @@ def _print_plan(results: orchestrator.Results) -> None:
     print(f"connecteur bench, {settings.name} run: {', '.join(results.targets)}")
     print(f"workloads: {', '.join(results.workloads)}; reference: {results.reference}")
     print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['os']}")
+    print(f"connecteur {__version__}, {BUILD}")
     print(f"load average (1 min) before the run: {machine['load_average']:.2f}: other work skews every figure")
     print(f"{results.pinning}; each server and the client in a process of its own, over 127.0.0.1")
     for line in report.skip_lines(results):

@@ -11,7 +11,9 @@ import inspect
 import logging
 import ssl
 import sys
+import weakref
 from collections.abc import Callable, Sequence
+from types import CodeType
 from typing import Any, Final, Protocol, final
 
 from .._peerlog import log_peer_fault
@@ -157,8 +159,8 @@ class Handler:
         self._closed: Callable[[Peer, BaseException | None], object] | None = getattr(handler, "closed", None)
         self._paused: Callable[[Peer], object] | None = getattr(handler, "paused", None)
         self._resumed: Callable[[Peer], object] | None = getattr(handler, "resumed", None)
-        self._received: Callable[[Peer, bytes], Any] | None = None
-        self._function: Callable[[bytes], Any] | None = None  # the plain form, called without a wrapper
+        self._received: Callable[[Peer, Any], Any] | None = None  # bytes, or a codec's value
+        self._function: Callable[[Any], Any] | None = None  # the plain form, called without a wrapper
         if any(hasattr(handler, name) for name in _HOOKS):
             self._received = getattr(handler, "received", None)
         elif callable(handler):
@@ -168,6 +170,14 @@ class Handler:
                 f"a handler must be a callable message -> reply, or an object with "
                 f"connected/received/closed methods, not {handler!r}"
             )
+        for function, hook in (
+            (self._connected, "connected"),
+            (self._received or self._function, "received"),
+            (self._closed, "closed"),
+            (self._paused, "paused"),
+            (self._resumed, "resumed"),
+        ):
+            _remember_code(function, hook)
 
     def connected(self, peer: Peer) -> object:
         """Call the handler's ``connected(peer)``, if it has one; return what it returned.
@@ -263,18 +273,19 @@ class Handler:
         With a codec, the handler gets the decoded value; a message that does
         not decode raises `HandlerFailed` with ``peer_fault=True``.
         """
+        value: Any = message  # the codec's decoded value, when there is a codec
         if self._codec is not None:
             try:
-                message = self._codec.decode(message)
+                value = self._codec.decode(message)
             except CodecError as exc:
                 raise HandlerFailed("received", exc, peer_fault=True) from exc
             except Exception as exc:  # a codec's bug: the handler's side, not the peer's
                 raise HandlerFailed("received", exc) from exc
         try:
             if self._function is not None:
-                return self._function(message)
+                return self._function(value)
             if self._received is not None:
-                return self._received(peer, message)
+                return self._received(peer, value)
         except Exception as exc:
             raise HandlerFailed("received", exc) from exc
         return None
@@ -325,15 +336,34 @@ class Handler:
         return value if self._codec is None else self._codec.encode(value)
 
 
-# Handler's methods that call the user's code, and the hook each serves.
-_HOOK_CODES: Final = {
-    Handler.connected.__code__: "connected",
-    Handler.received_maybe_async.__code__: "received",
-    Handler.answer_plain.__code__: "received",
-    Handler.check_reply.__code__: "received",  # a codec's encode
-    Handler.closed.__code__: "closed",
-    Handler.writability_changed.__code__: "paused",
+# Handler's methods that call the user's code, and the hook each serves. A
+# compiled build's methods have no code object (and no frame): there, only
+# `_USER_CODES` finds a handler call.
+_HOOK_CODES: Final[dict[CodeType, str]] = {
+    code: hook
+    for method, hook in (
+        (Handler.connected, "connected"),
+        (Handler.received_maybe_async, "received"),
+        (Handler.answer_plain, "received"),
+        (Handler.check_reply, "received"),  # a codec's encode
+        (Handler.closed, "closed"),
+        (Handler.writability_changed, "paused"),
+    )
+    if isinstance(code := getattr(method, "__code__", None), CodeType)
 }
+
+# The code of the user's functions each Handler calls, and the hook: weak, so
+# that a server's handler does not outlive it here.
+_USER_CODES: Final[weakref.WeakKeyDictionary[CodeType, str]] = weakref.WeakKeyDictionary()
+
+
+def _remember_code(function: object, hook: str) -> None:
+    """Note `function`'s code (a function's, a method's or a callable object's) as serving `hook`."""
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    if code is None:  # a callable object: its class's __call__
+        code = getattr(inspect.getattr_static(type(function), "__call__", None), "__code__", None)
+    if isinstance(code, CodeType):
+        _USER_CODES[code] = hook
 
 
 @final
@@ -369,14 +399,20 @@ def running_handler(thread_id: int) -> Running | None:
     frame = sys._current_frames().get(thread_id)
     inner = None
     while frame is not None:
+        hook = _USER_CODES.get(frame.f_code)
+        if hook is not None:  # the user's function itself
+            return Running(hook, _function_name(frame), _peer_of(frame))
         hook = _HOOK_CODES.get(frame.f_code)
-        if hook is not None:
-            code = (inner or frame).f_code
-            module = (inner or frame).f_globals.get("__name__", "?")
-            name = f"{module}.{code.co_qualname}" if inner is not None else _handler_name(frame)
+        if hook is not None:  # Handler's call, to a user's function found by no code of its own
+            name = _function_name(inner) if inner is not None else _handler_name(frame)
             return Running(hook, name, _peer_of(frame))
         inner, frame = frame, frame.f_back
     return None
+
+
+def _function_name(frame: Any) -> str:
+    """``module.qualname`` of the function `frame` runs."""
+    return f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
 
 
 def _handler_name(frame: Any) -> str:

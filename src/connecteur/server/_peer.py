@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, final
 
+from .._compiled import python_class
 from ..address import format_address
 from ..errors import ConnectionClosed
 from ..framing import Buffer
@@ -60,6 +61,7 @@ class _ClosedLink:
 
 
 @final
+@python_class  # weakly referenced: WeakSet of peers
 class Peer:
     """One connected client, as a handler sees it.
 

@@ -30,6 +30,7 @@ Other threads reach the loop through its `Inbox` and a wake-up socket pair
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from .. import _socket
+from .._compiled import python_class
 from .._loop import Inbox, Timers
 from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
@@ -310,6 +312,7 @@ def _is_live(due: float, ref: weakref.ref[_SelectLink] | None) -> bool:
     return link is not None and link.is_timer_live(due)
 
 
+@python_class  # the timers refer to links weakly
 class _SelectLink:
     """One non-blocking connection: the I/O around its `Session`, driven by the engine's loop."""
 
@@ -359,7 +362,7 @@ class _SelectLink:
         elif threading.get_ident() == self._engine._loop_thread:
             self._send_framed(data)
         else:
-            self._engine.call_soon(lambda: self._send_framed(data))
+            self._engine.call_soon(functools.partial(self._send_framed, data))  # no closure: mypyc fails on one here
 
     def _offer_quietly(self, data: bytes, policy: str) -> None:
         self.offer(data, policy)  # a drop is counted in peer.dropped and the stats

@@ -1,0 +1,106 @@
+"""Build connecteur, its hot modules compiled with mypyc when this machine can.
+
+`pip install .` compiles the modules in `COMPILED_MODULES` into C extensions
+when mypyc (a build requirement) and a C compiler with Python's headers are
+present, and installs the pure-Python package with a one-line notice when they
+are not, or when the compiler fails: never a half-compiled package (mypyc
+builds the modules as one library, and a failure removes whatever was built).
+`CONNECTEUR_PURE=1` forces the pure-Python build; an editable install is
+always pure, so that the sources stay the code that runs. The metadata lives
+in pyproject.toml; only the extensions are decided here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# The modules every round trip runs through, and whose compiled form pays
+# (benchmarks/instructions.py); the rest (CLI, bench, tools, the clients)
+# stay Python, which keeps the build short.
+COMPILED_MODULES = [
+    "framing/_base.py",
+    "framing/field.py",
+    "framing/length.py",
+    "framing/simple.py",
+    "_loop.py",
+    "server/_blocking.py",
+    "server/_deadlines.py",
+    "server/_engine.py",
+    "server/_handler.py",
+    "server/_peer.py",
+    "server/_poller.py",
+    "server/_session.py",
+    "server/select.py",
+]
+
+# Commands that produce the files to install; every other invocation
+# (metadata, sdist, egg_info) leaves mypyc's minute of work out.
+_BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}
+
+
+def _notice(reason: str) -> None:
+    print(f"connecteur: installing the pure-Python build ({reason})", file=sys.stderr)
+
+
+def _cannot_compile() -> str | None:
+    """Why this build should stay pure Python, or None to compile."""
+    if os.environ.get("CONNECTEUR_PURE", "") not in ("", "0"):
+        return "CONNECTEUR_PURE is set"
+    if "editable_wheel" in sys.argv or "develop" in sys.argv:
+        return "an editable install runs the sources"
+    if sys.implementation.name != "cpython":
+        return "mypyc needs CPython"
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        return "mypyc is not installed"
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        return "no Python headers (Python.h; the python3-dev package)"
+    return None
+
+
+def _extensions() -> list[Extension]:
+    if not _BUILD_COMMANDS.intersection(sys.argv):
+        return []
+    reason = _cannot_compile()
+    if reason is not None:
+        _notice(reason)
+        return []
+    from mypyc.build import mypycify
+
+    root = Path("src", "connecteur")
+    try:
+        # Errors in the modules left in Python (which may import optional
+        # packages absent from the build environment, uvloop) are not mypyc's.
+        options = ["--follow-imports=silent"]
+        return mypycify([*options, *(str(root / module) for module in COMPILED_MODULES)], group_name="connecteur")
+    except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
+        _notice(f"mypyc failed: {type(exc).__name__}; pip install -v shows why")
+        return []
+
+
+class BuildExt(build_ext):
+    """build_ext that falls back to pure Python when the C compiler fails."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            for output in self.get_outputs():
+                Path(output).unlink(missing_ok=True)
+            self.extensions = []
+            self.distribution.ext_modules = []
+            _notice(f"the C build failed: {type(exc).__name__}; pip install -v shows why")
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
