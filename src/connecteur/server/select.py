@@ -358,7 +358,7 @@ class _SelectLink:
         data = self.session.frame(message)
         if policy is not None or self._engine._config.slow_consumer != "close":
             policy = check_policy(policy if policy is not None else self._engine._config.slow_consumer)
-            self._engine.call_soon(lambda: self._offer_quietly(data, policy))
+            self._engine.call_soon(functools.partial(self._offer_quietly, data, policy))
         elif threading.get_ident() == self._engine._loop_thread:
             self._send_framed(data)
         else:
