@@ -52,9 +52,12 @@ def _is_closed_by_server(sock: socket.socket) -> bool:
 def test_over_budget_the_largest_holder_is_closed_and_the_others_are_served(
     serve: Callable[..., Server], one_process_engine: str
 ) -> None:
-    """A half-sent 3 MiB message and a whole 2 MiB one under a 4 MiB budget: the half-sent one is
-    closed (it holds the most), the whole one is answered, a newcomer is served."""
-    server = serve(lambda message: message, max_buffered=4 * MiB)
+    """3 MiB of an 8 MiB message and a whole 2 MiB one under a 5 MiB budget: the half-sent one is
+    closed (it holds the most), the whole one is answered, a newcomer is served.
+
+    The budget counts memory: a body doubles as its bytes arrive, so the 3 MiB hold 4 MiB, and
+    the 2 MiB message's body reaches 2 MiB once half of it is in: 6 MiB, over the budget."""
+    server = serve(lambda message: message, max_buffered=5 * MiB)
     with _raw(server) as hoarder, _raw(server) as honest:
         hoarder.sendall(_header(8 * MiB) + b"h" * (3 * MiB))
         wait_until(lambda: server.stats.bytes_in >= 3 * MiB, what="the server has read the hoarder's bytes")

@@ -64,6 +64,8 @@ class Capabilities:
         direct_reads: its decoder can take a read straight into a large
             message's body (`DirectDecoder`).
         pools_bodies: its decoder can borrow large bodies from a `BodyPool`.
+        reports_held: its decoder says how much memory it holds (``held``), which
+            the budget counts; others are counted by the bytes they buffered.
         skips_oversize: its decoder drops messages over `max_size` instead of
             failing (``on_oversize="skip"``), and reports each to ``on_skip``.
     """
@@ -72,6 +74,7 @@ class Capabilities:
     encode_parts: Callable[[Buffer], list[Buffer]] | None
     direct_reads: bool
     pools_bodies: bool
+    reports_held: bool
     skips_oversize: bool
 
     @classmethod
@@ -82,6 +85,7 @@ class Capabilities:
             encode_parts=getattr(framing, "encode_parts", None),
             direct_reads=direct_decoder(decoder) is not None,
             pools_bodies=hasattr(decoder, "use_pool"),
+            reports_held=hasattr(decoder, "held"),
             skips_oversize=getattr(framing, "on_oversize", "close") == "skip",
         )
 
@@ -138,11 +142,11 @@ class Session:
         "_awaiting",
         "_batch",
         "_budget",
-        "_buffered",
         "_channel",
         "_config",
         "_deadlines",
         "_decoder",
+        "_decoder_held",
         "_direct",
         "_ended",
         "_held",
@@ -197,7 +201,7 @@ class Session:
         self._budget = budget
         self._holder: Holder | None = holder  # None once ended: it holds this session (a cycle)
         self._held = 0  # bytes held, as last told to the budget
-        self._buffered = 0  # the decoder's bytes after the last read, for the budget
+        self._decoder_held = 0  # the decoder's memory after the last read, for the budget
         self._queued = 0  # the loop's bytes not yet written, as it last told (`account`)
         self._lock = lock
         self._on_open = on_open
@@ -319,8 +323,11 @@ class Session:
         still in flight before these) goes through `_dispatch`.
         """
         buffered = self._decoder.buffered
-        if buffered != self._buffered:
-            self._buffered = buffered
+        # Its memory, not the bytes received: a body grows by doubling, so the
+        # memory can be twice the bytes, and the budget is one of memory.
+        held = self._decoder_memory() if buffered else 0
+        if held != self._decoder_held:
+            self._decoder_held = held
             self._tell_budget()
         deadlines = self._deadlines
         if deadlines.is_active and (buffered or deadlines.notes_reads) and deadlines.received(bool(messages), buffered):
@@ -574,8 +581,12 @@ class Session:
         self._queued = queued
         self._tell_budget()
 
+    def _decoder_memory(self) -> int:
+        """The decoder's memory for its unfinished message: ``held`` on connecteur's decoders, else `buffered`."""
+        return self._decoder.held if self.capabilities.reports_held else self._decoder.buffered  # type: ignore[attr-defined]
+
     def _tell_budget(self) -> None:
-        held = self._buffered + self._queued
+        held = self._decoder_held + self._queued
         if held != self._held and self._holder is not None:
             self._held = held
             self._budget.update(self._holder, held)
@@ -631,7 +642,7 @@ class Session:
         """Free the buffers now: a timer entry, an error's traceback or the handler may hold this object longer."""
         self._out = []
         self._awaiting = []
-        self._held = self._buffered = self._queued = 0
+        self._held = self._decoder_held = self._queued = 0
         self._decoder = self._config.framing.decoder()  # empty: the old one's buffers go with it
         self._direct = self.direct = None
         self._channel = None
