@@ -377,8 +377,8 @@ def show_bytes(message: bytes) -> str:
 def stop_on_signals(event: threading.Event) -> Iterator[None]:
     """Let SIGINT and SIGTERM set `event` (from the main thread; elsewhere they are left alone).
 
-    For the commands that relay until told to stop (``trace``); the previous
-    handlers come back on exit.
+    For the commands that relay until told to stop (``proxy``, ``trace``); the
+    previous handlers come back on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

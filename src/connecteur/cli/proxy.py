@@ -10,18 +10,16 @@ faults at run time. Runs until SIGINT or SIGTERM, then exits 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..address import format_address
 from ..tools.proxy import Faults, Proxy
-from ._options import address_argument, fail
+from ._options import address_argument, fail, stop_on_signals
 
 __all__ = ["add_parser", "run"]
 
@@ -79,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     proxy = _proxy(args)  # first: a bad combination exits before anything is configured
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="connecteur: %(message)s")
     stopped = threading.Event()
-    with _signals_set(stopped):
+    with stop_on_signals(stopped):
         try:
             proxy.start()
         except socket.gaierror as exc:
@@ -130,20 +128,6 @@ def _proxy(args: argparse.Namespace) -> Proxy:
         )
     except ValueError as exc:
         fail(f"proxy: {exc}", status=2)
-
-
-@contextlib.contextmanager
-def _signals_set(event: threading.Event) -> Iterator[None]:
-    """Let SIGINT and SIGTERM set `event` (from the main thread; elsewhere they are left alone)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda signum, frame: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _bytes_argument(minimum: int) -> Callable[[str], int]:
