@@ -371,6 +371,34 @@ def test_message_timeout_counts_from_a_message_s_first_byte() -> None:
     assert "a message took more than 2.0 s" in str(session.error)
 
 
+def test_each_message_s_deadline_is_its_own_and_whole_messages_read_no_clock() -> None:
+    """With only a message timeout, reads of whole messages leave no deadline and read no clock;
+    a finished message clears its deadline, and the next counts from its own first byte."""
+    clock = Clock()
+    reads = 0
+
+    def counting() -> float:
+        nonlocal reads
+        reads += 1
+        return clock()
+
+    session, _, _ = make_session(clock=counting, message_timeout=2.0)  # type: ignore[arg-type]
+    reads = 0
+    session.receive_data(wire(b"whole") * 3)
+    assert reads == 0 and session.next_deadline() is None
+    session.receive_data(wire(b"first")[:3])
+    started = clock.now
+    assert session.next_deadline() == started + 2.0
+    clock.now += 1.5
+    session.receive_data(wire(b"first")[3:] + wire(b"second")[:3])  # the first ends, the second begins
+    assert session.next_deadline() == clock.now + 2.0  # not started + 2.0: the second's own
+    clock.now += 1.0
+    session.receive_data(wire(b"second")[3:])
+    assert session.next_deadline() is None
+    session.check_deadlines(started + 10.0)
+    assert session.error is None
+
+
 # --- the handshake -------------------------------------------------------------------------
 
 PROXY = ChannelSpec.build(server_side=True, proxy_protocol="v1", proxy_trusted=["127.0.0.0/8"])
