@@ -238,26 +238,24 @@ def _check_max_size(max_size: int, name: str = "max_size") -> int:
     return max_size
 
 
-_BINARY_HEADER: Final = "length header announces"
-"""The `what` of a binary length header: the one whose bytes may turn out to be text."""
-
-
-def _too_large(size: int, max_size: int, what: str) -> MessageTooLarge:
+def _too_large(size: int, max_size: int, what: str, header_size: int = 0) -> MessageTooLarge:
+    """The error for `size` bytes over `max_size`; `header_size` is a binary header's width, whose bytes may be text."""
     message = f"{what} {size} bytes; max_size is {max_size}"
-    if what == _BINARY_HEADER and (text := _header_text(size)):
+    if header_size and (text := _header_text(size, header_size)):
         message += f" (the bytes {text!r} look like text: is the peer using another framing?)"
     return MessageTooLarge(message, size=size, max_size=max_size)
 
 
-def _header_text(size: int) -> str | None:
-    """The header's bytes as text when they are 2 or more printable ASCII characters, else None.
+def _header_text(size: int, header_size: int) -> str | None:
+    """The header's bytes as text when all of them (2 or more) are printable ASCII, else None.
 
     A peer that speaks a text protocol (HTTP, a line of text) to a
     length-prefixed server sends a "length" like 1213486160: the bytes
     ``HTTP``. The bytes are those of a big-endian header (the ``!`` formats,
-    the command line's): a little-endian peer's would read reversed.
+    the command line's): a little-endian peer's would read reversed. A header
+    with a zero byte is not text, however printable its other bytes.
     """
-    header = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    if len(header) >= 2 and all(0x20 <= byte <= 0x7E for byte in header):
+    header = size.to_bytes(header_size, "big")
+    if header_size >= 2 and all(0x20 <= byte <= 0x7E for byte in header):
         return header.decode("ascii")
     return None

@@ -39,6 +39,7 @@ __all__ = [
 # --- binary length prefix -------------------------------------------------------
 
 _HEADER_FORMAT: Final = re.compile(r"[!<>][BHILQ]")
+_HEADER: Final = "length header announces"  # the start of an oversized header's error
 
 
 @final
@@ -389,7 +390,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                     (size,) = unpack_from(data, pos)  # struct.error: part of a header left
                     stop = pos + header_size + size
                     if size > max_size:
-                        pos = self._skip_frame(_too_large(size, max_size, "length header announces"), stop, end)
+                        pos = self._skip_frame(_too_large(size, max_size, _HEADER, header_size), stop, end)
                         continue
                     if stop > end:
                         if size >= LARGE_MESSAGE:
@@ -450,7 +451,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
 
     def _past_oversized(self, size: int, view: memoryview) -> memoryview:
         """A header announced `size` bytes, over the limit: raise, or skip them from the front of `view`; the rest."""
-        error = _too_large(size, self._max_size, "length header announces")
+        error = _too_large(size, self._max_size, _HEADER, self._header_size)
         # A statement of its own: compiled, a call in a memoryview's slice bound
         # runs twice (mypyc 2.x), and this one counts the skip.
         resume = self._skip_frame(error, size, len(view))
