@@ -88,6 +88,13 @@ def test_send_multiplexed_to_a_plain_server_is_one_line(capsys: pytest.CaptureFi
     assert status == 1 and err.count("\n") == 1 and err.startswith("connecteur: request 1 to 127.0.0.1:")
 
 
+def test_send_plain_to_a_multiplexed_server_hints_at_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with Server(answer, "127.0.0.1:0", multiplexed=True) as server:  # "one" is no envelope: it closes the link
+        status = main(["send", f"127.0.0.1:{server.address[1]}", "one"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and "unanswered" in err and "not --multiplexed" in err
+
+
 def test_serve_and_send_multiplexed_through_real_processes() -> None:
     server = subprocess.Popen(
         [*COMMAND, "serve", "127.0.0.1:0", "--app", "upper", "--multiplexed", "--heartbeat", "2,3"],

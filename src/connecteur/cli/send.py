@@ -132,7 +132,7 @@ def _check_ending(args: argparse.Namespace, framing: Framing, printer: Printer, 
     """Fail, saying how the server ended, when it did not finish or left messages unanswered."""
     missing = sent - printer.count
     unanswered = f"; {missing} of {sent} messages unanswered" if missing > 0 else ""
-    ours = f"framing: {describe_framing(framing)}; codec: {describe_codec(args.codec)}"
+    ours = f"framing: {describe_framing(framing)}; codec: {describe_codec(args.codec)}; not --multiplexed"
     mismatch = f"{unanswered} (sent with {ours}: does the server expect the same?)"
     if printer.is_alive():
         fail(f"{args.address} did not finish replying within {args.timeout} s{unanswered}")
