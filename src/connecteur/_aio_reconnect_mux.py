@@ -157,6 +157,8 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
                 continue
             policy.connected()
             self._conn = conn
+            if self._closing.is_set():  # close() ran during on_connect and could not see this link
+                await conn.close()
             return conn
 
     async def _sleep(self, seconds: float) -> None:

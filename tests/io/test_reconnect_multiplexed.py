@@ -266,6 +266,78 @@ def test_an_ended_multiplexed_link_says_a_message_was_not_sent(log: Log) -> None
     assert log.count[b"never"] == 0
 
 
+def test_a_link_that_ended_just_before_the_send_passes_the_request_to_the_next(
+    proxy: Proxy, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link ends between the call's look at it and its send: nothing left, so no error and no retry needed."""
+    with connecteur.connect(proxy.address, multiplexed=True, reconnect=FAST, timeout=TIMEOUT) as conn:
+        original = conn._link
+
+        def ending_once(deadline: float | None, seconds: float | None) -> Any:
+            link = original(deadline, seconds)
+            if conn.connects == 1:
+                link.close()  # as if the peer had just gone: the request meets an ended link
+            return link
+
+        monkeypatch.setattr(conn, "_link", ending_once)
+        assert conn.request(b"one") == b"done one"
+        assert (conn.connects, conn.interrupted, conn.resent) == (2, 0, 0)
+    assert log.count[b"one"] == 1
+
+
+def test_aio_a_link_that_ended_just_before_the_send_passes_the_request_to_the_next(
+    proxy: Proxy, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with await connecteur.aio.connect(
+            proxy.address, multiplexed=True, reconnect=FAST, timeout=TIMEOUT
+        ) as conn:
+            original = conn._link
+
+            async def ending_once(deadline: float | None, seconds: float | None) -> Any:
+                link = await original(deadline, seconds)
+                if conn.connects == 1:
+                    await link.close()
+                return link
+
+            monkeypatch.setattr(conn, "_link", ending_once)
+            assert await conn.request(b"two") == b"done two"
+            assert (conn.connects, conn.interrupted, conn.resent) == (2, 0, 0)
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    assert log.count[b"two"] == 1
+
+
+def test_aio_close_during_on_connect_closes_the_new_link_and_nothing_is_sent_on_it(proxy: Proxy, log: Log) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        links: list[connecteur.aio.MultiplexedConnection[bytes]] = []
+
+        async def greet(link: connecteur.aio.MultiplexedConnection[bytes]) -> None:
+            links.append(link)
+            if len(links) == 2:
+                await gate.wait()  # close() comes now
+
+        conn = await connecteur.aio.connect(
+            proxy.address, multiplexed=True, reconnect=FAST, on_connect=greet, timeout=TIMEOUT
+        )
+        assert conn.connection is not None
+        await conn.connection.close()
+        request = asyncio.ensure_future(conn.request(b"late"))
+        while len(links) < 2:  # bounded by wait_for below
+            await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(conn.close())
+        await asyncio.sleep(0)
+        gate.set()
+        await closing
+        with pytest.raises(ConnectionClosed, match=r"close\(\)"):
+            await request
+        assert links[1].is_closed
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    assert log.count[b"late"] == 0
+
+
 def test_on_connect_without_reconnect_is_refused_on_multiplexed_clients_too() -> None:
     with pytest.raises(ValueError, match="on_connect"):
         connecteur.connect("127.0.0.1:9", multiplexed=True, on_connect=print)  # type: ignore[call-overload]
