@@ -25,7 +25,7 @@ import typing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .._multiplexed import MultiplexedConnection
+from .. import MultiplexedConnection
 from ..address import Address
 from ..codecs import Codec, Text
 from ..connection import Connection

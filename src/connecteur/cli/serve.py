@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from .._envelope import Heartbeat
+from .. import Heartbeat
 from ..address import Address, TcpAddress, format_address
 from ..errors import WorkersFailed
 from ..server import (
