@@ -18,6 +18,7 @@ from ._keepalive import Keepalive as Keepalive
 from ._multiplexed import MultiplexedConnection as MultiplexedConnection
 from ._reconnect import Backoff as Backoff
 from ._reconnect import ReconnectingConnection as ReconnectingConnection
+from ._reconnect_mux import ReconnectingMultiplexedConnection as ReconnectingMultiplexedConnection
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .connection import connect_nowait as connect_nowait
@@ -57,6 +58,7 @@ __all__ = [
     "Peer",
     "ProxyProtocolError",
     "ReconnectingConnection",
+    "ReconnectingMultiplexedConnection",
     "RemoteError",
     "Server",
     "Stats",

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, final
 
 from ._envelope import MAX_ONE_WAY, Envelope, Heartbeat, Kind, RequestTable, decode, encode
-from ._multiplexed import Default
+from ._multiplexed import Default, NotSent
 from .address import format_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, RemoteError, Timeout
@@ -177,9 +177,10 @@ class MultiplexedConnection(Generic[T]):
         return typing.cast("T", payload) if self._codec is None else self._codec.decode(payload)
 
     def _check_open(self) -> None:
+        """Raise `NotSent` if the connection has ended: called before a message leaves."""
         ended = self._ended
         if ended is not None:
-            raise ConnectionClosed(str(ended), by_peer=ended.by_peer)
+            raise NotSent(str(ended), by_peer=ended.by_peer)
 
     # --- the reader task -------------------------------------------------------
 

@@ -31,7 +31,7 @@ from .address import format_address
 from .codecs import Codec
 from .errors import ConnectionClosed, FramingError, RemoteError, Timeout
 
-__all__ = ["Default", "MultiplexedConnection", "Stream"]
+__all__ = ["Default", "MultiplexedConnection", "NotSent", "Stream"]
 
 T = typing.TypeVar("T")
 
@@ -40,6 +40,14 @@ class Default(Enum):
     """The default of a call's `timeout`: the connection's."""
 
     TIMEOUT = "the connection's timeout"
+
+
+class NotSent(ConnectionClosed):
+    """The connection had ended before the message left: nothing was sent, so sending it on another link is safe.
+
+    A `ConnectionClosed`, so callers need not know it; a reconnecting client
+    re-sends such a message on its next link without ``retry=True``.
+    """
 
 
 class Stream(Protocol):
@@ -267,13 +275,14 @@ class MultiplexedConnection(Generic[T]):
             self._send_lock.release()
 
     def _check_open(self) -> None:
+        """Raise `NotSent` if the connection has ended: called before a message leaves."""
         if self._ended is not None:
-            raise self._closed_error()
+            raise self._closed_error(NotSent)
 
-    def _closed_error(self) -> ConnectionClosed:
+    def _closed_error(self, kind: type[ConnectionClosed] = ConnectionClosed) -> ConnectionClosed:
         ended = self._ended
         assert ended is not None
-        return ConnectionClosed(str(ended), by_peer=ended.by_peer)
+        return kind(str(ended), by_peer=ended.by_peer)
 
     # --- the reader thread -----------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, Self
 from . import _socket
 from ._aio_multiplexed import MultiplexedConnection
 from ._aio_reconnect import ReconnectingConnection
+from ._aio_reconnect_mux import ReconnectingMultiplexedConnection
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
 from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import Keepalive, KeepaliveLike, as_keepalive
@@ -42,7 +43,15 @@ from .framing import BodyPool, Buffer, Framing, LengthPrefixed
 from .server import DEFAULT_MESSAGE_TIMEOUT, EngineConfig, Stats, engine_config
 from .server.asyncio import AsyncioEngine
 
-__all__ = ["AioServer", "Connection", "MultiplexedConnection", "ReconnectingConnection", "connect", "serve"]
+__all__ = [
+    "AioServer",
+    "Connection",
+    "MultiplexedConnection",
+    "ReconnectingConnection",
+    "ReconnectingMultiplexedConnection",
+    "connect",
+    "serve",
+]
 
 RECV_SIZE: Final = 256 * 2**10
 """256 KiB: the buffer the loop reads into, once per connection."""
@@ -183,6 +192,48 @@ async def connect(
 ) -> MultiplexedConnection[T]: ...
 
 
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[MultiplexedConnection[bytes]], object] | None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> ReconnectingMultiplexedConnection[bytes]: ...
+
+
+@overload
+async def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[MultiplexedConnection[T]], object] | None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> ReconnectingMultiplexedConnection[T]: ...
+
+
 async def connect(
     address: AddressLike,
     *,
@@ -207,6 +258,8 @@ async def connect(
     | ReconnectingConnection[bytes]
     | MultiplexedConnection[T]
     | MultiplexedConnection[bytes]
+    | ReconnectingMultiplexedConnection[T]
+    | ReconnectingMultiplexedConnection[bytes]
 ):
     """Connect to a server and return an asyncio `Connection`.
 
@@ -236,21 +289,22 @@ async def connect(
             return a `ReconnectingConnection` (the first connection too is
             attempted again as it says, within `timeout`). None: connect once.
         on_connect: with `reconnect`, called (and awaited, if it returns an
-            awaitable) with each new `Connection` before it is used; an
-            error of the link there counts as a failed attempt, any other
-            is raised.
+            awaitable) with each new `Connection` (`MultiplexedConnection`
+            with `multiplexed`) before it is used; an error of the link
+            there counts as a failed attempt, any other is raised.
         multiplexed: speak the multiplexing envelope with a server that runs
             with ``multiplexed=True`` and return an `aio.MultiplexedConnection`:
             many tasks share it, each `request` gets its own reply (or a
             `RemoteError`), a timed-out request leaves the connection open.
+            With `reconnect` too: an `aio.ReconnectingMultiplexedConnection`,
+            whose links are each an `aio.MultiplexedConnection`.
         heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
             deadline)``: ping a server silent for `interval` seconds, end the
             connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
-        ValueError: `on_connect` without `reconnect`; `reconnect` with
-            `multiplexed` (not supported yet); a `heartbeat` without
+        ValueError: `on_connect` without `reconnect`; a `heartbeat` without
             `multiplexed`, or with a period that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
@@ -276,17 +330,22 @@ async def connect(
         """One connection, connected within `seconds`, whose calls then get `timeout`."""
         return Connection(await _open(parsed, options, seconds), codec=codec, timeout=timeout)
 
+    if reconnect is None and on_connect is not None:
+        raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
     if multiplexed:
-        if reconnect is not None:
-            raise ValueError(
-                "reconnect and multiplexed together are not supported yet: requests in flight would need re-sending"
-            )
-        stream = Connection(await _open(parsed, options, timeout), timeout=timeout)
-        return MultiplexedConnection(stream, codec=codec, timeout=timeout, heartbeat=beat)
 
+        async def dial_multiplexed(seconds: float | None) -> MultiplexedConnection[Any]:
+            stream = Connection(await _open(parsed, options, seconds), timeout=timeout)
+            return MultiplexedConnection(stream, codec=codec, timeout=timeout, heartbeat=beat)
+
+        if reconnect is None:
+            return await dial_multiplexed(timeout)
+        shared: ReconnectingMultiplexedConnection[Any] = ReconnectingMultiplexedConnection(
+            dial_multiplexed, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout
+        )
+        await shared._link(None if timeout is None else time.monotonic() + timeout, timeout)
+        return shared
     if reconnect is None:
-        if on_connect is not None:
-            raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
         return await dial(timeout)
     client: ReconnectingConnection[Any] = ReconnectingConnection(
         dial, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout

@@ -30,6 +30,7 @@ from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import KeepaliveLike, as_keepalive
 from ._multiplexed import MultiplexedConnection
 from ._reconnect import Backoff, ReconnectingConnection
+from ._reconnect_mux import ReconnectingMultiplexedConnection
 from ._skipping import report_skips
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
@@ -176,6 +177,48 @@ def connect(
 ) -> MultiplexedConnection[T]: ...
 
 
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: None = None,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[MultiplexedConnection[bytes]], object] | None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> ReconnectingMultiplexedConnection[bytes]: ...
+
+
+@overload
+def connect(
+    address: AddressLike,
+    *,
+    framing: Framing | None = None,
+    codec: Codec[T],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    auth_key: bytes | None = None,
+    allow_legacy_auth: bool = False,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = _socket.HAPPY_EYEBALLS_DELAY,
+    keepalive: KeepaliveLike = None,
+    reconnect: Backoff,
+    on_connect: Callable[[MultiplexedConnection[T]], object] | None = None,
+    multiplexed: Literal[True],
+    heartbeat: Heartbeat | tuple[float, float] | None = None,
+) -> ReconnectingMultiplexedConnection[T]: ...
+
+
 def connect(
     address: AddressLike,
     *,
@@ -200,6 +243,8 @@ def connect(
     | ReconnectingConnection[bytes]
     | MultiplexedConnection[T]
     | MultiplexedConnection[bytes]
+    | ReconnectingMultiplexedConnection[T]
+    | ReconnectingMultiplexedConnection[bytes]
 ):
     """Connect to a server and return a `Connection`.
 
@@ -235,21 +280,22 @@ def connect(
             return a `ReconnectingConnection` (the first connection too is
             attempted again as it says, within `timeout`). None: connect once.
         on_connect: with `reconnect`, called with each new `Connection`
-            before it is used (to authenticate, subscribe, announce); an
-            error of the link there counts as a failed attempt, any other
-            is raised.
+            (`MultiplexedConnection` with `multiplexed`) before it is used
+            (to authenticate, subscribe, announce); an error of the link
+            there counts as a failed attempt, any other is raised.
         multiplexed: speak the multiplexing envelope with a server that runs
             with ``multiplexed=True`` and return a `MultiplexedConnection`:
             many threads share it, each `request` gets its own reply (or a
             `RemoteError`), a timed-out request leaves the connection open.
+            With `reconnect` too: a `ReconnectingMultiplexedConnection`,
+            whose links are each a `MultiplexedConnection`.
         heartbeat: with `multiplexed`, a `Heartbeat` or ``(interval,
             deadline)``: ping a server silent for `interval` seconds, end the
             connection once it is silent for ``interval + deadline``.
 
     Raises:
         AddressError: the address cannot be parsed.
-        ValueError: `on_connect` without `reconnect`; `reconnect` with
-            `multiplexed` (not supported yet); a `heartbeat` without
+        ValueError: `on_connect` without `reconnect`; a `heartbeat` without
             `multiplexed`, or with a period that is not positive.
         Timeout: no address connected within `timeout` (the message names
             those tried), or the TLS handshake took over `handshake_timeout`.
@@ -269,10 +315,6 @@ def connect(
     spec = ChannelSpec.for_client(
         where, tls=tls, server_hostname=server_hostname, auth_key=auth_key, allow_legacy_auth=allow_legacy_auth
     )
-    if reconnect is not None and multiplexed:
-        raise ValueError(
-            "reconnect and multiplexed together are not supported yet: requests in flight would need re-sending"
-        )
     tcp_keepalive = as_keepalive(keepalive)
 
     def dial(seconds: float | None) -> Connection[Any]:
@@ -288,11 +330,21 @@ def connect(
         connection._use_channel(channel, received)
         return connection
 
+    if reconnect is None and on_connect is not None:
+        raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
     if multiplexed:
-        return MultiplexedConnection(dial(timeout), codec=codec, timeout=timeout, heartbeat=beat)
+
+        def dial_multiplexed(seconds: float | None) -> MultiplexedConnection[Any]:
+            return MultiplexedConnection(dial(seconds), codec=codec, timeout=timeout, heartbeat=beat)
+
+        if reconnect is None:
+            return dial_multiplexed(timeout)
+        shared: ReconnectingMultiplexedConnection[Any] = ReconnectingMultiplexedConnection(
+            dial_multiplexed, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout
+        )
+        shared._link(None if timeout is None else time.monotonic() + timeout, timeout)
+        return shared
     if reconnect is None:
-        if on_connect is not None:
-            raise ValueError("on_connect needs reconnect=Backoff(...): it is called on each new link")
         return dial(timeout)
     client: ReconnectingConnection[Any] = ReconnectingConnection(
         dial, address=address, backoff=reconnect, on_connect=on_connect, timeout=timeout

@@ -84,14 +84,6 @@ def test_on_connect_needs_reconnect(server: Server) -> None:
         connecteur.connect(server.address, on_connect=lambda conn: None)
 
 
-def test_reconnect_with_multiplexed_is_refused_before_dialling_on_both_clients() -> None:
-    """Not supported yet (requests in flight would need re-sending): a one-line error, no connection tried."""
-    with pytest.raises(ValueError, match="reconnect and multiplexed"):
-        connecteur.connect("127.0.0.1:9", reconnect=FAST, multiplexed=True)  # type: ignore[call-overload]
-    with pytest.raises(ValueError, match="reconnect and multiplexed"):
-        asyncio.run(connecteur.aio.connect("127.0.0.1:9", reconnect=FAST, multiplexed=True))  # type: ignore[call-overload]
-
-
 def test_a_restarted_server_is_reached_again_and_on_connect_runs_on_each_link(executions: Executions) -> None:
     greeted: list[object] = []
     first = Server(executions, "127.0.0.1:0")

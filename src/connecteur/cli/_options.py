@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from .. import Keepalive
+from .. import Heartbeat, Keepalive
 from ..address import Address, parse_address
 from ..codecs import Codec, Json, MsgPack, Text
 from ..connection import Connection
@@ -41,6 +41,7 @@ __all__ = [
     "Printer",
     "add_framing_options",
     "add_keepalive_option",
+    "add_multiplexing_options",
     "address_argument",
     "codec_argument",
     "description",
@@ -48,6 +49,8 @@ __all__ = [
     "framing_argument",
     "framing_by_name",
     "framing_option",
+    "heartbeat_argument",
+    "multiplexing_options",
     "seconds_argument",
     "show_bytes",
     "size_argument",
@@ -251,6 +254,38 @@ def _keepalive_seconds(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return seconds
+
+
+def add_multiplexing_options(parser: argparse.ArgumentParser, peer: str) -> None:
+    """Add ``--multiplexed`` and ``--heartbeat INTERVAL[,DEADLINE]``; `peer` names the other side in the help."""
+    parser.add_argument(
+        "--multiplexed", action="store_true",
+        help=f"speak the multiplexing envelope (request ids, error replies, heartbeats); the {peer} must too",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heartbeat", type=heartbeat_argument, metavar="INTERVAL[,DEADLINE]",
+        help=f"with --multiplexed: ping a {peer} silent for INTERVAL seconds, close its connection once silent "
+        "for INTERVAL + DEADLINE (DEADLINE defaults to INTERVAL)",
+    )  # fmt: skip
+
+
+def heartbeat_argument(text: str) -> Heartbeat:
+    """An argparse ``type=`` for ``INTERVAL[,DEADLINE]``: a `Heartbeat`, the deadline defaulting to the interval."""
+    interval, comma, deadline = text.partition(",")
+    try:
+        first = seconds_argument(interval)
+        return Heartbeat(first, seconds_argument(deadline) if comma else first)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected INTERVAL[,DEADLINE], positive numbers of seconds such as 5 or 5,10; not {text!r}"
+        ) from None
+
+
+def multiplexing_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``multiplexed=`` and ``heartbeat=`` for `Server` or `connect`; a heartbeat without the envelope fails."""
+    if args.heartbeat is not None and not args.multiplexed:
+        fail("--heartbeat needs --multiplexed: pings travel in the envelope", status=2)
+    return {"multiplexed": True, "heartbeat": args.heartbeat} if args.multiplexed else {}
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from .. import Heartbeat
 from ..address import Address, TcpAddress, format_address
 from ..errors import WorkersFailed
 from ..server import (
@@ -24,10 +25,12 @@ from ._options import (
     CODEC_NAMES,
     add_framing_options,
     add_keepalive_option,
+    add_multiplexing_options,
     address_argument,
     codec_argument,
     fail,
     framing_option,
+    multiplexing_options,
     seconds_argument,
     size_argument,
 )
@@ -118,6 +121,7 @@ def add_parser(commands: Any) -> None:
         help="seconds for the PROXY, TLS and authentication handshakes (default: %(default)s)",
     )
     add_keepalive_option(parser)
+    add_multiplexing_options(parser, "client")
     parser.add_argument(
         "-v",
         "--verbose",
@@ -157,6 +161,11 @@ def _listening_place(args: argparse.Namespace) -> dict[str, Any]:
     if args.address is None:
         fail("the address to listen on is required (or --systemd)", status=2)
     return {"address": args.address, "reuse_port": args.reuse_port}
+
+
+def _describe_heartbeat(heartbeat: Heartbeat) -> str:
+    silent = heartbeat.interval + heartbeat.deadline
+    return f"heartbeat: ping after {heartbeat.interval:g} s of silence, close after {silent:g} s"
 
 
 def _metrics_address(text: str) -> TcpAddress:
@@ -199,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         message = "needs every connection in one process: use --engine select, threads or asyncio, one worker"
         fail(f"--app {args.app} {message}", status=2)
     framing = framing_option(args, "serve")
+    multiplexing = multiplexing_options(args)
     where = _listening_place(args)
     try:
         server = Server(
@@ -216,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             message_timeout=args.message_timeout,
             handshake_timeout=args.handshake_timeout,
             keepalive=args.keepalive,
+            **multiplexing,
             **security_options(args, "server"),
         )
     except ValueError as exc:
@@ -226,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         protocol = f"framing: {describe_framing(server.framing)}; codec: {describe_codec(args.codec)}"
+        if args.multiplexed:
+            protocol += "; multiplexed" + ("" if args.heartbeat is None else f", {_describe_heartbeat(args.heartbeat)}")
         print(f"serving {args.app} on {format_address(server.address)} ({protocol})", flush=True)
         if exporter is not None:
             print(f"metrics on {exporter.url}", flush=True)
