@@ -71,7 +71,7 @@ CLOSED: Final = BroadcastResult(closed=1)
 
 
 class DropOldest:
-    """The whole, unsent messages of one select connection's queue that ``"drop_oldest"`` may drop.
+    """The whole, unsent messages of one connection's queue that ``"drop_oldest"`` may drop.
 
     Each is the very `memoryview` object in the connection's queue: one the
     socket has partly taken is replaced there by a slice, a new object, so
@@ -98,15 +98,27 @@ class DropOldest:
         self._skipped.add(id(view))
         return view.nbytes
 
-    def leaving(self, view: memoryview) -> bool:
-        """`view` is at the queue's head, about to be written: True if it was dropped (skip it)."""
-        candidates = self._candidates
-        if candidates and candidates[0] is view:
-            candidates.popleft()  # the socket takes it now, or part of it
+    def __len__(self) -> int:
+        """The candidates left."""
+        return len(self._candidates)
+
+    def was_dropped(self, view: memoryview) -> bool:
+        """`view` left the queue's head: True if it was dropped (skip it, do not write it)."""
         if self._skipped and id(view) in self._skipped:
             self._skipped.discard(id(view))
             return True
         return False
+
+    def taken(self, view: memoryview) -> None:
+        """The socket took `view`, all or part of it: no longer a candidate (call in queue order)."""
+        candidates = self._candidates
+        if candidates and candidates[0] is view:
+            candidates.popleft()
+
+    def leaving(self, view: memoryview) -> bool:
+        """`view` is at the queue's head, about to be written whole: True if it was dropped (skip it)."""
+        self.taken(view)
+        return self.was_dropped(view)
 
     def clear(self) -> None:
         """The queue was emptied (the connection closed)."""
