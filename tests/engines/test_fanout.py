@@ -287,6 +287,53 @@ def test_what_follows_drop_oldest_messages_waits_behind_them(serve: Callable[...
         sock.close()
 
 
+@pytest.mark.parametrize("engine", DROP_OLDEST_VARIANTS)
+def test_a_close_after_drop_oldest_messages_sends_them_first(serve: Callable[..., Server], engine: str) -> None:
+    high, size, count = 32 * 1024, 1024, 1000
+    server = serve(lambda message: None, **engine_options(engine), high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    try:
+        for index in range(count):
+            server.broadcast(numbered(index, size), policy="drop_oldest")
+        peer.close()
+        numbers = read_numbers(sock, until=count + 1)  # to the end of the stream: the server closes after the last
+        assert numbers[-1] == count - 1 and len(numbers) == count - peer.dropped
+        wait_until(lambda: server.peers == [], what="the connection closed")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_what_waits_behind_drop_oldest_messages_counts_to_the_hard_cap(
+    serve: Callable[..., Server], engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap, high, size = 256 * 1024, 32 * 1024, 1024
+    monkeypatch.setattr(f"connecteur.server.{engine}.HARD_CAP", cap)
+    closed: list[BaseException | None] = []
+
+    class Watch:
+        def received(self, peer: Peer, message: bytes) -> None:
+            return None
+
+        def closed(self, peer: Peer, error: BaseException | None) -> None:
+            closed.append(error)
+
+    server = serve(Watch(), engine=engine, high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    try:
+        for index in range(1000):  # the queue passes high water: drop_oldest messages wait in front of it
+            server.broadcast(numbered(index, size), policy="drop_oldest")
+        assert peer.dropped > 0
+        for index in range(1000):  # "close": each waits behind them, undroppable, and counts
+            peer.send(numbered(index, size))
+            if closed:
+                break
+        wait_until(lambda: closed, what="the slow peer closed at the hard cap")
+        assert "limit is" in str(closed[0])
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize("engine", QUEUING_ENGINES)
 def test_peer_send_applies_its_policy(serve: Callable[..., Server], engine: str) -> None:
     high = 32 * 1024
