@@ -303,12 +303,17 @@ def test_a_close_after_drop_oldest_messages_sends_them_first(serve: Callable[...
         sock.close()
 
 
-@pytest.mark.parametrize("engine", QUEUING_ENGINES)
-def test_what_waits_behind_drop_oldest_messages_counts_to_the_hard_cap(
+@pytest.mark.parametrize("engine", [variant for variant in DROP_OLDEST_VARIANTS if variant != "select"])
+def test_what_waits_behind_held_drop_oldest_messages_counts_to_the_hard_cap(
     serve: Callable[..., Server], engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Asyncio's queue in front of the transport counts in `peer.queued`, so towards the hard cap.
+
+    (Not on select, whose queue has always counted: there the HARD_CAP patch
+    has no effect once the module is compiled.)
+    """
     cap, high, size = 256 * 1024, 32 * 1024, 1024
-    monkeypatch.setattr(f"connecteur.server.{engine}.HARD_CAP", cap)
+    monkeypatch.setattr("connecteur.server.asyncio.HARD_CAP", cap)
     closed: list[BaseException | None] = []
 
     class Watch:
@@ -318,7 +323,7 @@ def test_what_waits_behind_drop_oldest_messages_counts_to_the_hard_cap(
         def closed(self, peer: Peer, error: BaseException | None) -> None:
             closed.append(error)
 
-    server = serve(Watch(), engine=engine, high_water=high, low_water=high // 4)
+    server = serve(Watch(), **engine_options(engine), high_water=high, low_water=high // 4)
     sock, peer = slow_socket(server)
     try:
         for index in range(1000):  # the queue passes high water: drop_oldest messages wait in front of it

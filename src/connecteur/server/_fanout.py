@@ -13,6 +13,8 @@ meets the send's policy:
   with this policy while the queue was non-empty are ever dropped (never a
   reply, never part of a message); where none can be (TLS encrypts the
   stream as one), the new message is dropped instead, as with ``"drop"``.
+  On the asyncio engine, only those held in front of the paused transport
+  (whose own buffer cannot be cut), and never the newest of them.
 
 The policy never slows the sender: every engine that applies it queues
 without waiting (select, asyncio). See docs/fan-out.md.
