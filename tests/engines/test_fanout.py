@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import selectors
 import socket
 import threading
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 
+import connecteur._socket
 from connecteur import Peer, Server, connect
 from connecteur.framing import LengthPrefixed
 from connecteur.server import BroadcastResult, Stats
 from connecteur.server._engine import Counters
+from tests.engines.conftest import VARIANTS, engine_options
 from tests.support import LONG_TESTS, TIMEOUT, wait_until
 
 FAN_OUT_ENGINES = ["select", "asyncio", "threads"]
@@ -22,6 +25,9 @@ FAN_OUT_ENGINES = ["select", "asyncio", "threads"]
 
 QUEUING_ENGINES = ["select", "asyncio"]
 """The engines that queue (and so can drop) without waiting for a slow peer."""
+
+DROP_OLDEST_VARIANTS = [*QUEUING_ENGINES, *(["asyncio@uvloop"] if "asyncio@uvloop" in VARIANTS else [])]
+"""The queuing engines, and the asyncio engine on uvloop, whose transports hold the messages differently."""
 
 
 @pytest.fixture
@@ -237,20 +243,98 @@ def test_drop_keeps_the_slow_peers_queue_at_the_high_water_mark(serve: Callable[
         sock.close()
 
 
-def test_drop_oldest_keeps_the_newest_messages_whole(serve: Callable[..., Server]) -> None:
+@pytest.mark.parametrize("engine", DROP_OLDEST_VARIANTS)
+def test_drop_oldest_keeps_the_newest_messages_whole(serve: Callable[..., Server], engine: str) -> None:
     high, size, count = 64 * 1024, 1024, 2000
-    server = serve(lambda message: None, engine="select", high_water=high, low_water=high // 4)
+    recorder = Recorder()
+    server = serve(recorder, **engine_options(engine), high_water=high, low_water=high // 4)
     sock, peer = slow_socket(server)
     try:
         total, peak = BroadcastResult(), 0
         for index in range(count):
             total += server.broadcast(numbered(index, size), policy="drop_oldest")
             peak = max(peak, peer.queued)
-        assert total.delivered == count and total.dropped == peer.dropped > 0
-        assert peak <= high + size + 4
+        assert total.delivered == count and total.dropped == peer.dropped == server.stats.dropped > 0
+        # select: its queue, and one message past it; asyncio: the transport's buffer (as far as one
+        # message past high water), and the newest message held in front of it.
+        assert peak <= high + (size + 4) * (1 if engine == "select" else 2)
         numbers = read_numbers(sock, until=count)
         assert numbers[-1] == count - 1  # the newest is never the one dropped
         assert numbers == sorted(numbers) and len(numbers) == count - total.dropped
+        assert numbers != list(range(len(numbers)))  # not the oldest only: those dropped were before the newest
+        wait_until(lambda: peer.queued == 0 and len(recorder.events) == 2, what="the queue drained")
+        assert [event for event, _ in recorder.events] == ["paused", "resumed"]  # once each, however it was fed
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", DROP_OLDEST_VARIANTS)
+def test_what_follows_drop_oldest_messages_waits_behind_them(serve: Callable[..., Server], engine: str) -> None:
+    high, size, count = 32 * 1024, 1024, 1000
+    server = serve(lambda message: None, **engine_options(engine), high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    try:
+        total = BroadcastResult()
+        for index in range(count):
+            total += server.broadcast(numbered(index, size), policy="drop_oldest")
+        assert total.dropped > 0
+        peer.send(numbered(count, size))  # "close": never dropped, and after every message before it
+        server.broadcast(numbered(count + 1, size), policy="drop_oldest")
+        numbers = read_numbers(sock, until=count + 2)
+        assert numbers[-2:] == [count, count + 1] and numbers == sorted(numbers)
+        assert len(numbers) == count + 2 - peer.dropped
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", DROP_OLDEST_VARIANTS)
+def test_a_close_after_drop_oldest_messages_sends_them_first(serve: Callable[..., Server], engine: str) -> None:
+    high, size, count = 32 * 1024, 1024, 1000
+    server = serve(lambda message: None, **engine_options(engine), high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    try:
+        for index in range(count):
+            server.broadcast(numbered(index, size), policy="drop_oldest")
+        peer.close()
+        numbers = read_numbers(sock, until=count + 1)  # to the end of the stream: the server closes after the last
+        assert numbers[-1] == count - 1 and len(numbers) == count - peer.dropped
+        wait_until(lambda: server.peers == [], what="the connection closed")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", [variant for variant in DROP_OLDEST_VARIANTS if variant != "select"])
+def test_what_waits_behind_held_drop_oldest_messages_counts_to_the_hard_cap(
+    serve: Callable[..., Server], engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asyncio's queue in front of the transport counts in `peer.queued`, so towards the hard cap.
+
+    (Not on select, whose queue has always counted: there the HARD_CAP patch
+    has no effect once the module is compiled.)
+    """
+    cap, high, size = 256 * 1024, 32 * 1024, 1024
+    monkeypatch.setattr("connecteur.server.asyncio.HARD_CAP", cap)
+    closed: list[BaseException | None] = []
+
+    class Watch:
+        def received(self, peer: Peer, message: bytes) -> None:
+            return None
+
+        def closed(self, peer: Peer, error: BaseException | None) -> None:
+            closed.append(error)
+
+    server = serve(Watch(), **engine_options(engine), high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    try:
+        for index in range(1000):  # the queue passes high water: drop_oldest messages wait in front of it
+            server.broadcast(numbered(index, size), policy="drop_oldest")
+        assert peer.dropped > 0
+        for index in range(1000):  # "close": each waits behind them, undroppable, and counts
+            peer.send(numbered(index, size))
+            if closed:
+                break
+        wait_until(lambda: closed, what="the slow peer closed at the hard cap")
+        assert "limit is" in str(closed[0])
     finally:
         sock.close()
 
@@ -385,7 +469,14 @@ PROOF_SIZE = 2048
 
 @pytest.mark.parametrize(
     ("engine", "policy"),
-    [("select", "drop"), ("select", "drop_oldest"), ("asyncio", "drop"), ("select", "close"), ("asyncio", "close")],
+    [
+        ("select", "drop"),
+        ("select", "drop_oldest"),
+        ("asyncio", "drop"),
+        ("asyncio", "drop_oldest"),
+        ("select", "close"),
+        ("asyncio", "close"),
+    ],
 )
 def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
     serve: Callable[..., Server], engine: str, policy: str, monkeypatch: pytest.MonkeyPatch
@@ -408,7 +499,9 @@ def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
         if policy == "close":
             assert total.closed == 1 and slow_peer.dropped == 0 and peak_slow <= cap + framed
         else:
-            assert slow_peer.dropped == total.dropped > 0 and peak_slow <= high + framed
+            # asyncio's drop_oldest: the transport's buffer, and the newest message held in front of it
+            held = framed if (engine, policy) == ("asyncio", "drop_oldest") else 0
+            assert slow_peer.dropped == total.dropped > 0 and peak_slow <= high + framed + held
         assert peak_all <= PROOF_READERS * high + cap + framed  # every queue under its bound, together
         print(
             f"\n{engine} {policy}, {PROOF_READERS} readers: delivered {total.delivered}, dropped {total.dropped}, "
@@ -416,3 +509,65 @@ def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
         )
     finally:
         slow.close()
+
+
+# --- select: queued messages leave several to a sendmsg ----------------------------------------
+
+
+def patterned(index: int, size: int) -> bytes:
+    """Message `index` of `size` bytes: its number, then a byte that tells it from its neighbours."""
+    return index.to_bytes(4, "big") + bytes([index % 251]) * (size - 4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_writes_keep_the_stream_whole_across_partial_writes_and_drops(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """A property of the select engine's gathering writes, for random messages and a slow reader.
+
+    The server's socket takes a few KiB at a time (a tiny SO_SNDBUF), so that
+    nearly every ``sendmsg`` of queued messages is partial, ending inside one
+    of them or between two; meanwhile "drop_oldest" drops whole ones that
+    went back to the queue unsent. The reader must receive exactly the
+    messages sent, in order, whole, minus those counted as dropped, and never
+    one sent with "close".
+    """
+    configure_stream = connecteur._socket.configure_stream
+
+    def tiny_send_buffer(sock: socket.socket, keepalive: Any = None) -> None:
+        configure_stream(sock, keepalive)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    monkeypatch.setattr(connecteur._socket, "configure_stream", tiny_send_buffer)
+    rng = random.Random(seed)
+    server = serve(lambda message: None, engine="select", high_water=16 * 1024, low_water=4 * 1024)
+    sock, peer = slow_socket(server)
+    count = 600
+    sizes = [rng.randint(4, 3000) for _ in range(count)]
+    policies = ["close" if rng.random() < 0.2 or index == count - 1 else "drop_oldest" for index in range(count)]
+    received: list[bytes] = []
+    decoder, reads = LengthPrefixed().decoder(), random.Random(seed)
+
+    def read_slowly() -> None:
+        while not received or int.from_bytes(received[-1][:4], "big") != count - 1:
+            data = sock.recv(reads.randint(1, 8192))
+            if not data:
+                return
+            received.extend(decoder.feed(data))
+            threading.Event().wait(0.0005)  # slower than the broadcasts: the queue fills, and drops
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        dropped = sum(
+            server.broadcast(patterned(index, size), policy=policy).dropped
+            for index, (size, policy) in enumerate(zip(sizes, policies, strict=True))
+        )
+    finally:
+        reader.join(TIMEOUT)
+        sock.close()
+    numbers = [int.from_bytes(message[:4], "big") for message in received]
+    assert all(message == patterned(number, sizes[number]) for number, message in zip(numbers, received, strict=True))
+    assert numbers == sorted(set(numbers)) and decoder.buffered == 0  # in order, once each, nothing cut
+    assert {index for index, policy in enumerate(policies) if policy == "close"} <= set(numbers)
+    assert dropped == peer.dropped > 0 and len(numbers) == count - dropped

@@ -13,6 +13,8 @@ meets the send's policy:
   with this policy while the queue was non-empty are ever dropped (never a
   reply, never part of a message); where none can be (TLS encrypts the
   stream as one), the new message is dropped instead, as with ``"drop"``.
+  On the asyncio engine, only those held in front of the paused transport
+  (whose own buffer cannot be cut), and never the newest of them.
 
 The policy never slows the sender: every engine that applies it queues
 without waiting (select, asyncio). See docs/fan-out.md.
@@ -71,7 +73,7 @@ CLOSED: Final = BroadcastResult(closed=1)
 
 
 class DropOldest:
-    """The whole, unsent messages of one select connection's queue that ``"drop_oldest"`` may drop.
+    """The whole, unsent messages of one connection's queue that ``"drop_oldest"`` may drop.
 
     Each is the very `memoryview` object in the connection's queue: one the
     socket has partly taken is replaced there by a slice, a new object, so
@@ -98,15 +100,27 @@ class DropOldest:
         self._skipped.add(id(view))
         return view.nbytes
 
-    def leaving(self, view: memoryview) -> bool:
-        """`view` is at the queue's head, about to be written: True if it was dropped (skip it)."""
-        candidates = self._candidates
-        if candidates and candidates[0] is view:
-            candidates.popleft()  # the socket takes it now, or part of it
+    def __len__(self) -> int:
+        """The candidates left."""
+        return len(self._candidates)
+
+    def was_dropped(self, view: memoryview) -> bool:
+        """`view` left the queue's head: True if it was dropped (skip it, do not write it)."""
         if self._skipped and id(view) in self._skipped:
             self._skipped.discard(id(view))
             return True
         return False
+
+    def taken(self, view: memoryview) -> None:
+        """The socket took `view`, all or part of it: no longer a candidate (call in queue order)."""
+        candidates = self._candidates
+        if candidates and candidates[0] is view:
+            candidates.popleft()
+
+    def leaving(self, view: memoryview) -> bool:
+        """`view` is at the queue's head, about to be written whole: True if it was dropped (skip it)."""
+        self.taken(view)
+        return self.was_dropped(view)
 
     def clear(self) -> None:
         """The queue was emptied (the connection closed)."""

@@ -20,6 +20,15 @@ and a peer whose replies pile up is not read until they drain
 (``pause_writing`` pauses reading, and tells the handler's ``paused`` hook). Async replies in flight
 are bounded the same way. Deadlines run on ``loop.call_at``.
 
+Slow-consumer policies (``server/_fanout.py``): nothing can be taken out of the
+transport's buffer, one stream. So while it is over the high water mark, a
+``"drop_oldest"`` message, and everything sent after it, waits whole in a queue
+of the connection's own in front of the transport (`_Held`), where newer
+``"drop_oldest"`` messages drop the oldest; ``resume_writing`` feeds the
+transport from it. A peer that is not paused pays nothing for this: the
+queue is swapped in as the connection's transport only while it holds
+messages.
+
 Runs on asyncio's default loop or on uvloop (``loop="uvloop"``).
 """
 
@@ -31,6 +40,7 @@ import inspect
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, cast
 
@@ -51,7 +61,7 @@ from ._engine import (
     refuse_untrusted,
     shut_down,
 )
-from ._fanout import CLOSED, DELIVERED, DROPPED, BroadcastResult, check_policy
+from ._fanout import CLOSED, DELIVERED, DROPPED, BroadcastResult, DropOldest, check_policy
 from ._handler import HandlerFailed
 from ._limits import HARD_CAP, RECV_SIZE
 from ._multiplex import Unordered
@@ -326,6 +336,7 @@ class _AioLink(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._tail: asyncio.Future[None] | None = None  # the last async reply in the chain
         self._writing_paused = False
+        self._feeding = False  # in resume_writing, writing held messages to the transport
         self._budget_paused = False  # the server is over max_buffered
         self._reading_paused = False
         self._close_asked = False  # close() called, not run yet
@@ -355,24 +366,49 @@ class _AioLink(asyncio.BufferedProtocol):
 
     @property
     def queued(self) -> int:
-        """Bytes in the transport's write buffer."""
+        """Bytes in the transport's write buffer and held in front of it."""
         transport = self._transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
     def offer(self, data: bytes, policy: str) -> BroadcastResult:
         """On the loop's thread: send the framed `data` under the slow-consumer `policy` (see `_fanout`).
 
-        The transport's buffer is one stream that nothing can be taken out
-        of: ``"drop_oldest"`` drops the new message, as ``"drop"`` does.
+        Nothing can be taken out of the transport's buffer, one stream: while
+        it is over the high water mark, a ``"drop_oldest"`` message waits whole
+        in a queue of the connection's own in front of it (`_Held`), where a
+        newer one can drop it.
         """
-        if not self.is_open or self.session.closing:
+        session = self.session
+        if not self.is_open or session.closing:
             return CLOSED
         if self._writing_paused and policy != "close":
-            self.session.peer.dropped += 1
-            self._engine._config.counters.dropped_messages()
-            return DROPPED
+            if policy == "drop" or session.encrypts:  # TLS: the bytes are one stream from the start
+                return self._count_dropped(DROPPED)
+            if not session.in_handler:  # else it joins the handler's replies, whole: sent as "close" would
+                return self._hold(data)
         self._send_framed(data)
-        return DELIVERED if self.session.error is None else CLOSED
+        return DELIVERED if session.error is None else CLOSED
+
+    def _hold(self, data: bytes) -> BroadcastResult:
+        """Send `data` through the queue in front of the paused transport; drop the oldest there past high water."""
+        transport = self._transport
+        assert transport is not None
+        held = transport if isinstance(transport, _Held) else _Held(transport)
+        self._transport = held  # every write goes behind what it holds until it is fed to the transport
+        self._send_framed(data)
+        if not self.is_open:
+            return CLOSED
+        held.may_drop(data)
+        dropped = held.drop_oldest(self._engine._config.high_water)
+        if not dropped:
+            return DELIVERED
+        self._account()
+        return self._count_dropped(BroadcastResult(delivered=1, dropped=dropped))
+
+    def _count_dropped(self, result: BroadcastResult) -> BroadcastResult:
+        self.session.peer.dropped += result.dropped
+        self._engine._config.counters.dropped_messages(result.dropped)
+        return result
 
     def _send_framed(self, data: bytes) -> None:
         if self.is_open:
@@ -441,14 +477,33 @@ class _AioLink(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self._feeding:  # the held messages keep it paused: the handler was not told otherwise
+            return
         self._update_reading()
         self._writability_changed(paused=True)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if isinstance(self._transport, _Held):
+            self._feed(self._transport)
+            if self._writing_paused:  # fed until over high water again: still paused
+                self._account()
+                return
         self._update_reading()
         self._account()
         self._writability_changed(paused=False)
+
+    def _feed(self, held: _Held) -> None:
+        """The transport is under low water: write it the held messages until it pauses again, or none are left."""
+        self._feeding = True
+        try:
+            held.feed(lambda: self._writing_paused)
+        finally:
+            self._feeding = False
+        if held.empty:
+            self._transport = held.transport
+            if held.closing:  # the session's close waited for them
+                held.transport.close()
 
     def _writability_changed(self, *, paused: bool) -> None:
         """Tell the handler's ``paused``/``resumed`` hook, if it has one."""
@@ -598,3 +653,84 @@ class _AioLink(asyncio.BufferedProtocol):
         self._engine.forget(self)
         if inspect.isawaitable(ended):
             self._engine.keep(asyncio.ensure_future(self._log_failure(ended)))
+
+
+class _Held(asyncio.Transport):
+    """A queue of whole messages in front of a paused transport, so that ``"drop_oldest"`` can drop some.
+
+    Installed as the connection's transport when a ``"drop_oldest"`` message
+    is sent while the transport is over its high water mark, and until the
+    transport, back under its low water mark, has been written everything it
+    holds: meanwhile every write (replies, other sends) waits here, behind
+    the messages before it, and its buffer size counts what it holds.
+    Only the messages a ``"drop_oldest"`` send queued here whole are dropped;
+    the newest of them is kept, or a slow reader would never get one.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.transport = transport
+        self._messages: deque[memoryview] = deque()
+        self._droppable = DropOldest()
+        self._size = 0  # bytes in _messages, not counting dropped ones
+        self.closing = False  # close() waits for them to be fed
+
+    @property
+    def empty(self) -> bool:
+        """True once every message held has been fed to the transport (or dropped)."""
+        return not self._messages
+
+    def may_drop(self, data: bytes) -> None:
+        """A ``"drop_oldest"`` send of `data` is done: if it waits here whole, it may be dropped."""
+        if self._messages and self._messages[-1].obj is data:
+            self._droppable.add(self._messages[-1])
+
+    def drop_oldest(self, high_water: int) -> int:
+        """Drop the oldest droppable messages, but the newest, while the total is over `high_water`; return how many."""
+        dropped = 0
+        while self.get_write_buffer_size() > high_water and len(self._droppable) > 1:
+            self._size -= self._droppable.drop_one()
+            dropped += 1
+        return dropped
+
+    def feed(self, paused: Callable[[], bool]) -> None:
+        """Write the held messages to the transport, oldest first, until it is `paused` again."""
+        messages, droppable, transport = self._messages, self._droppable, self.transport
+        while messages and not paused() and not transport.is_closing():
+            view = messages.popleft()
+            if droppable.leaving(view):  # dropped: no longer in _size
+                continue
+            self._size -= view.nbytes
+            transport.write(view)  # may pause the transport at once (pause_writing)
+
+    # --- the transport's interface, as the connection uses it ---------------------
+
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data)
+        self._messages.append(view)
+        self._size += view.nbytes
+
+    def writelines(self, list_of_data: Iterable[Buffer]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + self._size
+
+    def is_closing(self) -> bool:
+        return self.closing or self.transport.is_closing()
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self._messages.clear()
+        self._droppable.clear()
+        self._size = 0
+        self.transport.abort()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()

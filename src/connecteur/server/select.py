@@ -10,7 +10,7 @@ handler calls, replies, counts, deadlines), and the replies to every message
 of that read leave in one write (a large reply with its header, uncopied, in
 one ``sendmsg``). Writes never block: what the socket does not take is
 queued, and the connection watches for writability only while a queue is
-non-empty.
+non-empty; once writable, several queued buffers leave in one ``sendmsg``.
 
 Backpressure: a connection whose queue passes the server's ``high_water``
 (`HIGH_WATER` by default) is no longer read until the queue falls below its
@@ -71,6 +71,7 @@ _ACCEPT = object()  # selector data of the listening socket
 _WAKE = object()  # selector data of the wake-up socket
 _READ, _WRITE, _READABLE, _WRITABLE = READ, WRITE, READABLE, WRITABLE
 _GATHER_MAX = 64  # buffers in one sendmsg, far under IOV_MAX (1024 on Linux); more are joined first
+_GATHER_BYTES = 512 * 1024  # no more taken off the queue for one sendmsg: about what a socket's buffer takes
 
 
 class SelectEngine:
@@ -462,25 +463,27 @@ class _SelectLink:
         self._flush()
 
     def on_writable(self) -> None:
-        """Send queued bytes until the socket would block or the queue is empty."""
-        outgoing, droppable = self._outgoing, self._droppable
+        """Send queued bytes until the socket would block or the queue is empty.
+
+        Several queued buffers leave in one gathering ``sendmsg`` (`_GATHER_MAX`
+        of them, or `_GATHER_BYTES`); those the socket did not take, or took
+        only part of, go back to the queue's head.
+        """
+        outgoing = self._outgoing
         while outgoing:
-            chunk = outgoing[0]
-            if droppable is not None and droppable.leaving(chunk):
-                outgoing.popleft()  # dropped by "drop_oldest"; not in _queued any more
-                continue
-            try:
-                sent = self.sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
+            batch = self._take_batch()
+            if not batch:  # only dropped messages were left
                 break
+            try:
+                sent = self.sock.send(batch[0]) if len(batch) == 1 else self.sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             except OSError as exc:
                 self._fail(exc)
                 return
             self._queued -= sent
-            if sent < len(chunk):
-                outgoing[0] = chunk[sent:]
+            if self._put_back(batch, sent):
                 break
-            outgoing.popleft()
         if self._queued:
             self._apply_backpressure()
             return
@@ -489,6 +492,41 @@ class _SelectLink:
             return
         self._set_events(self._events & ~_WRITE)
         self._apply_backpressure()
+
+    def _take_batch(self) -> list[memoryview]:
+        """Take the next buffers to write off the queue's head, skipping those "drop_oldest" dropped."""
+        outgoing, droppable = self._outgoing, self._droppable
+        batch: list[memoryview] = []
+        size = 0
+        while outgoing and len(batch) < _GATHER_MAX and size < _GATHER_BYTES:
+            view = outgoing.popleft()
+            if droppable is None or not droppable.was_dropped(view):  # a dropped one is no longer in _queued
+                batch.append(view)
+                size += view.nbytes
+        return batch
+
+    def _put_back(self, batch: list[memoryview], sent: int) -> bool:
+        """The socket took `sent` bytes of `batch`: queue the rest back at the head; True if any.
+
+        A buffer the socket took part of goes back as a slice, a new object:
+        no longer whole, so "drop_oldest" can no longer drop it. Those it took
+        nothing of go back as they were, still droppable.
+        """
+        droppable = self._droppable
+        for index, view in enumerate(batch):
+            if sent >= view.nbytes:
+                sent -= view.nbytes
+                if droppable is not None:
+                    droppable.taken(view)
+                continue
+            rest = batch[index:]
+            if sent:
+                if droppable is not None:
+                    droppable.taken(view)
+                rest[0] = view[sent:]
+            self._outgoing.extendleft(reversed(rest))
+            return True
+        return False
 
     def _flush(self) -> None:
         """Write what the session has to send; arm its next deadline; close when it says so.
