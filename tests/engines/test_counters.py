@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import fields
 
 from connecteur.server._engine import Counters, Stats
 
@@ -37,6 +38,23 @@ def test_a_retired_process_keeps_its_counts_once_and_its_open_connections_become
     counters.report_elsewhere(102, Stats(accepted=1, active=1, messages_out=1))  # its replacement
     stats = counters.snapshot()
     assert (stats.accepted, stats.active, stats.messages_out, stats.errors) == (4, 1, 6, 3)
+
+
+def test_a_retired_process_keeps_every_count_but_the_gauges() -> None:
+    """Each field of `Stats` a process reported outlives it (a field forgotten in `retire_elsewhere` fails here)."""
+    reported = {field.name: 10 * (number + 1) for number, field in enumerate(fields(Stats))}
+    counters = Counters()
+    counters.report_elsewhere(7, Stats(**reported))
+    counters.retire_elsewhere(7)
+    kept = counters.snapshot()
+    for name, value in reported.items():
+        if name in ("active", "queued"):  # gauges: what was open or waiting went with the process
+            expected = 0
+        elif name == "errors":  # its open connections ended with it
+            expected = value + reported["active"]
+        else:
+            expected = value
+        assert getattr(kept, name) == expected, name
 
 
 def test_counts_of_many_writers_are_exact_while_snapshots_run() -> None:

@@ -251,6 +251,8 @@ class Counters:
             self.bytes_out += stats.bytes_out
             self.errors += stats.errors + stats.active
             self.handshake_errors += stats.handshake_errors
+            self.evicted += stats.evicted
+            self.worker_restarts += stats.worker_restarts
             self.skipped += stats.skipped
             self.dropped += stats.dropped  # not `queued`: a gauge, whose bytes went with the process
 
