@@ -273,14 +273,23 @@ class Handler:
         With a codec, the handler gets the decoded value; a message that does
         not decode raises `HandlerFailed` with ``peer_fault=True``.
         """
-        value: Any = message  # the codec's decoded value, when there is a codec
-        if self._codec is not None:
-            try:
-                value = self._codec.decode(message)
-            except CodecError as exc:
-                raise HandlerFailed("received", exc, peer_fault=True) from exc
-            except Exception as exc:  # a codec's bug: the handler's side, not the peer's
-                raise HandlerFailed("received", exc) from exc
+        if self._codec is None:
+            return self.received_value(peer, message)
+        try:
+            value = self._codec.decode(message)
+        except CodecError as exc:
+            raise HandlerFailed("received", exc, peer_fault=True) from exc
+        except Exception as exc:  # a codec's bug: the handler's side, not the peer's
+            raise HandlerFailed("received", exc) from exc
+        return self.received_value(peer, value)
+
+    def received_value(self, peer: Peer, value: Any) -> object:
+        """Call the handler with `value`, already decoded (or the message's bytes without a codec).
+
+        A method of its own, typed `Any`: a multiplexed server decodes the
+        envelope's payload itself and calls this, and a compiled build checks
+        that what it passes is what the signature says.
+        """
         try:
             if self._function is not None:
                 return self._function(value)
@@ -344,6 +353,7 @@ _HOOK_CODES: Final[dict[CodeType, str]] = {
     for method, hook in (
         (Handler.connected, "connected"),
         (Handler.received_maybe_async, "received"),
+        (Handler.received_value, "received"),
         (Handler.answer_plain, "received"),
         (Handler.check_reply, "received"),  # a codec's encode
         (Handler.closed, "closed"),

@@ -152,7 +152,7 @@ class MultiplexedHandler:
                 result = function(envelope.payload)
             else:
                 value = envelope.payload if self._codec is None else self._codec.decode(envelope.payload)
-                result = self._user.received_maybe_async(peer, value)
+                result = self._user.received_value(peer, value)
         except Exception as exc:  # the handler's, or the codec's CodecError: this request's failure alone
             return self._failed(peer, envelope, exc)
         if type(result) is bytes and envelope.kind is Kind.REQUEST:  # the common case, first
