@@ -116,7 +116,8 @@ class BuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(f"connecteur: length-prefixed reads split in Python ({ext.name}: {exc})", file=sys.stderr)
+            reason = f"{ext.name} failed: {type(exc).__name__}; pip install -v shows why"
+            print(f"connecteur: length-prefixed reads split in Python ({reason})", file=sys.stderr)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

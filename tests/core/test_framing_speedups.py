@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connecteur import FramingError
+from connecteur import FramingError, MessageTooLarge
 from connecteur.framing import LengthPrefixed, length
-from tests.core.splits import C_BUILT, NOT_BUILT, split_decoder
+from tests.core.splits import C_BUILT, NOT_BUILT, SPLITS, split_decoder
 from tests.support import TIMEOUT, cuts
 
 HEADERS = [order + code for order in "!<>" for code in "BHILQ"]
@@ -56,6 +56,8 @@ def streams(draw: st.DrawFn, header: struct.Struct, max_size: int) -> bytes:
     """Messages around `max_size` (some over it), garbage, and headers announcing anything."""
     limit = 2 ** (8 * header.size) - 1
     message = st.binary(max_size=min(max_size + 3, 64))
+    if max_size <= 64:  # often right at the limit, and one over it
+        message |= st.integers(max(max_size - 1, 0), max_size + 1).flatmap(lambda n: st.binary(min_size=n, max_size=n))
     chunk = (
         message.map(lambda m: header.pack(min(len(m), limit)) + m)
         | st.integers(0, limit).map(header.pack)
@@ -96,7 +98,8 @@ def test_decoders_splitting_in_c_and_in_python_agree_on_any_stream(
     on_oversize = data.draw(st.sampled_from(["close", "skip"]), label="on_oversize")
     framing = LengthPrefixed(header.format, max_size, on_oversize=on_oversize)  # type: ignore[arg-type]
     in_c, in_python = split_decoder(framing, True), split_decoder(framing, False)
-    for piece in cuts(wire, data):
+    max_piece = data.draw(st.sampled_from([1, 7, 64, max(len(wire), 1)]), label="max_piece")
+    for piece in cuts(wire, data, max_piece=max_piece):
         results: list[tuple[str, object]] = []
         for decoder in (in_c, in_python):
             try:
@@ -126,6 +129,17 @@ def test_the_c_routine_refuses_what_feed_never_passes(args: tuple[object, ...], 
     assert length._C_SPLIT is not None
     with pytest.raises(error):
         length._C_SPLIT(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("c_split", SPLITS)
+@pytest.mark.parametrize("header", HEADERS)
+def test_a_message_one_over_the_limit_raises_even_when_it_came_whole(header: str, c_split: bool) -> None:
+    """In one read with the message before it: the read the C routine takes, not the one-byte feeds."""
+    framing = LengthPrefixed(header, max_size=10)
+    wire = framing.encode(b"ok") + struct.pack(header, 11) + b"x" * 11 + framing.encode(b"never")
+    with pytest.raises(MessageTooLarge) as info:
+        split_decoder(framing, c_split).feed(wire)
+    assert (str(info.value), info.value.messages) == ("length header announces 11 bytes; max_size is 10", [b"ok"])
 
 
 @needs_c
