@@ -42,6 +42,11 @@ COMPILED_MODULES = [
     "server/select.py",
 ]
 
+# The C routine splitting length-prefixed reads (framing/_speedups.c), built
+# with the modules above but on its own: if it alone fails to build, its
+# module is absent and framing/length.py splits in Python.
+SPEEDUPS = Extension("connecteur.framing._speedups", ["src/connecteur/framing/_speedups.c"], optional=True)
+
 # Commands that produce the files to install; every other invocation
 # (metadata, sdist, egg_info) leaves mypyc's minute of work out.
 _BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}
@@ -85,7 +90,8 @@ def _extensions() -> list[Extension]:
         # Errors in the modules left in Python (which may import optional
         # packages absent from the build environment, uvloop) are not mypyc's.
         options = ["--follow-imports=silent"]
-        return mypycify([*options, *(str(root / module) for module in COMPILED_MODULES)], group_name="connecteur")
+        modules = [str(root / module) for module in COMPILED_MODULES]
+        return [*mypycify([*options, *modules], group_name="connecteur"), SPEEDUPS]
     except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
         _notice(f"mypyc failed: {type(exc).__name__}; pip install -v shows why")
         return []
@@ -103,6 +109,15 @@ class BuildExt(build_ext):
             self.extensions = []
             self.distribution.ext_modules = []
             _notice(f"the C build failed: {type(exc).__name__}; pip install -v shows why")
+
+    def build_extension(self, ext: Extension) -> None:
+        if ext.name != SPEEDUPS.name:
+            return super().build_extension(ext)
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            reason = f"{ext.name} failed: {type(exc).__name__}; pip install -v shows why"
+            print(f"connecteur: length-prefixed reads split in Python ({reason})", file=sys.stderr)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

@@ -9,7 +9,10 @@ bytes they came from, with small limits so that the limits are reached; not
 a reference reader), cuts the rest of the input into pieces of 1 to 16 bytes,
 feeds them and ends the stream. A crash is any other exception, a decoder holding more
 than its limit plus a header, messages that are not exactly the bytes they
-were cut from, or a failed decoder that accepts more bytes. See README.md.
+were cut from, or a failed decoder that accepts more bytes. Where the C split
+of length-prefixed reads is built (``framing/_speedups.c``), a `LengthPrefixed`
+input also feeds a twin decoder splitting in Python: a crash is any
+difference between the two, in messages, errors or bytes held. See README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ with atheris.instrument_imports():  # coverage feedback from connecteur's own co
     from connecteur.framing import (
         CloseDelimited,
         DecimalPrefixed,
+        Decoder,
         Delimited,
         FixedLength,
         Framing,
@@ -31,6 +35,7 @@ with atheris.instrument_imports():  # coverage feedback from connecteur's own co
         Netstring,
         TypeTagged,
     )
+    from connecteur.framing.length import SPEEDUPS
 
 FRAMINGS: tuple[tuple[Framing, int], ...] = (
     # (framing, bytes beyond max_size its decoder may hold: header, delimiter)
@@ -52,13 +57,14 @@ def TestOneInput(data: bytes) -> None:  # the name libFuzzer's Python binding lo
     provider = atheris.FuzzedDataProvider(data)
     framing, overhead = FRAMINGS[provider.ConsumeIntInRange(0, len(FRAMINGS) - 1)]
     decoder = framing.decoder()
+    twin = framing._decoder(False) if SPEEDUPS and isinstance(framing, LengthPrefixed) else None
     stream = b""  # every byte fed
     decoded = b""  # the messages returned, encoded again: always a prefix of the stream
     try:
         while provider.remaining_bytes():
             piece = provider.ConsumeBytes(provider.ConsumeIntInRange(1, 16))
             stream += piece
-            messages = decoder.feed(piece)
+            messages = _feed(decoder, twin, piece)
             decoded += b"".join(framing.encode(m) for m in messages)
             if decoded != stream[: len(stream) - decoder.buffered]:
                 raise AssertionError(f"{framing!r}: messages {messages!r} are not the bytes fed")
@@ -73,6 +79,28 @@ def TestOneInput(data: bytes) -> None:  # the name libFuzzer's Python binding lo
         except FramingError:
             return
         raise AssertionError(f"{framing!r}: a failed or ended decoder accepted more bytes") from None
+
+
+def _feed(decoder: Decoder, twin: Decoder | None, piece: bytes) -> list[bytes]:
+    """`decoder.feed(piece)`; the twin splitting in Python, if any, must give the same."""
+    if twin is None:
+        return decoder.feed(piece)
+    try:
+        messages = decoder.feed(piece)
+    except FramingError as exc:
+        _check_twin(twin, piece, (f"{type(exc).__name__}: {exc}", exc.messages))
+        raise
+    _check_twin(twin, piece, (messages, decoder.buffered))
+    return messages
+
+
+def _check_twin(twin: Decoder, piece: bytes, expected: tuple[object, object]) -> None:
+    try:
+        got: tuple[object, object] = (twin.feed(piece), twin.buffered)
+    except FramingError as exc:
+        got = (f"{type(exc).__name__}: {exc}", exc.messages)
+    if got != expected:
+        raise AssertionError(f"the C split gave {expected!r}, the Python split {got!r}")
 
 
 def main() -> None:

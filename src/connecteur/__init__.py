@@ -81,5 +81,6 @@ COMPILED: Final = (_length.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
 a C compiler), False for the pure-Python build. Both behave the same; one
 install is one or the other, as its ``.so`` files win over its ``.py``."""
 
-BUILD: Final = "compiled with mypyc" if COMPILED else "pure Python"
-"""Which build runs, in words: what ``connecteur --version`` and ``connecteur bench`` print."""
+BUILD: Final = ("compiled with mypyc" if COMPILED else "pure Python") + (", C split" if _length.SPEEDUPS else "")
+"""Which build runs, in words: what ``connecteur --version`` and ``connecteur bench`` print
+(", C split" when length-prefixed reads are split in C: `connecteur.framing.length.SPEEDUPS`)."""

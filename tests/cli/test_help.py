@@ -83,4 +83,5 @@ def test_version(flag: str) -> None:
     result = run(flag)
     assert (result.returncode, result.stderr) == (0, "")
     build = "compiled with mypyc" if connecteur.COMPILED else "pure Python"
+    build += ", C split" if connecteur.framing.length.SPEEDUPS else ""
     assert re.fullmatch(rf"connecteur \S+ \({build}\)\n", result.stdout)

@@ -40,6 +40,7 @@ from connecteur.framing import (
     batch_encoder,
     direct_decoder,
 )
+from tests.core.splits import SPLITS, split_decoder
 from tests.support import LONG_TESTS, cuts, one_byte_at_a_time
 
 FramingError = connecteur.FramingError
@@ -125,6 +126,14 @@ class Case:
     overhead: int  # bytes beyond max_size a decoder may hold between two feeds (header, delimiter)
     vector: tuple[bytes, ...]  # a few messages; the first one is also cut short as "the next message"
     empty_ok: bool  # whether b"" is a message this framing carries
+    c_split: bool | None = None  # LengthPrefixed: split in C (True) or in Python (False)
+
+    def decoder(self) -> Decoder:
+        """A new decoder of the framing; skips the test if it is the C split's and that is not built."""
+        if self.c_split is None:
+            return self.framing.decoder()
+        assert isinstance(self.framing, LengthPrefixed)
+        return split_decoder(self.framing, self.c_split)
 
 
 def _cases() -> list[Case]:
@@ -144,9 +153,9 @@ def _cases() -> list[Case]:
     for header in ["!B", "!H", "!I", "!Q", "<I"]:
         framing = LengthPrefixed(header, max_size=200)
         size = struct.calcsize(header)
-        cases.append(
-            Case(f"length{header}", framing, st.binary(max_size=200), size, (b"hello", b"", b"\0" * 200), True)
-        )
+        vector = (b"hello", b"", b"\0" * 200)
+        for c_split, split in ((False, "python"), (True, "c")):
+            cases.append(Case(f"length{header}-{split}", framing, st.binary(max_size=200), size, vector, True, c_split))
     cases += [
         Case("digits-5", DecimalPrefixed(5, max_size=200), st.binary(max_size=200), 5, (b"hello", b"", b"12"), True),
         Case("digits-1", DecimalPrefixed(1), st.binary(max_size=9), 1, (b"hello", b"", b"123456789"), True),
@@ -303,7 +312,7 @@ def test_close_delimited_vectors() -> None:
 @each_case
 def test_whole_stream(case: Case) -> None:
     wire = encode_all(case.framing, case.vector)
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     assert decoder.feed(wire) == list(case.vector)
     assert decoder.buffered == 0
     assert decoder.eof() == []
@@ -318,7 +327,7 @@ def test_one_byte_at_a_time(case: Case) -> None:
     for message, chunk in zip(case.vector, encoded, strict=True):
         position += len(chunk)
         ends[position] = message
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     returned = 0
     for received, piece in enumerate(one_byte_at_a_time(b"".join(encoded)), start=1):
         got = decoder.feed(piece)
@@ -338,7 +347,7 @@ def test_start_of_next_message_stays_buffered(case: Case) -> None:
     wire = encode_all(case.framing, case.vector)
     following = case.framing.encode(case.vector[0])
     for cut in range(1, len(following)):
-        decoder = case.framing.decoder()
+        decoder = case.decoder()
         assert decoder.feed(wire + following[:cut]) == list(case.vector)
         assert decoder.buffered == cut
         assert decoder.feed(following[cut:]) == [case.vector[0]]
@@ -349,7 +358,7 @@ def test_start_of_next_message_stays_buffered(case: Case) -> None:
 def test_messages_are_bytes_whatever_the_input_type(case: Case) -> None:
     wire = encode_all(case.framing, case.vector)
     for data in (bytearray(wire), memoryview(wire)):
-        got = case.framing.decoder().feed(data)
+        got = case.decoder().feed(data)
         assert got == list(case.vector)
         assert all(type(m) is bytes for m in got)
     for message in case.vector:
@@ -360,7 +369,7 @@ def test_messages_are_bytes_whatever_the_input_type(case: Case) -> None:
 
 @each_partial_case
 def test_feeding_nothing_changes_nothing(case: Case) -> None:
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     assert decoder.feed(b"") == []
     assert decoder.buffered == 0
     first = case.framing.encode(case.vector[0])
@@ -372,7 +381,7 @@ def test_feeding_nothing_changes_nothing(case: Case) -> None:
 @each_partial_case
 def test_decoders_do_not_share_state(case: Case) -> None:
     """A framing is stateless: two decoders from it are independent."""
-    first, second = case.framing.decoder(), case.framing.decoder()
+    first, second = case.decoder(), case.decoder()
     wire = case.framing.encode(case.vector[0])
     assert first.feed(wire[:1]) == []
     assert second.buffered == 0
@@ -388,7 +397,7 @@ def test_decoders_do_not_share_state(case: Case) -> None:
 def test_any_cut_gives_back_the_messages(case: Case, data: st.DataObject) -> None:
     messages = data.draw(st.lists(case.messages, max_size=15), label="messages")
     wire = encode_all(case.framing, messages)
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     got = [m for piece in cuts(wire, data) for m in decoder.feed(piece)]
     assert got == messages
     assert decoder.buffered == 0
@@ -466,8 +475,9 @@ def test_close_delimited_arbitrary_bytes_stay_bounded(data: st.DataObject) -> No
 # --- oversize -------------------------------------------------------------------
 
 
-def test_length_header_over_max_size_raises_before_any_body_byte() -> None:
-    decoder = LengthPrefixed().decoder()
+@pytest.mark.parametrize("c_split", SPLITS)
+def test_length_header_over_max_size_raises_before_any_body_byte(c_split: bool) -> None:
+    decoder = split_decoder(LengthPrefixed(), c_split)
     assert decoder.feed(b"\xff\xff\xff") == []
     with pytest.raises(MessageTooLarge) as info:
         decoder.feed(b"\xff")
@@ -476,11 +486,12 @@ def test_length_header_over_max_size_raises_before_any_body_byte() -> None:
     assert "16777216" in str(info.value)
 
 
+@pytest.mark.parametrize("c_split", SPLITS)
 @pytest.mark.parametrize("header", ["!B", "!H", "!I", "!Q", "<I"])
-def test_length_header_one_over_the_limit_raises_when_complete(header: str) -> None:
+def test_length_header_one_over_the_limit_raises_when_complete(header: str, c_split: bool) -> None:
     framing = LengthPrefixed(header, max_size=10)
     wire = struct.pack(header, 11)
-    decoder = framing.decoder()
+    decoder = split_decoder(framing, c_split)
     for piece in one_byte_at_a_time(wire[:-1]):
         assert decoder.feed(piece) == []
     with pytest.raises(MessageTooLarge) as info:
@@ -488,16 +499,18 @@ def test_length_header_one_over_the_limit_raises_when_complete(header: str) -> N
     assert_too_large(info.value, size=11, max_size=10)
 
 
+@pytest.mark.parametrize("c_split", SPLITS)
 @pytest.mark.parametrize("header", ["!B", "!H", "!I", "!Q", "<I"])
-def test_length_header_at_the_limit_is_accepted(header: str) -> None:
+def test_length_header_at_the_limit_is_accepted(header: str, c_split: bool) -> None:
     framing = LengthPrefixed(header, max_size=10)
-    assert framing.decoder().feed(struct.pack(header, 10) + b"x" * 10) == [b"x" * 10]
+    assert split_decoder(framing, c_split).feed(struct.pack(header, 10) + b"x" * 10) == [b"x" * 10]
 
 
-def test_length_prefixed_error_carries_messages_before_the_bad_header() -> None:
+@pytest.mark.parametrize("c_split", SPLITS)
+def test_length_prefixed_error_carries_messages_before_the_bad_header(c_split: bool) -> None:
     framing = LengthPrefixed(max_size=10)
     with pytest.raises(MessageTooLarge) as info:
-        framing.decoder().feed(framing.encode(b"ok") + framing.encode(b"") + b"\x00\x00\x00\x0b")
+        split_decoder(framing, c_split).feed(framing.encode(b"ok") + framing.encode(b"") + b"\x00\x00\x00\x0b")
     assert info.value.messages == [b"ok", b""]
 
 
@@ -857,9 +870,9 @@ def test_a_failed_decoder_stays_failed(framing: AnyFraming, bad: bytes) -> None:
 
 @each_case
 def test_eof_with_nothing_pending_returns_an_empty_list(case: Case) -> None:
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     assert decoder.eof() == []
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     assert decoder.feed(encode_all(case.framing, case.vector)) == list(case.vector)
     result = decoder.eof()
     assert type(result) is list
@@ -871,7 +884,7 @@ def test_eof_inside_a_message_raises_truncated_message(case: Case) -> None:
     wire = encode_all(case.framing, case.vector)
     following = case.framing.encode(case.vector[0])
     for cut in range(1, len(following)):
-        decoder = case.framing.decoder()
+        decoder = case.decoder()
         assert decoder.feed(wire + following[:cut]) == list(case.vector)
         with pytest.raises(TruncatedMessage) as info:
             decoder.eof()
@@ -921,7 +934,7 @@ def test_empty_message_round_trips_where_allowed(case: Case) -> None:
         return
     wire = case.framing.encode(b"")
     assert wire  # even an empty message leaves a trace on the wire
-    decoder = case.framing.decoder()
+    decoder = case.decoder()
     assert decoder.feed(wire * 3) == [b"", b"", b""]
     assert decoder.buffered == 0
 

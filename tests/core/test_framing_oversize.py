@@ -31,6 +31,7 @@ from connecteur.framing import (
     Lines,
     direct_decoder,
 )
+from tests.core.splits import SPLITS, split_decoder
 from tests.support import LONG_TESTS, cuts
 
 EXAMPLES = 100 if LONG_TESTS else 30
@@ -44,6 +45,7 @@ class Family:
     make: Callable[[int], Framing]  # max_size -> the skipping framing
     wire: Callable[[bytes], bytes]  # a message's wire bytes, whatever its size
     alphabet: bytes = b"ab\x00\xff"
+    c_split: bool | None = None  # LengthPrefixed: split in C (True) or in Python (False)
 
 
 def _field_wire(message: bytes) -> bytes:
@@ -56,8 +58,14 @@ def _encoder(framing: Framing) -> Callable[[bytes], bytes]:
 
 
 FAMILIES = [
-    Family("length", lambda m: LengthPrefixed("!H", m, on_oversize="skip"), _encoder(LengthPrefixed("!H"))),
-    Family("length-le8", lambda m: LengthPrefixed("<Q", m, on_oversize="skip"), _encoder(LengthPrefixed("<Q"))),
+    *(
+        Family(f"{name}-{split}", make, wire, c_split=c_split)
+        for name, make, wire in [
+            ("length", lambda m: LengthPrefixed("!H", m, on_oversize="skip"), _encoder(LengthPrefixed("!H"))),
+            ("length-le8", lambda m: LengthPrefixed("<Q", m, on_oversize="skip"), _encoder(LengthPrefixed("<Q"))),
+        ]
+        for c_split, split in [(False, "python"), (True, "c")]
+    ),
     Family("field", lambda m: LengthField(offset=2, size=2, strip=4, max_size=m, on_oversize="skip"), _field_wire),
     Family("digits", lambda m: DecimalPrefixed(3, m, on_oversize="skip"), _encoder(DecimalPrefixed(3))),
     Family("line", lambda m: Delimited(b"\n", m, on_oversize="skip"), _encoder(Delimited(b"\n", 2**20)), b"ab\r\n"),
@@ -85,8 +93,12 @@ def _wireable(family: Family, messages: list[bytes]) -> list[bytes]:
     return kept
 
 
-def _skipping(framing: Framing) -> tuple[Decoder, list[MessageTooLarge]]:
-    decoder = framing.decoder()
+def _skipping(framing: Framing, c_split: bool | None = None) -> tuple[Decoder, list[MessageTooLarge]]:
+    if c_split is None:
+        decoder = framing.decoder()
+    else:
+        assert isinstance(framing, LengthPrefixed)
+        decoder = split_decoder(framing, c_split)
     seen: list[MessageTooLarge] = []
     decoder.on_skip = seen.append  # type: ignore[attr-defined]
     return decoder, seen
@@ -105,7 +117,7 @@ def test_skipping_gives_exactly_the_messages_that_fit_in_order(family: Family, d
     cut = data.draw(st.integers(0, len(following) - 1), label="cut")
     wire = b"".join(map(family.wire, messages)) + following[:cut]
 
-    decoder, seen = _skipping(family.make(max_size))
+    decoder, seen = _skipping(family.make(max_size), family.c_split)
     got: list[bytes] = []
     max_piece = data.draw(st.sampled_from([1, 3, 64]), label="max_piece")
     for piece in cuts(wire, data, max_piece=max_piece):
@@ -152,7 +164,7 @@ def test_the_end_of_the_stream_inside_a_skipped_message_is_a_clean_end(family: F
     The wire is cut before its last byte: inside the body, or (delimited) with
     the start of a two-byte delimiter held, in case it is one.
     """
-    decoder, seen = _skipping(family.make(4))
+    decoder, seen = _skipping(family.make(4), family.c_split)
     assert decoder.feed(family.wire(b"a" * 50)[:-1]) == []
     assert decoder.eof() == [] and len(seen) == 1
 
@@ -224,10 +236,13 @@ _SIZES = st.sampled_from([0, 1, 100, LARGE_MESSAGE - 1, LARGE_MESSAGE + 7, 2 * L
 _STEPS = st.sampled_from([1, 1000, 4096, LARGE_MESSAGE, 5 * LARGE_MESSAGE])
 
 
+@pytest.mark.parametrize("c_split", SPLITS)
 @pytest.mark.parametrize("pooled", [False, True])
 @settings(max_examples=EXAMPLES)
 @given(sizes=st.lists(_SIZES, min_size=1, max_size=5), data=st.data())
-def test_skipping_large_messages_read_as_the_engines_read(pooled: bool, sizes: list[int], data: st.DataObject) -> None:
+def test_skipping_large_messages_read_as_the_engines_read(
+    pooled: bool, c_split: bool, sizes: list[int], data: st.DataObject
+) -> None:
     """The default framing's large messages, read straight into their body or fed, some of them skipped.
 
     The limit lets large messages through (up to 2 x `LARGE_MESSAGE`) and
@@ -238,7 +253,7 @@ def test_skipping_large_messages_read_as_the_engines_read(pooled: bool, sizes: l
     framing = LengthPrefixed(max_size=max_size, on_oversize="skip")
     messages = [bytes([seed % 251]) * size for seed, size in enumerate(sizes)]
     wire = b"".join(LengthPrefixed().encode(message) for message in messages) + b"\x00\x00"
-    decoder = direct_decoder(framing.decoder())
+    decoder = direct_decoder(split_decoder(framing, c_split))
     assert decoder is not None
     if pooled:
         decoder.use_pool(BodyPool())  # type: ignore[attr-defined]

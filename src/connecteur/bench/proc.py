@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from .. import COMPILED
+from ..framing.length import SPEEDUPS
 
 __all__ = [
     "cpu_model",
@@ -219,6 +220,7 @@ def machine() -> dict[str, object]:
         "memory_mib": None if total is None else total // 1024,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "compiled": COMPILED,  # the build measured: mypyc or pure Python
+        "speedups": SPEEDUPS,  # length-prefixed reads split in C (framing/_speedups.c)
         "os": platform.platform(),
         "load_average": os.getloadavg()[0],  # over the last minute: others' work skews every figure
     }
