@@ -28,6 +28,21 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT * 3)
 
 
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`main(argv)` for a usage error, a subprocess's start saved; a server it would build fails the test instead.
+
+    So an option checked too late fails at once rather than serving (or
+    hanging the tests); `test_unknown_framing_is_one_line_and_status_2` runs
+    the real command, for the status and the one line as the shell sees them.
+    """
+    monkeypatch.setattr("connecteur.cli.serve.Server", lambda *_, **__: pytest.fail("serve got past its checks"))
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
     assert result.returncode == status, result
     lines = result.stderr.splitlines()
@@ -126,8 +141,11 @@ def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: igno
 
 @pytest.mark.parametrize("command", ["serve", "send"])
 @pytest.mark.parametrize("address", ["nowhere", "localhost:99999", "::1:80", "unix:"])
-def test_bad_address_is_one_line_and_status_2(command: str, address: str) -> None:
-    assert_one_line_error(run(command, address), 2, repr(address.rpartition(":")[2]) if "999" in address else "")
+def test_bad_address_is_one_line_and_status_2(
+    command: str, address: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, command, address)
+    assert_one_line_error(result, 2, repr(address.rpartition(":")[2]) if "999" in address else "")
 
 
 @pytest.mark.parametrize("command", ["serve", "send"])
@@ -266,9 +284,11 @@ _ABSURD = [
 
 
 @pytest.mark.parametrize(("options", "words"), _ABSURD)
-def test_serve_refuses_absurd_sizes_in_one_line_with_status_2(options: list[str], words: list[str]) -> None:
-    """In a subprocess: were a check missing, the server would serve (until `run`'s timeout), not hang the tests."""
-    assert_one_line_error(run("serve", "127.0.0.1:0", *options), 2, "serve: ", *words)
+def test_serve_refuses_absurd_sizes_in_one_line_with_status_2(
+    options: list[str], words: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Were a check missing, building the server would fail the test (see `run_in_process`), not hang it."""
+    assert_one_line_error(run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", *options), 2, "serve: ", *words)
 
 
 @pytest.mark.parametrize("command", ["send", "chat"])
@@ -396,8 +416,11 @@ def test_send_max_size_refuses_to_send_a_larger_message(serve_cli) -> None:  # t
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "lots", "16MB"])
-def test_serve_refuses_a_nonsense_max_buffered_in_one_line(value: str) -> None:
-    assert_one_line_error(run("serve", "127.0.0.1:0", "--max-buffered", value), 2, "serve: ", "--max-buffered", value)
+def test_serve_refuses_a_nonsense_max_buffered_in_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", "--max-buffered", value)
+    assert_one_line_error(result, 2, "serve: ", "--max-buffered", value)
 
 
 def test_serve_passes_max_buffered_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
