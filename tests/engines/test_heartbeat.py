@@ -20,9 +20,11 @@ import pytest
 import connecteur
 from connecteur import ConnectionClosed, Heartbeat, Peer, Server
 from connecteur.tools.proxy import Faults, Proxy
-from tests.engines.conftest import engine_options
+from tests.engines.conftest import engine_options, engine_per_family
 from tests.engines.test_multiplexed import read_envelope, send_envelope
 from tests.support import TIMEOUT, wait_until
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 
