@@ -126,10 +126,29 @@ def test_targets_and_reference_choose_the_rows_and_the_ratios(tmp_path: Path) ->
         (["--quik"], ["--quik"]),
     ],
 )
-def test_bad_options_say_what_in_one_line_with_status_2(arguments: list[str], words: list[str]) -> None:
-    """Before anything runs: nothing on stdout, one line naming the bad value on stderr."""
-    result = subprocess.run([*COMMAND, *arguments], capture_output=True, text=True, timeout=TIMEOUT)
-    assert_one_line_error(result, 2, *words)
+def test_bad_options_say_what_in_one_line_with_status_2(
+    arguments: list[str], words: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before anything runs: nothing on stdout, one line naming the bad value on stderr.
+
+    In-process (`main(argv)`, a second each saved), with the measuring replaced
+    by a failure: an option checked too late fails the test, not run a
+    benchmark. The real command's exit status is the next test's.
+    """
+    monkeypatch.setattr(bench_cli.orchestrator, "run", lambda *_, **__: pytest.fail("the benchmark started"))
+    assert main(["bench", *arguments]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("connecteur: "), captured.err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert captured.out == ""
+
+
+def test_a_bad_option_of_the_real_command_is_one_line_and_status_2() -> None:
+    """The same through ``python -m connecteur bench``: the status and the one line reach the shell."""
+    result = subprocess.run([*COMMAND, "--quik"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert_one_line_error(result, 2, "--quik")
     assert result.stdout == ""
 
 

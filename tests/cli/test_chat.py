@@ -17,6 +17,7 @@ from connecteur import ConnectionClosed, Server, connect
 from connecteur.address import format_address
 from connecteur.framing import Netstring
 from connecteur.tools.apps import Chat
+from tests.cli.test_cli import assert_one_line_error, run, run_in_process
 from tests.support import TIMEOUT
 
 COMMAND = [sys.executable, "-m", "connecteur"]
@@ -159,25 +160,20 @@ def test_chat_cli_exits_1_when_the_server_closes_first(chat_cli: type[ChatCli]) 
         assert late.process.stderr.read() == f"connecteur: {address} closed the chat\n"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *args], input="", capture_output=True, text=True, timeout=TIMEOUT * 3)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
-    assert result.returncode == status, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("connecteur: "), result.stderr
-    assert all(word in lines[0] for word in words), lines[0]
-
-
 @pytest.mark.parametrize("options", [["--engine", "processes"], ["--workers", "2"]])
-def test_serve_refuses_chat_across_processes(options: list[str]) -> None:
-    assert_one_line_error(run("serve", "127.0.0.1:0", "--app", "chat", *options), 2, "--app chat", "one process")
+def test_serve_refuses_chat_across_processes(
+    options: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", "--app", "chat", *options)
+    assert_one_line_error(result, 2, "--app chat", "one process")
 
 
-def test_chat_cli_usage_and_network_errors_are_one_line() -> None:
-    assert_one_line_error(run("chat", "127.0.0.1:1"), 2, "--name")
-    assert_one_line_error(run("chat", "127.0.0.1:1", "--name", "a b"), 2, "'a b'")
+def test_chat_cli_usage_and_network_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The usage errors in-process (`main(argv)`), the network error through the real command."""
+    assert_one_line_error(run_in_process(monkeypatch, capsys, "chat", "127.0.0.1:1"), 2, "--name")
+    assert_one_line_error(run_in_process(monkeypatch, capsys, "chat", "127.0.0.1:1", "--name", "a b"), 2, "'a b'")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -28,6 +28,34 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT * 3)
 
 
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`main(argv)` for a usage error, a subprocess's start saved; a server it would build fails the test instead.
+
+    So an option checked too late fails at once rather than serving (or
+    hanging the tests); `test_unknown_framing_is_one_line_and_status_2` runs
+    the real command, for the status and the one line as the shell sees them.
+    """
+    monkeypatch.setattr("connecteur.cli.serve.Server", lambda *_, **__: pytest.fail("serve got past its checks"))
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
+def send_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``connecteur send`` in-process (`main(argv)`), where a test is about the server or the output.
+
+    A subprocess's start saved each time (seconds on a busy machine);
+    `test_serve_and_send_arguments_then_sigint_exits_zero` and
+    `test_send_reads_stdin_lines` run send as the shell does.
+    """
+    capsys.readouterr()  # what came before is not this command's
+    status = main(["send", *args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["send", *args], status, captured.out, captured.err)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
     assert result.returncode == status, result
     lines = result.stderr.splitlines()
@@ -82,22 +110,22 @@ def test_send_reads_stdin_lines(serve_cli) -> None:  # type: ignore[no-untyped-d
     assert (result.returncode, result.stdout) == (0, "one\ntwo\nthree\n")
 
 
-def test_sigterm_stops_the_server_gracefully(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_stops_the_server_gracefully(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--framing", "line")
-    assert run("send", served.address, "--framing", "line", "x").stdout == "x\n"
+    assert send_here(capsys, served.address, "--framing", "line", "x").stdout == "x\n"
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(TIMEOUT) == 0
 
 
-def test_discard_app_sends_no_reply(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_discard_app_sends_no_reply(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--app", "discard")
-    result = run("send", served.address, "a", "b", "--allow-unanswered")
+    result = send_here(capsys, served.address, "a", "b", "--allow-unanswered")
     assert (result.returncode, result.stdout) == (0, "")
 
 
-def test_undecodable_reply_bytes_are_escaped(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_undecodable_reply_bytes_are_escaped(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--framing", "fixed:2")
-    result = run("send", served.address, "--framing", "fixed:2", "\u00e9")  # é is two bytes in UTF-8
+    result = send_here(capsys, served.address, "--framing", "fixed:2", "\u00e9")  # é is two bytes in UTF-8
     assert result.stdout == "\u00e9\n"
     raw = subprocess.run(
         [*COMMAND, "send", served.address, "--framing", "fixed:2"], input=b"\xff\xfe\n", capture_output=True,
@@ -106,7 +134,7 @@ def test_undecodable_reply_bytes_are_escaped(serve_cli) -> None:  # type: ignore
     assert raw.stdout == b"\\xff\\xfe\n"
 
 
-def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_unix_socket_address(tmp_path: object, serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     path = f"{tmp_path}/cli.sock"
     process = subprocess.Popen([*COMMAND, "serve", f"unix:{path}", "--app", "upper"], stdout=subprocess.PIPE, text=True)
     try:
@@ -114,7 +142,7 @@ def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: igno
         assert (
             process.stdout.readline() == f"serving upper on unix:{path} (framing: 4-byte length prefix; codec: none)\n"
         )
-        assert run("send", f"unix:{path}", "sock").stdout == "SOCK\n"
+        assert send_here(capsys, f"unix:{path}", "sock").stdout == "SOCK\n"
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0
         assert not os.path.exists(path)
@@ -126,8 +154,11 @@ def test_unix_socket_address(tmp_path: object, serve_cli) -> None:  # type: igno
 
 @pytest.mark.parametrize("command", ["serve", "send"])
 @pytest.mark.parametrize("address", ["nowhere", "localhost:99999", "::1:80", "unix:"])
-def test_bad_address_is_one_line_and_status_2(command: str, address: str) -> None:
-    assert_one_line_error(run(command, address), 2, repr(address.rpartition(":")[2]) if "999" in address else "")
+def test_bad_address_is_one_line_and_status_2(
+    command: str, address: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, command, address)
+    assert_one_line_error(result, 2, repr(address.rpartition(":")[2]) if "999" in address else "")
 
 
 @pytest.mark.parametrize("command", ["serve", "send"])
@@ -135,11 +166,11 @@ def test_unknown_framing_is_one_line_and_status_2(command: str) -> None:
     assert_one_line_error(run(command, "127.0.0.1:1", "--framing", "bogus"), 2, "'bogus'", "netstring")
 
 
-def test_unreachable_server_names_the_address() -> None:
+def test_unreachable_server_names_the_address(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert_one_line_error(run("send", f"127.0.0.1:{port}", "x"), 1, f"127.0.0.1:{port}")
+    assert_one_line_error(send_here(capsys, f"127.0.0.1:{port}", "x"), 1, f"127.0.0.1:{port}")
 
 
 def test_busy_port_is_one_line_and_status_1() -> None:
@@ -203,15 +234,15 @@ def test_demo_runs_and_checks_itself() -> None:
     assert "FAIL" not in result.stdout
 
 
-def test_codecs_on_the_command_line(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_codecs_on_the_command_line(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--codec", "json")
-    result = run("send", served.address, "--codec", "json", '{"a": [1, "é"]}', "3")
+    result = send_here(capsys, served.address, "--codec", "json", '{"a": [1, "é"]}', "3")
     assert (result.returncode, result.stdout) == (0, '{"a": [1, "é"]}\n3\n')
-    bad = run("send", served.address, "--codec", "json", "{not json")
+    bad = send_here(capsys, served.address, "--codec", "json", "{not json")
     assert_one_line_error(bad, 2, "not JSON")
     text = serve_cli("--codec", "text", "--app", "upper")
-    assert run("send", text.address, "--codec", "text", "héllo").stdout == "HÉLLO\n"
-    assert_one_line_error(run("send", text.address, "--codec", "yaml"), 2, "'yaml'", "json, text, msgpack")
+    assert send_here(capsys, text.address, "--codec", "text", "héllo").stdout == "HÉLLO\n"
+    assert_one_line_error(send_here(capsys, text.address, "--codec", "yaml"), 2, "'yaml'", "json, text, msgpack")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda stop: stop.name)
@@ -266,9 +297,11 @@ _ABSURD = [
 
 
 @pytest.mark.parametrize(("options", "words"), _ABSURD)
-def test_serve_refuses_absurd_sizes_in_one_line_with_status_2(options: list[str], words: list[str]) -> None:
-    """In a subprocess: were a check missing, the server would serve (until `run`'s timeout), not hang the tests."""
-    assert_one_line_error(run("serve", "127.0.0.1:0", *options), 2, "serve: ", *words)
+def test_serve_refuses_absurd_sizes_in_one_line_with_status_2(
+    options: list[str], words: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Were a check missing, building the server would fail the test (see `run_in_process`), not hang it."""
+    assert_one_line_error(run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", *options), 2, "serve: ", *words)
 
 
 @pytest.mark.parametrize("command", ["send", "chat"])
@@ -318,19 +351,23 @@ def test_max_size_applies_to_the_chosen_framing(name: str, max_size: int | None,
     assert framing_by_name(name, max_size).max_size == expected
 
 
-def test_a_digits_10_server_refuses_a_ten_gigabyte_header(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_digits_10_server_refuses_a_ten_gigabyte_header(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     """It used to accept it and wait for the 9,999,999,999 bytes; the close now comes at once."""
     served = serve_cli("--framing", "digits:10")
     host, _, port = served.address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
         sock.sendall(b"9999999999" + b"x" * 100)
         assert recv_until_closed(sock) == b""
-    assert run("send", served.address, "--framing", "digits:10", "ok").stdout == "ok\n"
+    assert send_here(capsys, served.address, "--framing", "digits:10", "ok").stdout == "ok\n"
 
 
-def test_serve_on_oversize_skip_answers_the_messages_around_a_larger_one(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_serve_on_oversize_skip_answers_the_messages_around_a_larger_one(  # type: ignore[no-untyped-def]
+    serve_cli, capsys: pytest.CaptureFixture[str]
+) -> None:
     served = serve_cli("--max-size", "1KiB", "--on-oversize", "skip")
-    result = run("send", served.address, "--max-size", "1MiB", "--allow-unanswered", "first", "x" * 5000, "second")
+    result = send_here(
+        capsys, served.address, "--max-size", "1MiB", "--allow-unanswered", "first", "x" * 5000, "second"
+    )
     assert (result.returncode, result.stdout) == (0, "first\nsecond\n"), result
 
 
@@ -382,22 +419,25 @@ def test_on_oversize_errors_are_one_line_with_status_2(
         assert word in err
 
 
-def test_serve_max_size_refuses_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_serve_max_size_refuses_a_larger_message(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli("--max-size", "1KiB")
-    assert run("send", served.address, "x" * 1024).stdout == "x" * 1024 + "\n"
-    refused = run("send", served.address, "--max-size", "1MiB", "x" * 1025)
+    assert send_here(capsys, served.address, "x" * 1024).stdout == "x" * 1024 + "\n"
+    refused = send_here(capsys, served.address, "--max-size", "1MiB", "x" * 1025)
     assert refused.stdout == ""  # the server closed the connection instead of echoing
-    assert run("send", served.address, "still").stdout == "still\n"
+    assert send_here(capsys, served.address, "still").stdout == "still\n"
 
 
-def test_send_max_size_refuses_to_send_a_larger_message(serve_cli) -> None:  # type: ignore[no-untyped-def]
+def test_send_max_size_refuses_to_send_a_larger_message(serve_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     served = serve_cli()
-    assert_one_line_error(run("send", served.address, "--max-size", "4", "hello"), 1, "5 bytes", "max_size is 4")
+    assert_one_line_error(send_here(capsys, served.address, "--max-size", "4", "hello"), 1, "5 bytes", "max_size is 4")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "lots", "16MB"])
-def test_serve_refuses_a_nonsense_max_buffered_in_one_line(value: str) -> None:
-    assert_one_line_error(run("serve", "127.0.0.1:0", "--max-buffered", value), 2, "serve: ", "--max-buffered", value)
+def test_serve_refuses_a_nonsense_max_buffered_in_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", "--max-buffered", value)
+    assert_one_line_error(result, 2, "serve: ", "--max-buffered", value)
 
 
 def test_serve_passes_max_buffered_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,8 +137,13 @@ def test_reply_over_max_size_is_one_line_and_status_1(site: str) -> None:
         ("http://user:secret@127.0.0.1/", "malformed URL"),
     ],
 )
-def test_unsupported_or_malformed_url_is_one_line_and_status_2(url: str, words: str) -> None:
-    line = one_error_line(fetch(url), 2)
+def test_unsupported_or_malformed_url_is_one_line_and_status_2(
+    url: str, words: str, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """In-process (`main(argv)`): a refusal before any connection; the real command's status is tested below."""
+    status = main(["fetch", url])
+    captured = capsysbinary.readouterr()
+    line = one_error_line(subprocess.CompletedProcess(["fetch", url], status, captured.out, captured.err), 2)
     assert words in line and repr(url) in line
 
 

@@ -23,7 +23,7 @@ from connecteur.cli._logging import JsonFormatter
 from connecteur.errors import FramingError
 from connecteur.server import Server
 from connecteur.tools.metrics import COUNTERS, MetricsExporter
-from tests.cli.test_cli import COMMAND, assert_one_line_error, run
+from tests.cli.test_cli import COMMAND, assert_one_line_error, run, run_in_process
 from tests.support import TIMEOUT, recv_until_closed, wait_until
 
 MESSAGES = [b"one", b"two", b"three", b"four", b"five"]
@@ -162,8 +162,10 @@ def test_exporter_stops_with_close() -> None:
 
 
 @pytest.mark.parametrize("value", ["unix:/tmp/metrics.sock", "nowhere", "127.0.0.1:99999"])
-def test_bad_metrics_address_is_one_line_and_status_2(value: str) -> None:
-    result = run("serve", "127.0.0.1:0", "--metrics", value)
+def test_bad_metrics_address_is_one_line_and_status_2(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_in_process(monkeypatch, capsys, "serve", "127.0.0.1:0", "--metrics", value)
     assert_one_line_error(result, 2, "--metrics")
     assert result.stdout == ""
 

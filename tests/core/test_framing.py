@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import connecteur
@@ -41,7 +41,7 @@ from connecteur.framing import (
     direct_decoder,
 )
 from tests.core.splits import SPLITS, split_decoder
-from tests.support import LONG_TESTS, cuts, one_byte_at_a_time
+from tests.support import cuts, one_byte_at_a_time
 
 FramingError = connecteur.FramingError
 MessageTooLarge = connecteur.MessageTooLarge
@@ -1002,11 +1002,15 @@ def _patterned(size: int, seed: int) -> bytes:
     return bytes((seed + i * 7) % 251 for i in range(min(size, 251))) * (size // 251) + bytes(size % 251)
 
 
+_STEPS = st.sampled_from([1, 3, 4, 5, 1000, LARGE_MESSAGE, 5 * LARGE_MESSAGE])
+_MAX_STEPS = 64
+"""Steps drawn per example, after which the rest of the wire comes in one step:
+a run of one-byte steps through a 192 KiB body tests nothing its first dozens
+did not, and cost seconds an example in draws (two per step)."""
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 @given(sizes=st.lists(_LARGE_SIZES, min_size=1, max_size=4), data=st.data())
-# Each example moves megabytes a few bytes at a time (17 s for 100 examples):
-# 30 by default still draws every size and step; 100 with CONNECTEUR_LONG_TESTS=1.
-@settings(max_examples=100 if LONG_TESTS else 30)
 def test_large_messages_through_feed_and_direct_reads(pooled: bool, sizes: list[int], data: st.DataObject) -> None:
     """Random cuts down to 1 byte, each piece fed or read straight into the body when the decoder offers it."""
     messages = [_patterned(size, seed) for seed, size in enumerate(sizes)]
@@ -1015,9 +1019,10 @@ def test_large_messages_through_feed_and_direct_reads(pooled: bool, sizes: list[
     if pooled:
         decoder.use_pool(BodyPool())  # type: ignore[attr-defined]
     got: list[bytes] = []
-    pos = 0
+    pos = steps = 0
     while pos < len(wire):
-        step = data.draw(st.sampled_from([1, 3, 4, 5, 1000, LARGE_MESSAGE, 5 * LARGE_MESSAGE]))
+        steps += 1
+        step = data.draw(_STEPS) if steps <= _MAX_STEPS else len(wire)
         target = decoder.recv_buffer()  # type: ignore[attr-defined]
         if target is not None and data.draw(st.booleans()):
             count = min(step, len(target), len(wire) - pos)

@@ -31,10 +31,13 @@ from connecteur import AuthenticationError, Server, aio, connect
 from connecteur.address import format_address
 from connecteur.framing import LengthPrefixed
 from connecteur.tools.apps import echo, upper
+from tests.engines.conftest import engine_per_family
 from tests.engines.test_contract import Journal, raw_client
 from tests.mp_peers import PeerThread, finish, modern_peer, modern_python_or_skip, read_line
 from tests.support import TIMEOUT, recv_until_closed, wait_until
 from tests.tls_support import Pki, Witness, logs_reach_caplog, make_pki, wait_for_one_handshake_error
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 

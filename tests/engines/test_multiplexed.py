@@ -15,7 +15,10 @@ import connecteur
 from connecteur import ConnectionClosed, Peer, RemoteError, Server, Timeout
 from connecteur._envelope import MAX_ONE_WAY
 from connecteur.codecs import Json
+from tests.engines.conftest import engine_per_family
 from tests.support import TIMEOUT, recv_until_closed, wait_until
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 

@@ -12,7 +12,10 @@ import pytest
 from connecteur import Server, connect
 from connecteur.framing import Framing, LengthPrefixed, Lines
 from connecteur.tools.apps import echo
+from tests.engines.conftest import engine_per_family
 from tests.support import TIMEOUT, recv_until_closed, wait_until
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 

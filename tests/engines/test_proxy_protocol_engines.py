@@ -25,9 +25,11 @@ from connecteur import Peer, Server
 from connecteur.framing import LengthPrefixed
 from connecteur.proxy_protocol import V2_SIGNATURE, encode_v1, encode_v2
 from connecteur.tools.apps import echo
-from tests.engines.conftest import engine_options
+from tests.engines.conftest import engine_options, engine_per_family, spread_over_families
 from tests.engines.test_contract import Journal, reset
 from tests.support import TIMEOUT, one_byte_at_a_time, recv_until_closed, wait_until
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 
@@ -134,9 +136,15 @@ HEADERS = {
 }
 
 
-@pytest.mark.parametrize("cut", ["one write", "one byte per send"])
-@pytest.mark.parametrize("kind", HEADERS)
-def test_the_handler_sees_the_client_the_header_names(serve: Serve, journal: Journal, kind: str, cut: str) -> None:
+@pytest.mark.parametrize(
+    ("form", "engine"),
+    # Cut-major, so that the byte-at-a-time cases meet select, threads (whose
+    # blocking loop processes shares) and asyncio.
+    spread_over_families([(kind, cut) for cut in ("one write", "one byte per send") for kind in HEADERS]),
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else value,
+)
+def test_the_handler_sees_the_client_the_header_names(serve: Serve, journal: Journal, form: tuple[str, str]) -> None:
+    kind, cut = form
     mode, header = HEADERS[kind]
     server = serve(Witness(journal), proxy_protocol=mode, proxy_trusted=TRUSTED)
     messages = (b"first, in the header's segment", b"", b"third")
@@ -179,7 +187,7 @@ LOCAL_HEADERS = {
 }
 
 
-@pytest.mark.parametrize("kind", LOCAL_HEADERS)
+@pytest.mark.parametrize(("kind", "engine"), spread_over_families(LOCAL_HEADERS))
 def test_a_health_check_keeps_the_sockets_own_address(serve: Serve, journal: Journal, kind: str) -> None:
     """HAProxy's checks send LOCAL: the connection is the balancer's own, and is served as such."""
     mode, header = LOCAL_HEADERS[kind]
@@ -234,7 +242,7 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", REFUSED)
+@pytest.mark.parametrize(("case", "engine"), spread_over_families(REFUSED))
 def test_a_bad_or_missing_header_closes_only_that_connection(serve: Serve, journal: Journal, case: str) -> None:
     mode, wire = REFUSED[case]
     server = serve(Witness(journal), proxy_protocol=mode, proxy_trusted=TRUSTED, handshake_timeout=LONG)

@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 
 from connecteur import CodecError, ConnectionClosed, Peer, Server, aio, connect
 from connecteur.codecs import Json, Struct, Text
+from tests.engines.conftest import engine_per_family
 from tests.support import TIMEOUT, wait_until
+
+engine = engine_per_family  # each engine family, not each variant: see FAMILIES
 
 Serve = Callable[..., Server]
 

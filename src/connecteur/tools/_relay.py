@@ -4,8 +4,10 @@ A `Relay` pairs a client accepted by the proxy with the proxy's own connection
 to the target. Each direction is a `Flow`: bytes read from its source wait in a
 queue, each chunk stamped with the time it may leave (its delay), and leave
 toward the destination as the faults allow: in fragments, paced to a
-bandwidth, up to a cut or a blackhole. The loop driving the relays lives in
-`proxy.py`; everything here runs on that loop's one thread and never blocks.
+bandwidth, up to a cut or a blackhole. `ListenerLoop` is the thread that
+accepts clients and drives their relays, for the fault proxy and the trace
+alike (each says, by overriding it, what a client's relay is); everything here
+runs on that loop's one thread and never blocks.
 
 Invariants, checked each time a relay's interest is updated:
 
@@ -24,6 +26,7 @@ Invariants, checked each time a relay's interest is updated:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import random
@@ -34,11 +37,24 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol, final
+from typing import Final, Generic, Protocol, TypeVar, final
 
 from .. import _socket
+from .._loop import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, Inbox, StopSignal, Timers, accept_ready
+from ..address import Address, TcpAddress, UnixAddress, format_address
 
-__all__ = ["QUEUE_LIMIT", "RECV_SIZE", "FaultSettings", "Flow", "Relay", "RelayLoop", "close_socket", "logger"]
+__all__ = [
+    "QUEUE_LIMIT",
+    "RECV_SIZE",
+    "FaultSettings",
+    "Flow",
+    "ListenerLoop",
+    "Relay",
+    "RelayLoop",
+    "close_socket",
+    "logger",
+    "resolve_once",
+]
 
 logger: Final = logging.getLogger("connecteur.proxy")
 
@@ -520,3 +536,151 @@ class Flow:
         if self.timer_due is None or until < self.timer_due:
             self.timer_due = until
             self.relay.loop.add_timer(until, self)
+
+
+T = TypeVar("T")
+
+_ACCEPT: Final = object()  # selector data of the listening socket
+_WAKE: Final = object()  # selector data of the wake-up socket
+
+
+def resolve_once(address: Address) -> Address:
+    """Resolve a host name once, so that the loop never waits on DNS for a connection."""
+    if isinstance(address, UnixAddress):
+        return address
+    infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
+    return TcpAddress(str(infos[0][4][0]), address.port)
+
+
+class ListenerLoop(abc.ABC, Generic[T]):
+    """A relaying tool's thread: accepts clients, relays each to the target, runs the timers.
+
+    One `selectors` loop for every connection, like the select engine, whose
+    parts and accept policy it shares (`connecteur._loop`). A tool subclasses
+    it and says what is its own: `_relay_for` makes a client's relay (the
+    proxy's faults, the trace's decoders), `_unreachable` ends a client whose
+    target connection cannot even begin, `_end_turn` runs after each turn's
+    events (and once more after the last relays closed). Each relay is kept in
+    `relays` with the tool's value for it (the proxy's toxicity draw, the
+    trace's connection number).
+
+    Invariant: each relay's sockets are registered as `Relay.update_interest`
+    says; the listener is registered except while accepting is paused (out of
+    descriptors), when a ``None`` timer registers it again.
+
+    Args:
+        listener: the listening socket; the loop closes it (and unlinks a
+            unix socket's path) when it stops.
+        target: the resolved address to relay to (see `resolve_once`).
+        rng: the random source of fragment sizes and jitter.
+    """
+
+    def __init__(self, listener: socket.socket, target: Address, rng: random.Random) -> None:
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.rng = rng
+        self.relays: dict[Relay, T] = {}
+        self._listener = listener
+        self._target = target
+        self._timers: Timers[Flow | None] = Timers()  # None: resume accepting
+        self._stop = StopSignal()
+        self._inbox = Inbox(self._stop)
+        self._unix_path = listener.getsockname() if listener.family == socket.AF_UNIX else None
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+        self.selector.register(self._stop.reader, selectors.EVENT_READ, _WAKE)
+
+    @property
+    def active(self) -> int:
+        """Relays open now (read from any thread: one `len`)."""
+        return len(self.relays)
+
+    def run(self) -> None:
+        """Relay until a stop is requested, then close everything."""
+        try:
+            self._run_until_stopped()
+        finally:
+            for relay in list(self.relays):
+                relay.close()
+            self._end_turn()
+            self.selector.close()
+            self._listener.close()
+            if self._unix_path is not None:
+                _socket.unlink_unix_socket(self._unix_path)
+            self._stop.close()
+
+    def _run_until_stopped(self) -> None:
+        select, timers = self.selector.select, self._timers
+        while self._stop.deadline is None:
+            for key, mask in select(timers.timeout(time.monotonic())):
+                data = key.data
+                if isinstance(data, Relay):
+                    if data.is_open:  # an earlier event of this turn may have closed it
+                        data.on_event(key.fileobj, mask)
+                elif data is _ACCEPT:
+                    self._accept_some()
+                else:
+                    self._inbox.run()
+            self._end_turn()
+            self._run_due_timers()
+
+    # --- other threads -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to close everything and return; safe from any thread."""
+        self._stop.request(time.monotonic())
+
+    def call_soon(self, action: Callable[[], None]) -> None:
+        """Run `action` on the loop's thread, after a wake-up; safe from any thread."""
+        self._inbox.put(action)
+
+    # --- accepting -------------------------------------------------------------------
+
+    def _accept_some(self) -> None:
+        if accept_ready(self._listener, self._admit, ACCEPT_BATCH):
+            # Out of descriptors: stop watching the listener, or it would
+            # show readable at once and spin.
+            self.selector.unregister(self._listener)
+            self._timers.add(time.monotonic() + ACCEPT_BACKOFF, None)
+
+    def _admit(self, client: socket.socket, address: object) -> bool:
+        """Start relaying a new client; True when accepting must pause."""
+        client.setblocking(False)
+        _socket.configure_stream(client)
+        name = f"{format_address(address)} -> {self._target}"
+        try:
+            target = _socket.start_connection(self._target)
+        except OSError as exc:
+            self._unreachable(client, address, name, exc)
+            return exc.errno in RESOURCE_ERRNOS
+        relay, value = self._relay_for(client, target, name)
+        self.relays[relay] = value
+        relay.start()
+        return False
+
+    @abc.abstractmethod
+    def _relay_for(self, client: socket.socket, target: socket.socket, name: str) -> tuple[Relay, T]:
+        """The relay of `client` through `target` (a connection begun), and the tool's value for it."""
+
+    @abc.abstractmethod
+    def _unreachable(self, client: socket.socket, address: object, name: str, exc: OSError) -> None:
+        """The connection to the target could not begin (`exc`): end `client`, which has no relay."""
+
+    def _end_turn(self) -> None:
+        """Called after each turn's events, before the timers due; nothing by default."""
+
+    # --- timers and the RelayLoop interface ------------------------------------------
+
+    def add_timer(self, due: float, flow: Flow) -> None:
+        """Call ``flow.on_timer(due)`` at `due`."""
+        self._timers.add(due, flow)
+
+    def _run_due_timers(self) -> None:
+        for due, flow in self._timers.pop_due(time.monotonic()):
+            if flow is not None:
+                flow.on_timer(due)
+            elif self._stop.deadline is None:
+                self.selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
+
+    def forget(self, relay: Relay) -> None:
+        """Drop a relay that closed its sockets."""
+        self.relays.pop(relay, None)

@@ -16,10 +16,10 @@ Backpressure bounds memory: a direction holding `QUEUE_LIMIT` bytes stops
 reading its source. A half-close is forwarded as a half-close, after the last
 byte, and the other direction keeps flowing (Toxiproxy closes both here,
 which breaks a client that sends, half-closes and reads the reply). The
-per-connection machinery is in `_relay.py`; this module holds the public API,
-the accept loop, the timers, and the wake-up other threads use (the loop's
-parts, and the accept policy, are the select engine's: `connecteur._loop`);
-the HTTP control API, on a thread of its own, is in `_control.py` and changes
+per-connection machinery, and the loop that accepts and drives the relays
+(the trace's too), are in `_relay.py`; this module holds the public API and
+what the proxy adds to that loop: the faults each relay gets, and their
+changes. The HTTP control API, on a thread of its own, is in `_control.py` and changes
 faults only through `Proxy.set_faults`, which hands them to the loop's inbox.
 """
 
@@ -27,31 +27,21 @@ from __future__ import annotations
 
 import math
 import random
-import selectors
 import socket
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, final
 
 from .. import _socket
-from .._loop import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, Inbox, StopSignal, Timers, accept_ready
 from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from ._control import ControlServer, check_loopback
-from ._relay import QUEUE_LIMIT, Flow, Relay, close_socket, logger
+from ._relay import QUEUE_LIMIT, ListenerLoop, Relay, close_socket, logger, resolve_once
 
 __all__ = ["QUEUE_LIMIT", "Faults", "Proxy"]
 
 BACKLOG: Final = 128
 """Connections the kernel may queue before the proxy accepts them."""
-
-# Errors creating the target's socket that say the process is out of
-# descriptors or memory: accepting more clients would only fail again.
-
-_ACCEPT = object()  # selector data of the listening socket
-_WAKE = object()  # selector data of the wake-up socket
 
 
 @final
@@ -305,7 +295,7 @@ class Proxy:
         """
         if self._loop is not None:
             raise RuntimeError("this proxy was already started; create a new Proxy to start again")
-        target = _resolve(self._target)
+        target = resolve_once(self._target)
         listener = _socket.listen(self._listen, backlog=BACKLOG)
         try:
             self._bound = _socket.bound_address(listener)
@@ -374,82 +364,20 @@ class Proxy:
 _NO_FAULTS: Final = Faults()
 
 
-def _resolve(address: Address) -> Address:
-    """Resolve a host name once, so that the loop never waits on DNS for a connection."""
-    if isinstance(address, UnixAddress):
-        return address
-    infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
-    return TcpAddress(str(infos[0][4][0]), address.port)
-
-
-class _Loop:
-    """The proxy's thread: accepts, relays, runs timers; see the module's description."""
+class _Loop(ListenerLoop[float]):
+    """The proxy's thread: a `ListenerLoop` whose relays apply the faults; each relay keeps its toxicity draw."""
 
     def __init__(
         self, listener: socket.socket, target: Address, faults: tuple[Faults, Faults], seed: int | None
     ) -> None:
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
-        self.rng = random.Random(seed)
+        super().__init__(listener, target, random.Random(seed))
         self._toxicity_rng = random.Random(seed)  # its own, so that the fragment sizes stay what a seed gave before
-        self._listener = listener
-        self._target = target
         self._faults = faults
-        self._relays: dict[Relay, float] = {}  # each relay's toxicity draw
-        self._timers: Timers[Flow | None] = Timers()  # None: resume accepting
-        self._stop = StopSignal()
-        self._inbox = Inbox(self._stop)
-        self._unix_path = listener.getsockname() if listener.family == socket.AF_UNIX else None
-        listener.setblocking(False)
-        self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
-        self.selector.register(self._stop.reader, selectors.EVENT_READ, _WAKE)
-
-    @property
-    def active(self) -> int:
-        """Relays open now (read from any thread: one `len`)."""
-        return len(self._relays)
-
-    def run(self) -> None:
-        """Relay until a stop is requested, then close everything."""
-        try:
-            self._run_until_stopped()
-        finally:
-            for relay in list(self._relays):
-                relay.close()
-            self.selector.close()
-            self._listener.close()
-            if self._unix_path is not None:
-                _socket.unlink_unix_socket(self._unix_path)
-            self._stop.close()
-
-    def _run_until_stopped(self) -> None:
-        """The event loop. Invariant: each relay's sockets are registered as `Relay.update_interest` says."""
-        select, timers = self.selector.select, self._timers
-        while self._stop.deadline is None:
-            for key, mask in select(timers.timeout(time.monotonic())):
-                data = key.data
-                if isinstance(data, Relay):
-                    if data.is_open:  # an earlier event of this turn may have closed it
-                        data.on_event(key.fileobj, mask)
-                elif data is _ACCEPT:
-                    self._accept_some()
-                else:
-                    self._inbox.run()
-            self._run_due_timers()
-
-    # --- other threads -------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        """Ask the loop to close everything and return; safe from any thread."""
-        self._stop.request(time.monotonic())
-
-    def call_soon(self, action: Callable[[], None]) -> None:
-        """Run `action` on the loop's thread, after a wake-up."""
-        self._inbox.put(action)
 
     def set_faults(self, upstream: Faults, downstream: Faults) -> None:
         """Apply new faults to every relay and to the ones to come (on the loop's thread)."""
         self._faults = (upstream, downstream)
-        for relay, draw in list(self._relays.items()):
+        for relay, draw in list(self.relays.items()):
             relay.set_faults(*self._faults_drawn(draw))
 
     def _faults_drawn(self, draw: float) -> tuple[Faults, Faults]:
@@ -457,46 +385,13 @@ class _Loop:
         upstream, downstream = (faults if draw < faults.toxicity else _NO_FAULTS for faults in self._faults)
         return upstream, downstream
 
-    # --- accepting -------------------------------------------------------------------
-
-    def _accept_some(self) -> None:
-        if accept_ready(self._listener, self._admit, ACCEPT_BATCH):
-            # Out of descriptors: stop watching the listener, or it would
-            # show readable at once and spin.
-            self.selector.unregister(self._listener)
-            self._timers.add(time.monotonic() + ACCEPT_BACKOFF, None)
-
-    def _admit(self, client: socket.socket, address: object) -> bool:
-        """Start relaying a new client; True when accepting must pause."""
+    # Each client draws once: here, or in `_unreachable` if it gets no relay.
+    def _relay_for(self, client: socket.socket, target: socket.socket, name: str) -> tuple[Relay, float]:
         draw = self._toxicity_rng.random()
         upstream, downstream = self._faults_drawn(draw)
-        client.setblocking(False)
-        _socket.configure_stream(client)
-        try:
-            target = _socket.start_connection(self._target)
-        except OSError as exc:
-            logger.info("cannot relay %s: %s: %s", format_address(address), exc.strerror or exc, self._target)
-            close_socket(client, reset=downstream.reset)
-            return exc.errno in RESOURCE_ERRNOS
-        name = f"{format_address(address)} -> {self._target}"
-        relay = Relay(self, client, target, upstream=upstream, downstream=downstream, name=name)
-        self._relays[relay] = draw
-        relay.start()
-        return False
+        return Relay(self, client, target, upstream=upstream, downstream=downstream, name=name), draw
 
-    # --- timers and the RelayLoop interface ------------------------------------------
-
-    def add_timer(self, due: float, flow: Flow) -> None:
-        """Call ``flow.on_timer(due)`` at `due`."""
-        self._timers.add(due, flow)
-
-    def _run_due_timers(self) -> None:
-        for due, flow in self._timers.pop_due(time.monotonic()):
-            if flow is not None:
-                flow.on_timer(due)
-            elif self._stop.deadline is None:
-                self.selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
-
-    def forget(self, relay: Relay) -> None:
-        """Drop a relay that closed its sockets."""
-        self._relays.pop(relay, None)
+    def _unreachable(self, client: socket.socket, address: object, name: str, exc: OSError) -> None:
+        _, downstream = self._faults_drawn(self._toxicity_rng.random())
+        logger.info("cannot relay %s: %s: %s", format_address(address), exc.strerror or exc, self._target)
+        close_socket(client, reset=downstream.reset)

@@ -2,9 +2,9 @@
 
 `connecteur proxy -v` logs connections; to *see* what two programs say to
 each other, put `Trace` between them: it listens, relays each client to the
-target like the fault proxy (the same `Relay`, with no faults), and feeds each
-direction's bytes to a decoder of the framing the programs speak, reporting
-one `TraceEvent` per message.
+target like the fault proxy (the same loop and `Relay`, with no faults), and
+feeds each direction's bytes to a decoder of the framing the programs speak,
+reporting one `TraceEvent` per message.
 
 The relay comes first: each read is queued and sent on before its bytes are
 decoded, and decoding never changes, holds or drops them. Memory stays
@@ -27,7 +27,6 @@ import itertools
 import json
 import random
 import reprlib
-import selectors
 import socket
 import threading
 import time
@@ -38,12 +37,11 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, final
 
 from .. import _socket
-from .._loop import ACCEPT_BACKOFF, ACCEPT_BATCH, RESOURCE_ERRNOS, StopSignal, Timers, accept_ready
-from ..address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
+from ..address import Address, AddressLike, format_address, parse_address
 from ..codecs import Codec
 from ..errors import FramingError, TruncatedMessage
 from ..framing import Decoder, Framing
-from ._relay import Flow, Relay, close_socket, logger
+from ._relay import ListenerLoop, Relay, close_socket, logger, resolve_once
 from .proxy import Faults
 
 __all__ = ["DEFAULT_PREVIEW", "Trace", "TraceEvent", "format_json", "format_text"]
@@ -59,8 +57,6 @@ Direction = Literal["->", "<-", ""]
 
 _NO_FAULTS: Final = Faults()
 _UNREACHABLE: Final = "the target could not be reached"
-_ACCEPT = object()  # selector data of the listening socket
-_WAKE = object()  # selector data of the wake-up socket
 
 
 @final
@@ -308,7 +304,7 @@ class Trace:
         """
         if self._loop is not None:
             raise RuntimeError("this trace was already started; create a new Trace to start again")
-        target = _resolve(self._target)
+        target = resolve_once(self._target)
         listener = _socket.listen(self._listen, backlog=BACKLOG)
         try:
             self._bound = _socket.bound_address(listener)
@@ -341,99 +337,33 @@ class Trace:
         self.stop()
 
 
-def _resolve(address: Address) -> Address:
-    """Resolve a host name once, so that the loop never waits on DNS for a connection."""
-    if isinstance(address, UnixAddress):
-        return address
-    infos = socket.getaddrinfo(address.host or "localhost", address.port, type=socket.SOCK_STREAM)
-    return TcpAddress(str(infos[0][4][0]), address.port)
-
-
-class _Loop:
-    """The trace's thread: accepts, relays, decodes; a `RelayLoop` without faults (hence without timers)."""
+class _Loop(ListenerLoop[int]):
+    """The trace's thread: a `ListenerLoop` whose relays have no faults and decode; each keeps its number."""
 
     def __init__(self, listener: socket.socket, target: Address, trace: Trace) -> None:
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
-        self.rng = random.Random()  # part of the RelayLoop interface; only faults draw from it
+        super().__init__(listener, target, random.Random())  # only faults draw from the rng
         self.preview = trace._preview
         self._report = trace._report
         self._framing = trace._framing
         self._codec = trace._codec
         self._repr = _value_repr(self.preview)
-        self._listener = listener
-        self._target = target
         self._numbers = itertools.count(1)
-        self._relays: dict[Relay, int] = {}
         self._closed: list[Relay] = []  # reported after the events of the turn that closed them
-        self._timers: Timers[Flow | None] = Timers()  # None: resume accepting
-        self._stop = StopSignal()
-        self._unix_path = listener.getsockname() if listener.family == socket.AF_UNIX else None
-        listener.setblocking(False)
-        self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
-        self.selector.register(self._stop.reader, selectors.EVENT_READ, _WAKE)
 
-    def run(self) -> None:
-        """Relay until a stop is requested, then close everything."""
-        try:
-            self._run_until_stopped()
-        finally:
-            for relay in list(self._relays):
-                relay.close()
-            self._report_closed()
-            self.selector.close()
-            self._listener.close()
-            if self._unix_path is not None:
-                _socket.unlink_unix_socket(self._unix_path)
-            self._stop.close()
-
-    def _run_until_stopped(self) -> None:
-        select, timers = self.selector.select, self._timers
-        while self._stop.deadline is None:
-            for key, mask in select(timers.timeout(time.monotonic())):
-                data = key.data
-                if isinstance(data, Relay):
-                    if data.is_open:  # an earlier event of this turn may have closed it
-                        data.on_event(key.fileobj, mask)
-                elif data is _ACCEPT:
-                    self._accept_some()
-                else:
-                    self._stop.drain()
-            self._report_closed()
-            for due, flow in timers.pop_due(time.monotonic()):
-                if flow is not None:
-                    flow.on_timer(due)
-                elif self._stop.deadline is None:
-                    self.selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
-
-    def request_stop(self) -> None:
-        """Ask the loop to close everything and return; safe from any thread."""
-        self._stop.request(time.monotonic())
-
-    def _accept_some(self) -> None:
-        if accept_ready(self._listener, self._admit, ACCEPT_BATCH):
-            self.selector.unregister(self._listener)  # out of descriptors: pause, or the listener would spin
-            self._timers.add(time.monotonic() + ACCEPT_BACKOFF, None)
-
-    def _admit(self, client: socket.socket, address: object) -> bool:
-        """Start relaying and decoding a new client; True when accepting must pause."""
+    # Each client takes a number: here, or in `_unreachable` if it gets no relay.
+    def _relay_for(self, client: socket.socket, target: socket.socket, name: str) -> tuple[Relay, int]:
         number = next(self._numbers)
-        client.setblocking(False)
-        _socket.configure_stream(client)
-        name = f"{format_address(address)} -> {self._target}"
-        try:
-            target = _socket.start_connection(self._target)
-        except OSError as exc:
-            close_socket(client, reset=False)
-            self.report(TraceEvent(time.time(), number, "open", detail=name))
-            self.report(TraceEvent(time.time(), number, "close", detail=f"{_UNREACHABLE}: {exc.strerror or exc}"))
-            return exc.errno in RESOURCE_ERRNOS
         relay = Relay(self, client, target, upstream=_NO_FAULTS, downstream=_NO_FAULTS, name=name)
         relay.upstream.tap = _Tap(self, number, "->", self._framing.decoder())
         relay.downstream.tap = _Tap(self, number, "<-", self._framing.decoder())
-        self._relays[relay] = number
         self.report(TraceEvent(time.time(), number, "open", detail=name))
-        relay.start()
-        return False
+        return relay, number
+
+    def _unreachable(self, client: socket.socket, address: object, name: str, exc: OSError) -> None:
+        number = next(self._numbers)
+        close_socket(client, reset=False)
+        self.report(TraceEvent(time.time(), number, "open", detail=name))
+        self.report(TraceEvent(time.time(), number, "close", detail=f"{_UNREACHABLE}: {exc.strerror or exc}"))
 
     def report(self, event: TraceEvent) -> None:
         """Hand `event` to the trace's callback; a callback's bug is logged, and relaying goes on."""
@@ -455,20 +385,14 @@ class _Loop:
         shown = self._repr.repr(value)
         return (shown if len(shown) <= self.preview else shown[: self.preview] + "..."), ""
 
-    # --- the RelayLoop interface -----------------------------------------------------
-
-    def add_timer(self, due: float, flow: Flow) -> None:
-        """Call ``flow.on_timer(due)`` at `due` (unused without faults, but part of the interface)."""
-        self._timers.add(due, flow)
-
     def forget(self, relay: Relay) -> None:
         """A relay closed its sockets: report it once this turn's events (its last messages) are."""
         self._closed.append(relay)
 
-    def _report_closed(self) -> None:
+    def _end_turn(self) -> None:
         closed, self._closed = self._closed, []
         for relay in closed:
-            number = self._relays.pop(relay, None)
+            number = self.relays.pop(relay, None)
             if number is not None:
                 up, down = relay.upstream.forwarded, relay.downstream.forwarded
                 detail = f"{up} B ->, {down} B <-" if relay.is_connected else _UNREACHABLE
