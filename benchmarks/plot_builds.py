@@ -3,14 +3,15 @@
 
 ``python benchmarks/plot_builds.py RUN.json... --out builds.png [--baseline uvloop-protocol] [--headline]``
 
-One panel per workload: for each target, a bar per run (colored by run, each
-run labelled with its build, from the JSON's ``machine.compiled``, and its
-load average), the server's CPU per message (per connection's memory for
-``idle``), its steadiest figure; with ``--headline``, each workload's headline
-figure (round trips/s, MB/s...). Each bar is also given as a ratio to the
-baseline target *of the same run*: runs are minutes apart on a shared machine,
-so only ratios within a run compare; the bar lengths are indicative. Needs
-matplotlib.
+One panel per workload: for each target, a bar per run (blue shades for the
+compiled build, grays for pure Python, from the JSON's ``machine.compiled``;
+each run labelled with its build and load average): the server's CPU per
+message (per connection's memory for ``idle``), its steadiest figure; with
+``--headline``, each workload's headline figure (round trips/s, MB/s...).
+Each bar is also given as a ratio to the baseline target *of the same run*
+(select where the baseline did not run that workload): runs are minutes
+apart on a shared machine, so only ratios within a run compare; the bar
+lengths are indicative. Needs matplotlib.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 TIMES = "\N{MULTIPLICATION SIGN}"
-COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green")
+# A family of colors per build, a shade per run of it: the builds read apart, their runs together.
+COLORS = {False: ("tab:gray", "silver", "dimgray"), True: ("tab:blue", "lightskyblue", "navy")}
 
 
 def figure_of(run: dict[str, Any], workload: str, *, headline: bool) -> tuple[str, str]:
@@ -40,13 +42,34 @@ def label_of(run: dict[str, Any], path: Path) -> str:
     return f"{build}, load {machine['load_average']:.1f} ({path.name})"
 
 
+def colors_of(runs: list[dict[str, Any]]) -> list[str]:
+    """A color per run: its build's family, the next shade for each earlier run of the same build."""
+    seen = {False: 0, True: 0}
+    colors = []
+    for run in runs:
+        compiled = bool(run["machine"].get("compiled"))
+        family = COLORS[compiled]
+        colors.append(family[seen[compiled] % len(family)])
+        seen[compiled] += 1
+    return colors
+
+
+def names_of(run: dict[str, Any]) -> list[str]:
+    return [target["name"] for target in run["targets"]]
+
+
+def has(run: dict[str, Any], target: str, workload: str, key: str) -> bool:
+    return key in run["results"].get(target, {}).get(workload, {})
+
+
 def panel(ax: Any, runs: list[dict[str, Any]], labels: list[str], workload: str, args: argparse.Namespace) -> None:
     key, unit = figure_of(runs[0], workload, headline=args.headline)
-    baseline = args.baseline
-    names = [target["name"] for target in runs[0]["targets"]]
-    targets = [t for t in names if any(workload in run["results"].get(t, {}) for run in runs)]
+    targets = [t for t in names_of(runs[0]) if any(has(run, t, workload, key) for run in runs)]
+    # Where the baseline did not run that workload (bulk in a --check run), select stands in.
+    baseline = args.baseline if any(has(run, args.baseline, workload, key) for run in runs) else "select"
     height = 0.8 / len(runs)
     values: list[float] = []
+    shades = colors_of(runs)
     for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
         base = run["results"].get(baseline, {}).get(workload, {}).get(key)
         for row, target in enumerate(targets[::-1]):  # barh draws upward: the first target on top
@@ -55,7 +78,7 @@ def panel(ax: Any, runs: list[dict[str, Any]], labels: list[str], workload: str,
                 continue
             values.append(value)
             y = row + (len(runs) - 1 - index - (len(runs) - 1) / 2) * height
-            ax.barh(y, value, height=height, color=COLORS[index % len(COLORS)], label=label if row == 0 else None)
+            ax.barh(y, value, height=height, color=shades[index], label=label if row == 0 else None)
             text = f" {value:,.2f}" if value < 100 else f" {value:,.0f}"
             if base and target != baseline:
                 text += f" ({value / base:.2f}{TIMES})"
@@ -83,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = [json.loads(path.read_text()) for path in args.runs]
     labels = [label_of(run, path) for run, path in zip(runs, args.runs, strict=True)]
-    workloads = [w for w in runs[0]["workloads"] if all(w in run["workloads"] for run in runs)]
+    workloads = [
+        w
+        for w in runs[0]["workloads"]
+        if all(w in run["workloads"] for run in runs)
+        and any(has(runs[0], t, w, figure_of(runs[0], w, headline=args.headline)[0]) for t in names_of(runs[0]))
+    ]
     columns = 2 if len(workloads) > 1 else 1
     rows = -(-len(workloads) // columns)
     height = 0.25 * len(runs) * len(runs[0]["targets"]) + 1.2

@@ -97,7 +97,11 @@ def counters(pid: int) -> dict[str, int]:
 
 
 def round_trips(socks: list[socket.socket], seconds: float) -> int:
-    """One request in flight per connection, for `seconds`; the number of replies read whole."""
+    """One request in flight per connection, for `seconds`; the number of requests the server answered.
+
+    That is the replies read whole in time, and one more per connection: the
+    request in flight at the end, whose reply is read before returning.
+    """
     poller = select.epoll()
     pending = {sock.fileno(): 0 for sock in socks}
     by_fd = {sock.fileno(): sock for sock in socks}
@@ -119,7 +123,7 @@ def round_trips(socks: list[socket.socket], seconds: float) -> int:
         while got < len(FRAME):
             got += len(sock.recv(len(FRAME) - got))
     poller.close()
-    return done
+    return done + len(socks)
 
 
 def measure(target: str, interval: float, args: argparse.Namespace) -> dict[str, float]:
