@@ -23,7 +23,10 @@ Workloads, 64 B messages with connecteur's 4-byte length header:
 - ``rr``: one connection, one request at a time;
 - ``pipeline``: one connection, a thread sending 500 messages per write.
 
-Needs valgrind (``apt-get install valgrind``). About 10 s per figure.
+Needs valgrind (``apt-get install valgrind``). About 10 s per figure. The
+legend (and the JSON's ``build``) says which build ran: the servers run this
+interpreter's connecteur, so run it with a compiled install's Python to count
+the compiled build.
 """
 
 from __future__ import annotations
@@ -173,6 +176,12 @@ def per_message(target: str, workload: str, scratch: Path) -> float:
     )
 
 
+def _build() -> str:
+    """Which connecteur build the servers ran (they run this interpreter): compiled or pure Python."""
+    command = [sys.executable, "-c", "import connecteur; print(connecteur.BUILD)"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, write the JSON; return the exit status."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -204,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{value:,.0f}{ratio}")
         print(f"{target:18s}" + "".join(f"{c:>22s}" for c in cells))
     legend = f"; (n{TIMES}): divided by {args.reference}'s" if args.reference in targets else ""
-    print(f"\nUser-space instructions per message (callgrind){legend}.")
+    build = _build()
+    print(f"\nUser-space instructions per message (callgrind){legend}; connecteur {build}.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"instructions_per_message": figures}, indent=2) + "\n")
+        document = {"build": build, "instructions_per_message": figures}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from connecteur import COMPILED
 from connecteur.bench import check as bench_check
 from connecteur.bench import servers
 from connecteur.bench.fanout import SUBSCRIBERS
@@ -128,7 +129,8 @@ def test_check_quick_prints_a_line_per_check_and_exits_0(tmp_path: Path) -> None
     result = run_bench("--check", "--quick", "--json", str(output), env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "Performance targets, indicative only: a quick run is too short to decide them" in lines
+    build = "compiled build (mypyc)" if COMPILED else "pure-Python build"
+    assert f"Performance targets of the {build}, indicative only: a quick run is too short to decide them" in lines
     for check in bench_check.CHECKS:
         (line,) = [line for line in lines if line.startswith(check.id + " ")]
         assert re.search(r" (HOLDS|MISSED)( \(client-bound\))?$", line), line
@@ -140,4 +142,5 @@ def test_check_quick_prints_a_line_per_check_and_exits_0(tmp_path: Path) -> None
     document = json.loads(output.read_text())
     assert [verdict["id"] for verdict in document["checks"]] == [check.id for check in bench_check.CHECKS]
     assert {verdict["outcome"] for verdict in document["checks"]} <= {"HOLDS", "MISSED"}
+    assert {verdict["build"] for verdict in document["checks"]} == {"compiled" if COMPILED else "pure"}
     assert processes_tagged(tag) == []

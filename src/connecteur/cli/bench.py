@@ -11,8 +11,8 @@ as a ratio to a reference target, with the server's CPU per message;
 ``--json`` keeps every raw figure, ``--plot`` draws them (matplotlib).
 ``--quick`` runs every target once, for shorter and with fewer connections,
 in under 30 s. ``--check`` runs the fixed plan of connecteur's performance
-targets (benchmarks/README.md) and says of each whether it holds (exit status 1 if one does not; with ``--quick``,
-indicative only). Linux only.
+targets (benchmarks/README.md), judged by the limits of the build installed (each build has its own), and
+says of each whether it holds (exit status 1 if one does not; with ``--quick``, indicative only). Linux only.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="the performance targets (benchmarks/README.md): one fixed run "
+        help="the performance targets (benchmarks/README.md) of the build installed, pure Python or compiled "
+        "(each has its limits): one fixed run "
         f"({', '.join(check.TARGETS)}; only the workloads each check needs; "
         f"idle with {check.SETTINGS.idle_connections:,} connections), then HOLDS or MISSED per check; exit status 1 "
         f"unless all hold. Not with --targets, --workload or --reference; --json adds the verdicts under "
