@@ -380,7 +380,7 @@ class QueueWatch:
     def _queued(self) -> int:
         engine = self._engine
         if isinstance(engine, SelectEngine):
-            return sum(link._queued for link in list(engine._links))
+            return sum(link._queued for link in list(engine._links.values()))
         assert isinstance(engine, AsyncioEngine)
         transports = [link._transport for link in list(engine._links)]
         return sum(t.get_write_buffer_size() for t in transports if t is not None and not t.is_closing())

@@ -27,7 +27,7 @@ def queued_bytes(server: Server) -> int:
     """The bytes the engine holds for its peers: white-box, to measure the queue itself."""
     engine = server._engine
     assert isinstance(engine, SelectEngine)
-    return sum(link._queued for link in list(engine._links))
+    return sum(link._queued for link in list(engine._links.values()))
 
 
 def test_a_client_that_never_reads_cannot_grow_the_queue() -> None:

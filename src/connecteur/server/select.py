@@ -34,12 +34,10 @@ import functools
 import socket
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 
 from .. import _socket
-from .._compiled import python_class
 from .._loop import Inbox, Timers
 from ..framing import BodyPool, Buffer
 from ._budget import Budget, OverBudget
@@ -87,12 +85,15 @@ class SelectEngine:
         self._view = memoryview(self._buffer)
         self.body_pool = BodyPool()  # the loop's one spare buffer for large messages
         self._traffic = config.counters.traffic()  # counted by the loop's thread only
-        self._links: set[_SelectLink] = set()
+        self._links: dict[int, _SelectLink] = {}  # by key: see _timers
+        self._next_key = 0
         self.budget = Budget(config.max_buffered, config.counters, self._call_later)
         self._later: list[tuple[float, Callable[[], None]]] = []  # run by the None timer entries
-        # (due, tie-breaker, the link's weak reference; None: the engine's own entry). Weak: a
-        # closed connection must not live on in the heap until its entry comes due.
-        self._timers: Timers[weakref.ref[_SelectLink] | None] = Timers()
+        # (due, tie-breaker, the link's key in _links; None: the engine's own entry). A key, not
+        # the link: a closed connection must not live on in the heap until its entry comes due.
+        # Not a weak reference either: that would keep _SelectLink a Python class when compiled,
+        # every attribute of it then looked up by name.
+        self._timers: Timers[int | None] = Timers()
         self._stop = StopSignal()
         self._inbox = Inbox(self._stop)
         self._loop_thread = 0
@@ -119,7 +120,7 @@ class SelectEngine:
         self._abandoned = True
         log_abandoned(self._loop_thread, "the select engine's thread")
         # list(): one step under the GIL, while the loop may still change the set.
-        shut_down([self._listener, *(link.sock for link in list(self._links))])
+        shut_down([self._listener, *(link.sock for link in list(self._links.values()))])
 
     def serve(self, listener: socket.socket) -> None:
         """Accept and serve until a stop is requested, then stop gracefully (see `Engine`)."""
@@ -133,7 +134,7 @@ class SelectEngine:
         finally:
             self._running = False
             self._stop_accepting(drain_backlog=False)
-            for link in list(self._links):
+            for link in list(self._links.values()):
                 link.abort()
             self._poller.close()
             self._stop.close()
@@ -183,11 +184,11 @@ class SelectEngine:
     def peers(self) -> list[Peer]:
         """The live peers (handshakes done, not closed); safe from any thread."""
         # list(): one step under the GIL, while the loop may still change the set.
-        return [link.session.peer for link in list(self._links) if link.is_open and link.session.announced]
+        return [link.session.peer for link in list(self._links.values()) if link.is_open and link.session.announced]
 
     def queued(self) -> int:
         """Bytes queued for all the connections now (the `Stats.queued` gauge; any thread, approximate)."""
-        return sum(link.queued for link in list(self._links))
+        return sum(link.queued for link in list(self._links.values()))
 
     def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
         """Queue the framed `data` to every live peer but `exclude`; from another thread, wait for the loop to."""
@@ -210,7 +211,7 @@ class SelectEngine:
 
     def _fan_out(self, data: bytes, skip: set[Peer], policy: str) -> BroadcastResult:
         delivered = dropped = closed = 0  # not BroadcastResult sums: a new object per peer costs (profiled)
-        for link in list(self._links):  # a link may close (and leave the set) as it is sent to
+        for link in list(self._links.values()):  # a link may close (and leave the set) as it is sent to
             if link.session.announced and link.session.peer not in skip:
                 result = link.offer(data, policy)
                 delivered += result.delivered
@@ -238,8 +239,9 @@ class SelectEngine:
         counters = self._config.counters
         sock.setblocking(False)
         _socket.configure_stream(sock, self._config.keepalive)
-        link = _SelectLink(self, sock, address)
-        self._links.add(link)
+        link = _SelectLink(self, sock, address, self._next_key)
+        self._links[link.key] = link
+        self._next_key += 1
         counters.opened()
         self._poller.register(sock, _READ, link)
         link.start()
@@ -267,16 +269,16 @@ class SelectEngine:
         if len(timers.entries) > 2 * len(self._links) + 64:
             # Entries of closed or re-armed links wait for their due time;
             # with many short connections they would pile up, so sweep them.
-            timers.keep(_is_live)
-        timers.add(due, None if link is None else weakref.ref(link))
+            timers.keep(self._is_live)
+        timers.add(due, None if link is None else link.key)
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
-        for due, ref in self._timers.pop_due(now):
-            if ref is None:
+        for due, key in self._timers.pop_due(now):
+            if key is None:
                 self._resume_accepting()
                 self._run_later(now)
-            elif (link := ref()) is not None and link.is_timer_live(due):
+            elif (link := self._links.get(key)) is not None and link.is_timer_live(due):
                 link.check_timers()
 
     def _call_later(self, seconds: float, action: Callable[[], None]) -> None:
@@ -305,23 +307,20 @@ class SelectEngine:
     def forget(self, link: _SelectLink) -> None:
         """Unregister a closed connection."""
         self._poller.unregister(link.sock)
-        self._links.discard(link)
+        self._links.pop(link.key, None)
+
+    def _is_live(self, due: float, key: int | None) -> bool:
+        """False for a timer entry of a closed or re-armed link: the sweep drops it."""
+        if key is None:
+            return True
+        link = self._links.get(key)
+        return link is not None and link.is_timer_live(due)
 
 
-def _is_live(due: float, ref: weakref.ref[_SelectLink] | None) -> bool:
-    """False for a timer entry of a closed or re-armed link: the sweep drops it."""
-    if ref is None:
-        return True
-    link = ref()
-    return link is not None and link.is_timer_live(due)
-
-
-@python_class  # the timers refer to links weakly
 class _SelectLink:
     """One non-blocking connection: the I/O around its `Session`, driven by the engine's loop."""
 
     __slots__ = (
-        "__weakref__",
         "_budget_paused",
         "_close_asked",
         "_droppable",
@@ -332,12 +331,15 @@ class _SelectLink:
         "_queued",
         "_timer_due",
         "is_open",
+        "key",
         "session",
         "sock",
     )
 
-    def __init__(self, engine: SelectEngine, sock: socket.socket, address: object) -> None:
+    def __init__(self, engine: SelectEngine, sock: socket.socket, address: object, key: int) -> None:
         self._engine = engine
+        self.key = key
+        """Its key in the engine's table of links, which its timer entries name it by."""
         self.sock = sock
         self.session = Session(
             engine._config, address, self, traffic=engine._traffic, budget=engine.budget, holder=self,
