@@ -20,8 +20,15 @@ from tests.support import LONG_TESTS, TIMEOUT, wait_until
 FAN_OUT_ENGINES = ["select", "asyncio", "threads"]
 """The engines that hold every connection in one process."""
 
-QUEUING_ENGINES = ["select", "asyncio"]
+QUEUING_ENGINES = ["select", "asyncio", "threads"]
 """The engines that queue (and so can drop) without waiting for a slow peer."""
+
+HARD_CAP_OF = {
+    "select": "connecteur.server.select.HARD_CAP",
+    "asyncio": "connecteur.server.asyncio.HARD_CAP",
+    "threads": "connecteur.server._blocking.HARD_CAP",
+}
+"""Where each engine reads the hard cap, for the tests that lower it."""
 
 
 @pytest.fixture
@@ -140,8 +147,6 @@ def test_peers_and_broadcast_refuse_what_spans_processes(serve: Callable[..., Se
         server.peers  # noqa: B018
     with pytest.raises(RuntimeError, match="not started"):
         Server(lambda message: None, "127.0.0.1:0").broadcast(b"x")
-    with pytest.raises(ValueError, match="needs engine='select' or 'asyncio'"):
-        Server(lambda message: None, "127.0.0.1:0", engine="threads", slow_consumer="drop")
     with pytest.raises(ValueError, match="unknown slow-consumer policy"):
         Server(lambda message: None, "127.0.0.1:0", slow_consumer="later")
     with pytest.raises(ValueError, match="low_water"):
@@ -237,9 +242,10 @@ def test_drop_keeps_the_slow_peers_queue_at_the_high_water_mark(serve: Callable[
         sock.close()
 
 
-def test_drop_oldest_keeps_the_newest_messages_whole(serve: Callable[..., Server]) -> None:
+@pytest.mark.parametrize("engine", ["select", "threads"])
+def test_drop_oldest_keeps_the_newest_messages_whole(serve: Callable[..., Server], engine: str) -> None:
     high, size, count = 64 * 1024, 1024, 2000
-    server = serve(lambda message: None, engine="select", high_water=high, low_water=high // 4)
+    server = serve(lambda message: None, engine=engine, high_water=high, low_water=high // 4)
     sock, peer = slow_socket(server)
     try:
         total, peak = BroadcastResult(), 0
@@ -276,7 +282,7 @@ def test_close_disconnects_the_slow_peer_at_the_hard_cap(
     serve: Callable[..., Server], engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cap = 256 * 1024
-    monkeypatch.setattr(f"connecteur.server.{engine}.HARD_CAP", cap)  # the real 16 MiB would take long
+    monkeypatch.setattr(HARD_CAP_OF[engine], cap)  # the real 16 MiB would take long
     closed: list[BaseException | None] = []
 
     class Watch:
@@ -385,13 +391,22 @@ PROOF_SIZE = 2048
 
 @pytest.mark.parametrize(
     ("engine", "policy"),
-    [("select", "drop"), ("select", "drop_oldest"), ("asyncio", "drop"), ("select", "close"), ("asyncio", "close")],
+    [
+        ("select", "drop"),
+        ("select", "drop_oldest"),
+        ("asyncio", "drop"),
+        ("threads", "drop"),
+        ("threads", "drop_oldest"),
+        ("select", "close"),
+        ("asyncio", "close"),
+        ("threads", "close"),
+    ],
 )
 def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
     serve: Callable[..., Server], engine: str, policy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     high, cap, framed = 128 * 1024, 256 * 1024, PROOF_SIZE + 4
-    monkeypatch.setattr(f"connecteur.server.{engine}.HARD_CAP", cap)  # "close" within the test's volume
+    monkeypatch.setattr(HARD_CAP_OF[engine], cap)  # "close" within the test's volume
     server = serve(lambda message: None, engine=engine, high_water=high, low_water=high // 4)
     slow, slow_peer = slow_socket(server)
     try:
@@ -416,3 +431,140 @@ def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
         )
     finally:
         slow.close()
+
+
+# --- nothing waits for a slow peer, on the threads engine too --------------------------------
+
+
+def read_messages(sock: socket.socket, count: int) -> list[bytes]:
+    """Read `count` messages from `sock` (fewer if the server closes first)."""
+    decoder, messages = LengthPrefixed().decoder(), []
+    sock.settimeout(TIMEOUT)
+    while len(messages) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        messages.extend(decoder.feed(data))
+    return messages
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_reader_that_never_reads_does_not_hold_up_a_broadcast(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 600, 2048  # 1.2 MiB: several times what the kernel takes for the slow reader (~200 KiB)
+    server = serve(lambda message: None, engine=engine, high_water=4 * 2**20, low_water=2**20)
+    slow, slow_peer = slow_socket(server)
+    try:
+        with Readers(server, 3) as readers:
+            wait_until(lambda: len(server.peers) == 4, what="every peer")
+            results: list[BroadcastResult] = []
+            broadcaster = threading.Thread(
+                target=lambda: results.extend(server.broadcast(numbered(i, size)) for i in range(count))
+            )
+            broadcaster.start()
+            # A send that waited for the slow reader would hold this thread until the slow socket closes below.
+            broadcaster.join(TIMEOUT)
+            assert not broadcaster.is_alive(), "a broadcast waited for the reader that does not read"
+            assert sum(results, BroadcastResult()) == BroadcastResult(delivered=4 * count)
+            wait_until(lambda: readers.have(count), what="every reader's messages")
+            assert all(numbers == list(range(count)) for numbers in readers.numbers)
+            # Meanwhile the slow one took nothing more: the rest of its copies wait, queued in the server.
+            assert slow_peer.queued > 0 and server.stats.queued >= slow_peer.queued
+        assert read_numbers(slow, until=count) == list(range(count))  # and it gets them all once it reads
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_replies_and_broadcasts_to_one_peer_stay_whole_and_in_order(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 300, 1024  # each side's 300 KiB: more than the client's socket takes unread, so both queue
+    server = serve(lambda message: b"R" + message[1:], engine=engine)
+    sock = client_socket(server)
+    try:
+        wait_until(lambda: len(server.peers) == 1, what="the peer")
+        broadcaster = threading.Thread(
+            target=lambda: [server.broadcast(b"B" + numbered(i, size)) for i in range(count)]
+        )
+        broadcaster.start()
+        sock.sendall(b"".join(LengthPrefixed().encode(b"Q" + numbered(i, size)) for i in range(count)))
+        broadcaster.join(TIMEOUT)
+        messages = read_messages(sock, 2 * count)
+        assert len(messages) == 2 * count and {len(message) for message in messages} == {size + 1}  # none cut
+        numbers: dict[bytes, list[int]] = {b"R": [], b"B": []}
+        for message in messages:
+            numbers[message[:1]].append(int.from_bytes(message[1:5], "big"))
+        assert numbers == {b"R": list(range(count)), b"B": list(range(count))}
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_peer_closing_mid_broadcast_leaves_the_others_whole(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 400, 2048  # half of it, 400 KiB, leaves copies queued for the peer that does not read
+    server = serve(lambda message: None, engine=engine)
+    quitter, quitter_peer = slow_socket(server)
+    halfway, left = threading.Event(), threading.Event()
+    results: list[BroadcastResult] = []
+
+    def broadcast_all() -> None:
+        for index in range(count):
+            if index == count // 2:
+                halfway.set()
+                left.wait(TIMEOUT)
+            results.append(server.broadcast(numbered(index, size)))
+
+    broadcaster = threading.Thread(target=broadcast_all, daemon=True)  # daemon: it may wait for a slow peer
+    try:
+        with Readers(server, 5) as readers:
+            wait_until(lambda: len(server.peers) == 6, what="every peer")
+            broadcaster.start()
+            wait_until(lambda: halfway.is_set() and quitter_peer.queued > 0, what="copies queued for the quitter")
+            quitter.close()  # with copies unread: a reset, while the server still has some to write
+            left.set()
+            broadcaster.join(TIMEOUT)
+            assert not broadcaster.is_alive()
+            wait_until(lambda: readers.have(count), what="every reader's messages")
+            assert all(numbers == list(range(count)) for numbers in readers.numbers)
+            total = sum(results, BroadcastResult())
+            assert total.delivered >= 5 * count and total.dropped == 0
+            wait_until(lambda: len(server.peers) == 5, what="the quitter to be gone")
+    finally:
+        left.set()
+        quitter.close()
+
+
+class Flood:
+    """A handler that sends `count` numbered messages to a peer that does not read yet, under `policy`."""
+
+    def __init__(self, flag: Path, policy: str, count: int) -> None:
+        self.flag, self.policy, self.count = flag, policy, count
+
+    def received(self, peer: Peer, message: bytes) -> bytes:
+        for index in range(self.count):
+            peer.send(numbered(index, 1024), policy=self.policy)
+        self.flag.touch()  # the client reads once it is all sent or dropped
+        return b"done %d" % peer.dropped
+
+
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+@pytest.mark.parametrize("policy", ["drop", "drop_oldest"])
+def test_the_blocking_engines_apply_a_policy_to_peer_send(
+    serve: Callable[..., Server], engine: str, policy: str, tmp_path: Path
+) -> None:
+    count, flag = 2000, tmp_path / "flooded"
+    server = serve(Flood(flag, policy, count), engine=engine, high_water=64 * 1024, low_water=16 * 1024)
+    sock = client_socket(server)
+    try:
+        sock.sendall(LengthPrefixed().encode(b"flood"))
+        wait_until(flag.exists, what="the flood")  # 2 MiB sent while the client reads nothing
+        decoder, messages = LengthPrefixed().decoder(), []
+        while not messages or not messages[-1].startswith(b"done"):
+            data = sock.recv(65536)
+            assert data, "closed before the reply"
+            messages.extend(decoder.feed(data))
+        dropped = int(messages[-1].split()[1])
+        numbers = [int.from_bytes(message[:4], "big") for message in messages[:-1]]
+        assert 0 < dropped == count - len(numbers) and numbers == sorted(numbers)
+        if policy == "drop_oldest":
+            assert numbers[-1] == count - 1  # the newest is never the one dropped
+    finally:
+        sock.close()
