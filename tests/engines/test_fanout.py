@@ -568,3 +568,33 @@ def test_the_blocking_engines_apply_a_policy_to_peer_send(
             assert numbers[-1] == count - 1  # the newest is never the one dropped
     finally:
         sock.close()
+
+
+class Echo(Recorder):
+    """A `Recorder` that answers each request with itself."""
+
+    def received(self, peer: Peer, message: bytes) -> bytes:
+        return message
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_client_that_does_not_read_its_replies_is_no_longer_read(serve: Callable[..., Server], engine: str) -> None:
+    high, size, count = 64 * 1024, 1024, 2048  # 2 MiB of requests: far more than the marks and the kernel hold
+    recorder = Echo()
+    server = serve(recorder, engine=engine, high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    requests = b"".join(LengthPrefixed().encode(numbered(index, size)) for index in range(count))
+    sender = threading.Thread(target=sock.sendall, args=(requests,), daemon=True)  # blocks while not read
+    try:
+        sender.start()
+        wait_until(lambda: recorder.events, what="paused")
+        # One read's replies at most past the mark (256 KiB: the event loops' read; 64 KiB on threads)...
+        assert recorder.events[0][0] == "paused" and high < peer.queued <= high + 256 * 1024 + size + 4
+        assert sender.is_alive()  # ...and the rest of the requests wait in the kernel: the peer is not read
+        assert read_numbers(sock, until=count) == list(range(count))  # once it reads, it gets every reply
+        sender.join(TIMEOUT)
+        wait_until(lambda: recorder.events[-1][0] == "resumed", what="resumed")
+        names = [name for name, _ in recorder.events]
+        assert names == ["paused", "resumed"] * (len(names) // 2)  # in turn, however often it paused
+    finally:
+        sock.close()
