@@ -46,6 +46,10 @@ RECV_SIZE: Final = 64 * 2**10
 more than this, and it holds many small messages per read."""
 
 
+_GATHER_MAX: Final = 64
+"""Buffers one ``sendmsg`` writes at most (the system's limit is 1,024 or more); more are joined first."""
+
+
 def thread_budget(config: EngineConfig) -> Budget:
     """A memory budget for connections served by threads: its checks run in a short-lived timer thread."""
 
@@ -379,8 +383,13 @@ class BlockingLink:
 
     def _write_now(self, buffers: list[Buffer]) -> None:
         """Nothing waits: write `buffers` as far as the socket takes them without blocking; queue the rest."""
+        if len(buffers) > _GATHER_MAX:
+            buffers = [b"".join(buffers)]
         try:
-            sent = self._sender.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+            if len(buffers) == 1:
+                sent = self._sender.send(buffers[0], socket.MSG_DONTWAIT)
+            else:  # a large reply's header and body, or replies and sends queued meanwhile: uncopied
+                sent = self._sender.sendmsg(buffers, (), socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -398,7 +407,8 @@ class BlockingLink:
             self._start_writer()
 
     def _start_writer(self) -> None:
-        writer = threading.Thread(target=self._write_queued, name=f"{threading.current_thread().name} writer")
+        name = f"connecteur {format_address(self.session.peer.address)} writer"
+        writer = threading.Thread(target=self._write_queued, name=name)
         writer.daemon = True  # as the connection's own thread
         try:
             writer.start()
