@@ -140,7 +140,7 @@ class BlockingLink:
 
     def send(self, message: Buffer, policy: str | None = None) -> None:
         """Queue one message under the slow-consumer `policy` (None: the server's); never waits for the peer."""
-        if self._close_asked or self.session.closing:
+        if self._close_asked or self._ending or self.session.closing:
             raise closed_locally(self.session.peer.address)
         data = self.session.frame(message)
         self.offer(data, self._config.slow_consumer if policy is None else check_policy(policy))
@@ -166,8 +166,9 @@ class BlockingLink:
             self._queue_behind(out)
             if policy == "drop_oldest" and self._outgoing[-1].obj is data:  # whole, unencrypted, behind others
                 dropped = self._drop_oldest(self._outgoing[-1])
-        self._apply_backpressure()
-        if session.error is not None:  # past the hard cap, or the socket failed
+        if session.error is None:
+            self._apply_backpressure()
+        if session.error is not None:  # the socket failed, or the queue passed the hard cap
             return CLOSED
         return self._count_dropped(BroadcastResult(delivered=1, dropped=dropped)) if dropped else DELIVERED
 
@@ -311,7 +312,8 @@ class BlockingLink:
                 self._queue_behind(out)
             else:
                 self._write_now(out)
-            self._apply_backpressure()
+            if self.session.error is None:
+                self._apply_backpressure()
         self._tell_writability()
 
     def _finish_writing(self) -> None:
@@ -482,10 +484,12 @@ class BlockingLink:
         while going:
             poller.poll()
             with self._lock:
-                going = self._send_queued() and self._queued > 0
+                written = self._send_queued()
+                going = written and self._queued > 0
                 if not going:
                     self._writer = None
-                self._apply_backpressure()
+                if written:
+                    self._apply_backpressure()
             self._tell_writability()
 
     # --- the handler's paused/resumed hooks (any thread, outside _lock) ----------------------
