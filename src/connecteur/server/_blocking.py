@@ -46,6 +46,9 @@ RECV_SIZE: Final = 64 * 2**10
 more than this, and it holds many small messages per read."""
 
 
+_DONTWAIT: Final = socket.MSG_DONTWAIT
+"""Every write's flag: it takes what the socket takes now, and never waits for the peer."""
+
 _GATHER_MAX: Final = 64
 """Buffers one ``sendmsg`` writes at most (the system's limit is 1,024 or more); more are joined first."""
 
@@ -149,7 +152,8 @@ class BlockingLink:
         """Queue the framed `data` under the slow-consumer `policy` (see `_fanout`) and write what the socket takes."""
         with self._lock:
             result = self._offer_locked(data, policy)
-        self._tell_writability()
+        if self._paused != self._told_paused:
+            self._tell_writability()
         return result
 
     def _offer_locked(self, data: bytes, policy: str) -> BroadcastResult:
@@ -166,7 +170,7 @@ class BlockingLink:
             self._queue_behind(out)
             if policy == "drop_oldest" and self._outgoing[-1].obj is data:  # whole, unencrypted, behind others
                 dropped = self._drop_oldest(self._outgoing[-1])
-        if session.error is None:
+        if self._queued and session.error is None:  # else it all left at once, or it failed
             self._apply_backpressure()
         if session.error is not None:  # the socket failed, or the queue passed the hard cap
             return CLOSED
@@ -304,17 +308,22 @@ class BlockingLink:
         self._set_timeout()  # next_deadline() took the session's new_deadline
 
     def _flush(self) -> None:
-        """Queue what the session has to send, in the order it gave it, and write what the socket takes now."""
+        """Queue what the session has to send, in the order it gave it, and write what the socket takes now.
+
+        The own thread's: it may take the session's output without the
+        session's lock, as the other threads add to it only under `_lock`.
+        """
         with self._lock:
-            if self._closed or not (out := self._take_output()):
+            if self._closed or not (out := self.session.data_to_send()):
                 return
             if self._queued:
                 self._queue_behind(out)
             else:
                 self._write_now(out)
-            if self.session.error is None:
+            if self._queued and self.session.error is None:  # else nothing changed, or it failed
                 self._apply_backpressure()
-        self._tell_writability()
+        if self._paused != self._told_paused:
+            self._tell_writability()
 
     def _finish_writing(self) -> None:
         """Before the close: let the writer thread write what is queued (a clean end), or stop it at once."""
@@ -354,7 +363,7 @@ class BlockingLink:
         self.session.close()
         if data := self._take_output():
             with contextlib.suppress(OSError):
-                self._sender.send(b"".join(data), socket.MSG_DONTWAIT)
+                self._sender.send(b"".join(data), _DONTWAIT)
 
     def _shutdown(self, how: int = socket.SHUT_RDWR) -> None:
         # Without waiting for _lock: abort() may run in a signal handler that
@@ -385,13 +394,16 @@ class BlockingLink:
 
     def _write_now(self, buffers: list[Buffer]) -> None:
         """Nothing waits: write `buffers` as far as the socket takes them without blocking; queue the rest."""
-        if len(buffers) > _GATHER_MAX:
-            buffers = [b"".join(buffers)]
+        count = len(buffers)
+        if count > _GATHER_MAX:
+            buffers, count = [b"".join(buffers)], 1
         try:
-            if len(buffers) == 1:
-                sent = self._sender.send(buffers[0], socket.MSG_DONTWAIT)
+            if count == 1:
+                sent = self._sender.send(buffers[0], _DONTWAIT)
+                if sent == len(buffers[0]):
+                    return  # the common case: all of it, at once
             else:  # a large reply's header and body, or replies and sends queued meanwhile: uncopied
-                sent = self._sender.sendmsg(buffers, (), socket.MSG_DONTWAIT)
+                sent = self._sender.sendmsg(buffers, (), _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -428,7 +440,7 @@ class BlockingLink:
                 outgoing.popleft()  # dropped by "drop_oldest"; not in _queued any more
                 continue
             try:
-                sent = sender.send(chunk, socket.MSG_DONTWAIT)
+                sent = sender.send(chunk, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:
@@ -497,7 +509,7 @@ class BlockingLink:
     def _tell_writability(self) -> None:
         """Tell the handler's ``paused``/``resumed`` hook if the queue crossed a water mark since it last heard."""
         handler = self._config.handler
-        if self._paused == self._told_paused or not handler.watches_writability:
+        if not handler.watches_writability:
             return
         with self._hooks_lock:
             paused = self._paused
