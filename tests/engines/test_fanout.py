@@ -23,11 +23,17 @@ from tests.support import LONG_TESTS, TIMEOUT, wait_until
 FAN_OUT_ENGINES = ["select", "asyncio", "threads"]
 """The engines that hold every connection in one process."""
 
-QUEUING_ENGINES = ["select", "asyncio"]
+QUEUING_ENGINES = ["select", "asyncio", "threads"]
 """The engines that queue (and so can drop) without waiting for a slow peer."""
 
 DROP_OLDEST_VARIANTS = [*QUEUING_ENGINES, *(["asyncio@uvloop"] if "asyncio@uvloop" in VARIANTS else [])]
 """The queuing engines, and the asyncio engine on uvloop, whose transports hold the messages differently."""
+HARD_CAP_OF = {
+    "select": "connecteur.server.select.HARD_CAP",
+    "asyncio": "connecteur.server.asyncio.HARD_CAP",
+    "threads": "connecteur.server._blocking.HARD_CAP",
+}
+"""Where each engine reads the hard cap, for the tests that lower it."""
 
 
 @pytest.fixture
@@ -146,8 +152,6 @@ def test_peers_and_broadcast_refuse_what_spans_processes(serve: Callable[..., Se
         server.peers  # noqa: B018
     with pytest.raises(RuntimeError, match="not started"):
         Server(lambda message: None, "127.0.0.1:0").broadcast(b"x")
-    with pytest.raises(ValueError, match="needs engine='select' or 'asyncio'"):
-        Server(lambda message: None, "127.0.0.1:0", engine="threads", slow_consumer="drop")
     with pytest.raises(ValueError, match="unknown slow-consumer policy"):
         Server(lambda message: None, "127.0.0.1:0", slow_consumer="later")
     with pytest.raises(ValueError, match="low_water"):
@@ -303,7 +307,7 @@ def test_a_close_after_drop_oldest_messages_sends_them_first(serve: Callable[...
         sock.close()
 
 
-@pytest.mark.parametrize("engine", [variant for variant in DROP_OLDEST_VARIANTS if variant != "select"])
+@pytest.mark.parametrize("engine", [variant for variant in DROP_OLDEST_VARIANTS if variant.startswith("asyncio")])
 def test_what_waits_behind_held_drop_oldest_messages_counts_to_the_hard_cap(
     serve: Callable[..., Server], engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -357,9 +361,9 @@ def test_peer_send_applies_its_policy(serve: Callable[..., Server], engine: str)
 
 def patch_hard_cap(monkeypatch: pytest.MonkeyPatch, engine: str, cap: int) -> None:
     """Lower `engine`'s 16 MiB hard cap for a test (the real one would take long to fill)."""
-    if connecteur.COMPILED and engine == "select":
-        pytest.skip("compiled, the select engine reads HARD_CAP as a C constant: a patch cannot lower it")
-    monkeypatch.setattr(f"connecteur.server.{engine}.HARD_CAP", cap)
+    if connecteur.COMPILED and engine in ("select", "threads"):
+        pytest.skip(f"compiled, the {engine} engine reads HARD_CAP as a C constant: a patch cannot lower it")
+    monkeypatch.setattr(HARD_CAP_OF[engine], cap)
 
 
 @pytest.mark.parametrize("engine", QUEUING_ENGINES)
@@ -481,8 +485,11 @@ PROOF_SIZE = 2048
         ("select", "drop_oldest"),
         ("asyncio", "drop"),
         ("asyncio", "drop_oldest"),
+        ("threads", "drop"),
+        ("threads", "drop_oldest"),
         ("select", "close"),
         ("asyncio", "close"),
+        ("threads", "close"),
     ],
 )
 def test_one_slow_reader_among_many_gets_its_policy_and_slows_no_one(
@@ -578,3 +585,170 @@ def test_batched_writes_keep_the_stream_whole_across_partial_writes_and_drops(
     assert numbers == sorted(set(numbers)) and decoder.buffered == 0  # in order, once each, nothing cut
     assert {index for index, policy in enumerate(policies) if policy == "close"} <= set(numbers)
     assert dropped == peer.dropped > 0 and len(numbers) == count - dropped
+
+
+# --- nothing waits for a slow peer, on the threads engine too --------------------------------
+
+
+def read_messages(sock: socket.socket, count: int) -> list[bytes]:
+    """Read `count` messages from `sock` (fewer if the server closes first)."""
+    decoder, messages = LengthPrefixed().decoder(), []
+    sock.settimeout(TIMEOUT)
+    while len(messages) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        messages.extend(decoder.feed(data))
+    return messages
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_reader_that_never_reads_does_not_hold_up_a_broadcast(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 600, 2048  # 1.2 MiB: several times what the kernel takes for the slow reader (~200 KiB)
+    server = serve(lambda message: None, engine=engine, high_water=4 * 2**20, low_water=2**20)
+    slow, slow_peer = slow_socket(server)
+    try:
+        with Readers(server, 3) as readers:
+            wait_until(lambda: len(server.peers) == 4, what="every peer")
+            results: list[BroadcastResult] = []
+            broadcaster = threading.Thread(
+                target=lambda: results.extend(server.broadcast(numbered(i, size)) for i in range(count))
+            )
+            broadcaster.start()
+            # A send that waited for the slow reader would hold this thread until the slow socket closes below.
+            broadcaster.join(TIMEOUT)
+            assert not broadcaster.is_alive(), "a broadcast waited for the reader that does not read"
+            assert sum(results, BroadcastResult()) == BroadcastResult(delivered=4 * count)
+            wait_until(lambda: readers.have(count), what="every reader's messages")
+            assert all(numbers == list(range(count)) for numbers in readers.numbers)
+            # Meanwhile the slow one took nothing more: the rest of its copies wait, queued in the server.
+            assert slow_peer.queued > 0 and server.stats.queued >= slow_peer.queued
+        assert read_numbers(slow, until=count) == list(range(count))  # and it gets them all once it reads
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_replies_and_broadcasts_to_one_peer_stay_whole_and_in_order(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 300, 1024  # each side's 300 KiB: more than the client's socket takes unread, so both queue
+    server = serve(lambda message: b"R" + message[1:], engine=engine)
+    sock = client_socket(server)
+    try:
+        wait_until(lambda: len(server.peers) == 1, what="the peer")
+        broadcaster = threading.Thread(
+            target=lambda: [server.broadcast(b"B" + numbered(i, size)) for i in range(count)]
+        )
+        broadcaster.start()
+        sock.sendall(b"".join(LengthPrefixed().encode(b"Q" + numbered(i, size)) for i in range(count)))
+        broadcaster.join(TIMEOUT)
+        messages = read_messages(sock, 2 * count)
+        assert len(messages) == 2 * count and {len(message) for message in messages} == {size + 1}  # none cut
+        numbers: dict[bytes, list[int]] = {b"R": [], b"B": []}
+        for message in messages:
+            numbers[message[:1]].append(int.from_bytes(message[1:5], "big"))
+        assert numbers == {b"R": list(range(count)), b"B": list(range(count))}
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_peer_closing_mid_broadcast_leaves_the_others_whole(serve: Callable[..., Server], engine: str) -> None:
+    count, size = 400, 2048  # half of it, 400 KiB, leaves copies queued for the peer that does not read
+    server = serve(lambda message: None, engine=engine)
+    quitter, quitter_peer = slow_socket(server)
+    halfway, left = threading.Event(), threading.Event()
+    results: list[BroadcastResult] = []
+
+    def broadcast_all() -> None:
+        for index in range(count):
+            if index == count // 2:
+                halfway.set()
+                left.wait(TIMEOUT)
+            results.append(server.broadcast(numbered(index, size)))
+
+    broadcaster = threading.Thread(target=broadcast_all, daemon=True)  # daemon: it may wait for a slow peer
+    try:
+        with Readers(server, 5) as readers:
+            wait_until(lambda: len(server.peers) == 6, what="every peer")
+            broadcaster.start()
+            wait_until(lambda: halfway.is_set() and quitter_peer.queued > 0, what="copies queued for the quitter")
+            quitter.close()  # with copies unread: a reset, while the server still has some to write
+            left.set()
+            broadcaster.join(TIMEOUT)
+            assert not broadcaster.is_alive()
+            wait_until(lambda: readers.have(count), what="every reader's messages")
+            assert all(numbers == list(range(count)) for numbers in readers.numbers)
+            total = sum(results, BroadcastResult())
+            assert total.delivered >= 5 * count and total.dropped == 0
+            wait_until(lambda: len(server.peers) == 5, what="the quitter to be gone")
+    finally:
+        left.set()
+        quitter.close()
+
+
+class Flood:
+    """A handler that sends `count` numbered messages to a peer that does not read yet, under `policy`."""
+
+    def __init__(self, flag: Path, policy: str, count: int) -> None:
+        self.flag, self.policy, self.count = flag, policy, count
+
+    def received(self, peer: Peer, message: bytes) -> bytes:
+        for index in range(self.count):
+            peer.send(numbered(index, 1024), policy=self.policy)
+        self.flag.touch()  # the client reads once it is all sent or dropped
+        return b"done %d" % peer.dropped
+
+
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+@pytest.mark.parametrize("policy", ["drop", "drop_oldest"])
+def test_the_blocking_engines_apply_a_policy_to_peer_send(
+    serve: Callable[..., Server], engine: str, policy: str, tmp_path: Path
+) -> None:
+    count, flag = 2000, tmp_path / "flooded"
+    server = serve(Flood(flag, policy, count), engine=engine, high_water=64 * 1024, low_water=16 * 1024)
+    sock = client_socket(server)
+    try:
+        sock.sendall(LengthPrefixed().encode(b"flood"))
+        wait_until(flag.exists, what="the flood")  # 2 MiB sent while the client reads nothing
+        decoder, messages = LengthPrefixed().decoder(), []
+        while not messages or not messages[-1].startswith(b"done"):
+            data = sock.recv(65536)
+            assert data, "closed before the reply"
+            messages.extend(decoder.feed(data))
+        dropped = int(messages[-1].split()[1])
+        numbers = [int.from_bytes(message[:4], "big") for message in messages[:-1]]
+        assert 0 < dropped == count - len(numbers) and numbers == sorted(numbers)
+        if policy == "drop_oldest":
+            assert numbers[-1] == count - 1  # the newest is never the one dropped
+    finally:
+        sock.close()
+
+
+class Echo(Recorder):
+    """A `Recorder` that answers each request with itself."""
+
+    def received(self, peer: Peer, message: bytes) -> bytes:
+        return message
+
+
+@pytest.mark.parametrize("engine", QUEUING_ENGINES)
+def test_a_client_that_does_not_read_its_replies_is_no_longer_read(serve: Callable[..., Server], engine: str) -> None:
+    high, size, count = 64 * 1024, 1024, 2048  # 2 MiB of requests: far more than the marks and the kernel hold
+    recorder = Echo()
+    server = serve(recorder, engine=engine, high_water=high, low_water=high // 4)
+    sock, peer = slow_socket(server)
+    requests = b"".join(LengthPrefixed().encode(numbered(index, size)) for index in range(count))
+    sender = threading.Thread(target=sock.sendall, args=(requests,), daemon=True)  # blocks while not read
+    try:
+        sender.start()
+        wait_until(lambda: recorder.events, what="paused")
+        # One read's replies at most past the mark (256 KiB: the event loops' read; 64 KiB on threads)...
+        assert recorder.events[0][0] == "paused" and high < peer.queued <= high + 256 * 1024 + size + 4
+        assert sender.is_alive()  # ...and the rest of the requests wait in the kernel: the peer is not read
+        assert read_numbers(sock, until=count) == list(range(count))  # once it reads, it gets every reply
+        sender.join(TIMEOUT)
+        wait_until(lambda: recorder.events[-1][0] == "resumed", what="resumed")
+        names = [name for name, _ in recorder.events]
+        assert names == ["paused", "resumed"] * (len(names) // 2)  # in turn, however often it paused
+    finally:
+        sock.close()

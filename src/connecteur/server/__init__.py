@@ -215,15 +215,14 @@ class Server:
             in `Stats.evicted`. The default, `DEFAULT_MAX_BUFFERED`, is 256 MiB.
             Replies and messages queued for slow readers count against it.
         high_water: bytes queued for one peer past which it is no longer
-            read and the handler's ``paused(peer)`` is called (event-loop
-            engines); ``"drop"`` sends are then dropped. Default 1 MiB.
+            read and the handler's ``paused(peer)`` is called; ``"drop"``
+            sends are then dropped. Default 1 MiB.
         low_water: bytes queued under which such a peer is read again and
             the handler's ``resumed(peer)`` is called. Default 256 KiB.
         slow_consumer: the policy of `peer.send` and `broadcast` for a peer
             over `high_water`, when they name none: ``"close"`` (queue it;
             close the peer past the 16 MiB hard cap), ``"drop"`` or
-            ``"drop_oldest"`` (select and asyncio engines; see
-            docs/fan-out.md).
+            ``"drop_oldest"`` (see docs/fan-out.md).
         backlog: connections the kernel may queue before they are accepted.
         stop_timeout: seconds a graceful stop may take when none is given.
         keepalive: TCP keepalive and ``TCP_USER_TIMEOUT`` for every accepted
@@ -301,8 +300,6 @@ class Server:
             raise ValueError(f"workers must be a positive int, not {workers!r}")
         if workers > 1 and engine not in ("select", "asyncio"):
             raise ValueError(f"workers > 1 needs engine='select' or 'asyncio', not {engine!r}")
-        if slow_consumer != "close" and engine not in ("select", "asyncio"):
-            raise ValueError(f"slow_consumer={slow_consumer!r} needs engine='select' or 'asyncio', not {engine!r}")
         if loop != "asyncio" and engine != "asyncio":
             raise ValueError(f"loop={loop!r} needs engine='asyncio'")
         if engine == "asyncio":
@@ -416,20 +413,20 @@ class Server:
     ) -> BroadcastResult:
         """Send `message` to every live peer but `exclude`; safe from handlers and from any thread.
 
-        The message is framed (and encoded by the codec) once. On the event-loop
-        engines it is queued to each peer without waiting, under the
-        slow-consumer `policy` (None: the server's `slow_consumer`), so a
-        slow reader never slows the others; called from another thread, it
-        returns once the loop has queued it. On the threads engine each copy
-        is written in turn, waiting while its peer does not read (only
-        ``"close"`` applies there).
+        The message is framed (and encoded by the codec) once, and queued to
+        each peer without waiting, under the slow-consumer `policy` (None:
+        the server's `slow_consumer`), so a slow reader never slows the
+        others. On the event-loop engines, called from another thread, it
+        returns once the loop has queued it; on the threads engine the
+        calling thread queues each copy and writes what its socket takes at
+        once, the rest being left to that connection's writer thread.
 
         Returns:
             How many peers it was delivered (queued) to, dropped for, and closed.
 
         Raises:
             RuntimeError: as `peers`.
-            ValueError: an unknown policy, or one the engine cannot apply.
+            ValueError: an unknown policy.
             CodecError: the codec cannot encode `message`.
             FramingError: the framing cannot carry it.
         """

@@ -100,8 +100,9 @@ class Stats:
         skipped: messages over the framing's `max_size` dropped, the
             connection kept (a framing with ``on_oversize="skip"``; not in
             `messages_in`, their bytes in `bytes_in`).
-        queued: bytes waiting now in the outgoing queues of the event-loop
-            engines (select, asyncio), peers not reading yet: a gauge.
+        queued: bytes waiting now in the outgoing queues of the select,
+            asyncio and threads engines, peers not reading yet: a gauge
+            (a processes engine's children keep theirs).
         dropped: messages dropped by a slow-consumer policy (``"drop"``,
             ``"drop_oldest"``) instead of being queued to a slow peer.
     """

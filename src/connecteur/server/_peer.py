@@ -99,21 +99,22 @@ class Peer:
 
     @property
     def queued(self) -> int:
-        """Bytes waiting to be written to this peer (0 on the threads and processes engines, which write at once)."""
+        """Bytes waiting to be written to this peer: those its socket has not taken yet."""
         return self._link.queued
 
     def send(self, message: Any, policy: str | None = None) -> None:
         """Send a message to this peer; safe from any thread.
 
-        On the threads and processes engines it is written before `send`
-        returns; on the event-loop engines it is queued, with backpressure.
+        It never waits for the peer: what its socket does not take at once
+        is queued, and written as the peer reads (with backpressure: see
+        docs/fan-out.md).
 
         With a codec on the server, `message` is a value the codec encodes.
 
         Args:
             message: the message (bytes, or a value for the server's codec).
             policy: what to do when more than the server's ``high_water``
-                bytes are already queued for this peer (event-loop engines):
+                bytes are already queued for this peer:
                 ``"close"`` (queue it; the peer is closed past the hard cap),
                 ``"drop"`` (do not send it; counted in `dropped`) or
                 ``"drop_oldest"`` (send it, drop older queued messages sent
@@ -123,7 +124,7 @@ class Peer:
             CodecError: the codec cannot encode the value (nothing is sent).
             FramingError: the framing cannot carry the message.
             ConnectionClosed: the connection is already closed.
-            OSError: the connection broke while sending.
+            ValueError: an unknown policy.
         """
         self._link.send(message if self._encode is None else self._encode(message), policy)
 

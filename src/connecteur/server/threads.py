@@ -9,6 +9,12 @@ handles one connection's messages one after another.
 Invariants: only a connection's own thread reads its socket and closes it;
 other threads may send (under the connection's lock) or shut it down to wake
 the reader. Simple and fast per connection; each idle connection costs a thread.
+
+No write waits for a peer: what a socket does not take at once is queued on
+its connection, with the event loops' water marks and slow-consumer
+policies, and written by a writer thread of that connection's while it
+lasts (``server/_blocking.py``). A broadcast therefore costs its caller one
+non-blocking send per peer, however slowly some of them read.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from .. import _socket
 from ..address import format_address
 from ..framing import BodyPool
 from ._blocking import RECV_SIZE as RECV_SIZE
-from ._blocking import BlockingLink, refuse_policy, thread_budget
+from ._blocking import BlockingLink, thread_budget
 from ._engine import (
     ACCEPT_BACKOFF,
     ACCEPT_BATCH,
@@ -37,7 +43,7 @@ from ._engine import (
     refuse_if_full,
     refuse_untrusted,
 )
-from ._fanout import BroadcastResult
+from ._fanout import BroadcastResult, check_policy
 from ._peer import Peer
 
 __all__ = ["BlockingLink", "ThreadsEngine"]
@@ -59,6 +65,7 @@ class ThreadsEngine:
         self._links_lock = threading.Lock()
         self.budget = thread_budget(config)
         self._body_pool = BodyPool()  # one spare buffer for large messages, lent to one connection at a time
+        config.counters.watch_queued(self.queued)
 
     def request_stop(self, deadline: float) -> None:
         """Ask `serve` to stop by `deadline`; safe from threads and signal handlers."""
@@ -86,18 +93,27 @@ class ThreadsEngine:
         """The live peers (handshakes done, not closed); safe from any thread."""
         return [link.session.peer for link in self._live_links() if link.is_live]
 
-    def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
-        """Write the framed `data` to every live peer but `exclude`, one after another, in the calling thread.
+    def queued(self) -> int:
+        """Bytes queued for all the connections now (the `Stats.queued` gauge; any thread, approximate)."""
+        return sum(link.queued for link in self._live_links())
 
-        Each write waits while its peer does not read, as `peer.send` does
-        here: a slow reader holds up the peers after it.
+    def broadcast(self, data: bytes, exclude: Iterable[Peer], policy: str | None) -> BroadcastResult:
+        """Queue the framed `data` to every live peer but `exclude`, in the calling thread, under `policy`.
+
+        No copy waits for its peer: each is written as far as the socket
+        takes it at once, and the rest is left to that connection's writer
+        thread (see `BlockingLink`).
         """
-        refuse_policy(policy if policy is not None else self._config.slow_consumer)
-        skip, total = set(exclude), BroadcastResult()
+        policy = check_policy(policy if policy is not None else self._config.slow_consumer)
+        skip = set(exclude)
+        delivered = dropped = closed = 0  # not BroadcastResult sums: a new object per peer costs
         for link in self._live_links():
             if link.is_live and link.session.peer not in skip:
-                total += link.offer(data, "close")
-        return total
+                result = link.offer(data, policy)
+                delivered += result.delivered
+                dropped += result.dropped
+                closed += result.closed
+        return BroadcastResult(delivered, dropped, closed)
 
     # --- accepting -------------------------------------------------------------
 

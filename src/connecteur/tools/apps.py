@@ -54,8 +54,8 @@ class Chat:
     it receives.
 
     Thread-safe: the threads engine calls it from one thread per connection;
-    texts are sent outside the room's lock, so on that engine a member that
-    stops reading blocks only the threads sending to it. The room lives in
+    texts are sent outside the room's lock (a send never waits for its peer,
+    but it may run a handler's paused/resumed hook). The room lives in
     this object, so every connection must be in the same process: use the
     select, threads or asyncio engine with one worker. With the processes
     engine or ``workers > 1`` each process would hold a separate room.
@@ -142,8 +142,8 @@ class Chat:
     def _broadcast(message: bytes, peers: Iterable[Peer]) -> FramingError | None:
         """Send `message` to each peer; return the error if the framing cannot carry it.
 
-        Called without the lock: on the threads engine a send waits while its
-        peer does not read, and must not stall the whole room meanwhile.
+        Called without the lock, which a send need not hold: the room stays
+        open to the other threads while it runs.
         """
         for peer in peers:
             try:
@@ -183,7 +183,7 @@ class PubSub:
     slow-consumer policy (``serve --slow-consumer``, docs/fan-out.md): a
     subscriber that does not read is closed at the hard cap (``close``), or
     misses publications (``drop``, ``drop_oldest``), and never slows the
-    publisher or the other subscribers on the select and asyncio engines.
+    publisher or the other subscribers.
 
     Thread-safe; the topics live in this object, so every connection must be
     in one process: the select, threads or asyncio engine, one worker.
