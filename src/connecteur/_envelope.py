@@ -36,6 +36,7 @@ __all__ = [
     "encode",
     "heartbeat_of",
     "pack_header",
+    "unpack_header",
 ]
 
 _HEADER: Final = struct.Struct("!BI")
@@ -76,6 +77,8 @@ _KINDS: Final = {int(kind): kind for kind in Kind}
 _unpack_header: Final = _HEADER.unpack_from
 pack_header: Final = _HEADER.pack
 """``pack_header(kind, request_id)``: the 5 header bytes, for callers whose id is known to fit."""
+unpack_header: Final = _unpack_header
+"""``unpack_header(message)``: its kind byte (an int, unchecked) and request id; `struct.error` if shorter than 5."""
 
 
 def encode(kind: Kind, request_id: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
