@@ -49,8 +49,13 @@ MAX_ERROR_TEXT: Final = 1024
 """Bytes of an exception's text an error reply carries at most: enough to debug, not a traceback."""
 
 _FROM_CLIENTS: Final = frozenset({Kind.REQUEST, Kind.ONE_WAY, Kind.PING, Kind.PONG})
-_REQUEST: Final = int(Kind.REQUEST)  # ints, not the enum: compared and packed on every message of the fast path
-_REPLY: Final = int(Kind.REPLY)
+_REQUEST: Final = int(Kind.REQUEST)  # an int, not the enum: compared on every message of the fast path
+_REPLY_KIND: Final = bytes((Kind.REPLY,))
+
+
+def _request(message: bytes) -> Envelope:
+    """The envelope of a request whose payload was handled already: its kind and id."""
+    return Envelope(Kind.REQUEST, unpack_header(message)[1], b"")
 
 
 class Outgoing(NamedTuple):
@@ -162,8 +167,9 @@ class MultiplexedHandler:
 
         The session's fast path for a multiplexed connection, chosen once per
         connection as the plain one is (``Handler.answer_plain``): one loop,
-        and for a request whose handler returns bytes only the header's
-        unpacking and the reply's prefix on top of the plain path. Anything
+        and for a request whose handler returns bytes only a check of its
+        kind byte and the reply's prefix (the request's id bytes, copied) on
+        top of the plain path. Anything
         else (pings, one-way messages, failures, other replies) is answered
         as `received` answers it. A plain function has no peer, so no message
         can close the connection halfway: every message gets its call.
@@ -186,16 +192,15 @@ class MultiplexedHandler:
         outcome: Outgoing | Unordered | None
         for message in messages:
             if len(message) >= HEADER_SIZE and message[0] == _REQUEST:
-                request_id: int = unpack_header(message)[1]
                 try:
                     result = function(message[HEADER_SIZE:])
                 except Exception as exc:
-                    outcome = self._failed(peer, Envelope(Kind.REQUEST, request_id, b""), exc)
+                    outcome = self._failed(peer, _request(message), exc)
                 else:
-                    if type(result) is bytes:  # the common case, first
-                        append(pack_header(_REPLY, request_id) + result)
+                    if type(result) is bytes:  # the common case, first: the reply's id is the request's 4 bytes
+                        append(_REPLY_KIND + message[1:HEADER_SIZE] + result)
                         continue
-                    outcome = self._outcome(peer, Envelope(Kind.REQUEST, request_id, b""), result)
+                    outcome = self._outcome(peer, _request(message), result)
             else:
                 outcome = self._answer_other(peer, message)
             if isinstance(outcome, Unordered):

@@ -322,8 +322,9 @@ class Session:
         A plain function (`_plain`) is answered here, the hot path of a
         server: one handler loop for the read's messages, their replies
         framed at once (`_emit_replies`), the clock read only when a deadline
-        needs it. Anything else (async replies, a handler object, replies
-        still in flight before these) goes through `_dispatch`.
+        needs it. A multiplexed plain function has its own such loop
+        (`_answer_envelopes`). Anything else (async replies, a handler
+        object, replies still in flight before these) goes through `_dispatch`.
         """
         buffered = self._decoder.buffered
         # Its memory, not the bytes received: a body grows by doubling, so the
