@@ -368,7 +368,9 @@ class Session:
         """`_received`'s fast path on a multiplexed connection: `_envelopes` answers, its async replies chain.
 
         A handler's failure is an error reply; only bytes that are no
-        envelope fail the connection, after the replies before them.
+        envelope fail the connection, after the replies before them. As on
+        the plain path, the replies to one read leave together after it,
+        `on_reply` or not: a slow request holds back those of its read.
         """
         replies: list[Buffer] = []
         failure: HandlerFailed | None = None
