@@ -10,10 +10,10 @@ messages get no reply; pings get pongs.
 A plain function without a codec (the common case) has a fast path, as on
 plain connections: the session, told once per connection
 (``EngineConfig.plain_envelopes``), hands each read's messages to
-`MultiplexedHandler.answer_plain`, one loop that unpacks each request's
-header and prefixes its reply's; as a handler object, it would decode each
-message to an `Envelope` and encode each `Outgoing` reply, about five times
-the cost of a plain request.
+`MultiplexedHandler.answer_plain`, one loop that checks each request's
+kind byte and prefixes its reply with the kind and the request's id bytes;
+as a handler object, it would decode each message to an `Envelope` and
+encode each `Outgoing` reply, about five times the cost of a plain request.
 
 Replies leave in order on every engine but one: on the asyncio engine the
 reply of an ``async def`` handler is an `Unordered` awaitable, which the
@@ -169,10 +169,10 @@ class MultiplexedHandler:
         connection as the plain one is (``Handler.answer_plain``): one loop,
         and for a request whose handler returns bytes only a check of its
         kind byte and the reply's prefix (the request's id bytes, copied) on
-        top of the plain path. Anything
-        else (pings, one-way messages, failures, other replies) is answered
-        as `received` answers it. A plain function has no peer, so no message
-        can close the connection halfway: every message gets its call.
+        top of the plain path. Anything else (pings, one-way messages,
+        failures, other replies) is answered as `received` answers it. A
+        plain function has no peer, so no message can close the connection
+        halfway: every message gets its call.
 
         Returns:
             The async replies (asyncio engine), for the session to chain: they
