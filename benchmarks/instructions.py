@@ -21,7 +21,11 @@ Workloads, 64 B messages with connecteur's 4-byte length header:
 - ``many``: 100 connections, one request in flight on each (``connecteur
   bench`` uses 1,000; under valgrind a server is about 50 times slower);
 - ``rr``: one connection, one request at a time;
-- ``pipeline``: one connection, a thread sending 500 messages per write.
+- ``pipeline``: one connection, a thread sending 500 messages per write;
+- ``mux-rr`` and ``mux-pipeline``: ``rr`` and ``pipeline`` on a multiplexed
+  connection (the server started with ``--multiplexed``; engines only), each
+  request in its envelope (64 B of payload, 5 B of kind and id): what the
+  envelope costs the server per message, against the plain figures.
 
 Needs valgrind (``apt-get install valgrind``). About 10 s per figure. The
 legend (and the JSON's ``build``) says which build ran: the servers run this
@@ -48,10 +52,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from connecteur.bench.servers import ENGINES
+
 TIMES = "\N{MULTIPLICATION SIGN}"
 HEADER = struct.Struct("!I")
 MESSAGE = HEADER.pack(64) + b"x" * 64
+MUX_MESSAGE = HEADER.pack(69) + struct.pack("!BI", 1, 1) + b"x" * 64  # a REQUEST; its REPLY is as long
 COUNTS = {"many": (2_000, 12_000), "rr": (1_000, 6_000), "pipeline": (20_000, 220_000)}
+COUNTS |= {"mux-rr": COUNTS["rr"], "mux-pipeline": COUNTS["pipeline"]}
 """Messages of the short and the long run of each workload."""
 MANY_CONNECTIONS = 100
 BATCH = 500  # pipeline: messages per write
@@ -59,7 +67,7 @@ START_TIMEOUT = 120.0  # seconds for a server under valgrind to start listening
 IO_TIMEOUT = 60.0
 
 
-def _many(port: int, total: int, connections: int = MANY_CONNECTIONS) -> None:
+def _many(port: int, total: int, connections: int = MANY_CONNECTIONS, message: bytes = MESSAGE) -> None:
     socks = [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(connections)]
     try:
         poller = select.epoll()
@@ -71,7 +79,7 @@ def _many(port: int, total: int, connections: int = MANY_CONNECTIONS) -> None:
             poller.register(sock.fileno(), select.EPOLLIN)
         sent = done = 0
         for sock in socks[:total]:
-            sock.send(MESSAGE)
+            sock.send(message)
             sent += 1
         while done < total:
             ready = poller.poll(IO_TIMEOUT)
@@ -82,11 +90,11 @@ def _many(port: int, total: int, connections: int = MANY_CONNECTIONS) -> None:
                 if not data:
                     raise ConnectionError("the server closed a connection")
                 unread[fd] += len(data)
-                while unread[fd] >= len(MESSAGE):
-                    unread[fd] -= len(MESSAGE)
+                while unread[fd] >= len(message):
+                    unread[fd] -= len(message)
                     done += 1
                     if sent < total:
-                        by_fd[fd].send(MESSAGE)
+                        by_fd[fd].send(message)
                         sent += 1
         poller.close()
     finally:
@@ -98,7 +106,7 @@ def _rr(port: int, total: int) -> None:
     _many(port, total, connections=1)
 
 
-def _pipeline(port: int, total: int) -> None:
+def _pipeline(port: int, total: int, message: bytes = MESSAGE) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         batches = total // BATCH
@@ -107,14 +115,14 @@ def _pipeline(port: int, total: int) -> None:
         def send() -> None:
             try:
                 for _ in range(batches):
-                    sock.sendall(MESSAGE * BATCH)
+                    sock.sendall(message * BATCH)
             except OSError as exc:
                 errors.append(exc)
 
         sender = threading.Thread(target=send)
         sender.start()
         try:
-            want, got = batches * BATCH * len(MESSAGE), 0
+            want, got = batches * BATCH * len(message), 0
             while got < want:
                 data = sock.recv(262144)
                 if not data:
@@ -126,7 +134,21 @@ def _pipeline(port: int, total: int) -> None:
             raise errors[0]
 
 
-CLIENTS: dict[str, Callable[[int, int], None]] = {"many": _many, "rr": _rr, "pipeline": _pipeline}
+def _mux_rr(port: int, total: int) -> None:
+    _many(port, total, connections=1, message=MUX_MESSAGE)
+
+
+def _mux_pipeline(port: int, total: int) -> None:
+    _pipeline(port, total, message=MUX_MESSAGE)
+
+
+CLIENTS: dict[str, Callable[[int, int], None]] = {
+    "many": _many,
+    "rr": _rr,
+    "pipeline": _pipeline,
+    "mux-rr": _mux_rr,
+    "mux-pipeline": _mux_pipeline,
+}
 
 
 def _instructions(target: str, workload: str, count: int, scratch: Path) -> int:
@@ -134,6 +156,8 @@ def _instructions(target: str, workload: str, count: int, scratch: Path) -> int:
     out = scratch / f"{target}-{workload}-{count}.callgrind"
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     command += ["-m", "connecteur.bench.servers", target, "--cpu", "0"]
+    if workload.startswith("mux"):
+        command.append("--multiplexed")
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None
@@ -201,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for workload in workloads:
             for target in targets:
+                if workload.startswith("mux") and target not in ENGINES:  # a peer: it speaks no envelope
+                    continue
                 figure = per_message(target, workload, Path(scratch))
                 figures.setdefault(workload, {})[target] = figure
                 print(f"{workload:9s} {target:18s} {figure:9,.0f} instructions per message", flush=True)
@@ -208,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     for target in targets:
         cells = []
         for workload in workloads:
-            value, reference = figures[workload][target], figures[workload].get(args.reference)
+            value, reference = figures[workload].get(target), figures[workload].get(args.reference)
+            if value is None:
+                cells.append("-")
+                continue
             ratio = f" ({value / reference:.2f}{TIMES})" if reference and target != args.reference else ""
             cells.append(f"{value:,.0f}{ratio}")
         print(f"{target:18s}" + "".join(f"{c:>22s}" for c in cells))

@@ -36,6 +36,7 @@ __all__ = [
     "encode",
     "heartbeat_of",
     "pack_header",
+    "unpack_header",
 ]
 
 _HEADER: Final = struct.Struct("!BI")
@@ -76,6 +77,8 @@ _KINDS: Final = {int(kind): kind for kind in Kind}
 _unpack_header: Final = _HEADER.unpack_from
 pack_header: Final = _HEADER.pack
 """``pack_header(kind, request_id)``: the 5 header bytes, for callers whose id is known to fit."""
+unpack_header: Final = _unpack_header
+"""``unpack_header(message)``: its kind byte (an int, unchecked) and request id; `struct.error` if shorter than 5."""
 
 
 def encode(kind: Kind, request_id: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
@@ -202,13 +205,19 @@ class RequestTable(Generic[W]):
         """Forget a request that never left (nothing was sent): no tombstone needed."""
         self._pending.pop(request_id, None)
 
-    def abandon(self, request_id: int) -> None:
-        """The request timed out or was cancelled after it left: bury its id, so its late reply is dropped."""
+    def abandon(self, request_id: int) -> bool:
+        """The request timed out or was cancelled after it left: bury its id, so its late reply is dropped.
+
+        Returns:
+            False when it was no longer outstanding: its reply (or the end of
+            the connection) settled it first, and its waiter is being woken.
+        """
         if self._pending.pop(request_id, None) is None:
-            return
+            return False
         self._tombstones[request_id] = None
         if len(self._tombstones) > MAX_TOMBSTONES:
             del self._tombstones[next(iter(self._tombstones))]
+        return True
 
     def settle(self, request_id: int) -> W | None:
         """The waiter of the request this reply answers, or None: a late reply, dropped and counted."""

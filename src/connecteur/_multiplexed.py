@@ -4,9 +4,9 @@
 speaks the envelope of `connecteur._envelope` over an ordinary `Connection`.
 
 Design: a reader thread. It alone receives: it decodes each envelope and
-wakes the thread whose request id it carries (a `threading.Event` per
-request), queues one-way messages for `recv`, answers pings. Callers only
-send, under a lock, and wait on their own event, with their own timeout. The
+wakes the thread whose request id it carries (a lock per request, released
+once), queues one-way messages for `recv`, answers pings. Callers only
+send, under a lock, and wait on their own lock, with their own timeout. The
 alternative, whichever caller waits reads for everybody ("lock-holder
 reads"), saves a thread but cannot answer the server's pings while nobody
 waits, and a caller's timeout would interrupt reads done for others. With a
@@ -73,14 +73,25 @@ JOIN_TIMEOUT: Final = 5.0
 
 @final
 class _Waiter:
-    """One request's wait: the reader thread fills it and sets the event."""
+    """One request's wait: the reader thread fills it and releases `done`, taken from the start.
 
-    __slots__ = ("envelope", "error", "event")
+    A bare lock, not a `threading.Event`: an event's wait makes a lock of its
+    own and takes a condition's, and its set takes that condition too; a lock
+    released once is the cheapest wake-up there is, and there is one per
+    request.
+    """
+
+    __slots__ = ("done", "envelope", "error")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
         self.envelope: Envelope | None = None
         self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        """The reply or the error is in: let the request go (once: `RequestTable` gives each waiter out once)."""
+        self.done.release()
 
 
 @final
@@ -175,19 +186,19 @@ class MultiplexedConnection(Generic[T]):
                 self._table.cancel(request_id)  # nothing sent, or the connection ended: no reply to wait for
             raise
         try:
-            answered = waiter.event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            answered = waiter.done.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic()))
         except BaseException:  # interrupted (KeyboardInterrupt): the reply is owed, to nobody now
             with self._lock:
                 self._table.abandon(request_id)
             raise
         if not answered:
             with self._lock:
-                if not waiter.event.is_set():
-                    self._table.abandon(request_id)
+                if self._table.abandon(request_id):
                     raise Timeout(
                         f"no reply to request {request_id} from {format_address(self.address)} within {seconds} s",
                         seconds=seconds or 0.0,
                     )
+            waiter.done.acquire()  # settled just now: the reader is about to wake it, with nothing in between
         return self._outcome(waiter, request_id)
 
     def _outcome(self, waiter: _Waiter, request_id: int) -> T:
@@ -309,7 +320,7 @@ class MultiplexedConnection(Generic[T]):
                 waiter = self._table.settle(envelope.request_id)
             if waiter is not None:
                 waiter.envelope = envelope
-                waiter.event.set()
+                waiter.wake()
         elif kind is Kind.ONE_WAY:
             with self._one_way_ready:
                 if len(self._one_way) == MAX_ONE_WAY:
@@ -337,7 +348,7 @@ class MultiplexedConnection(Generic[T]):
             self._one_way_ready.notify_all()
         for waiter in waiters:
             waiter.error = self._ended
-            waiter.event.set()
+            waiter.wake()
         self._stopped.set()
         self._connection._interrupt()
 

@@ -115,3 +115,12 @@ def test_heartbeat_forms() -> None:
         heartbeat_of((1.0, -1.0))
     with pytest.raises(TypeError, match="pair"):
         heartbeat_of(5)  # type: ignore[arg-type]
+
+
+def test_abandon_says_whether_the_request_was_still_outstanding() -> None:
+    table: RequestTable[str] = RequestTable()
+    waiting, answered = table.open("waiting"), table.open("answered")
+    assert table.settle(answered) == "answered"
+    assert table.abandon(waiting) is True  # buried: its late reply will be dropped
+    assert table.abandon(answered) is False  # its reply won: the waiter is being woken
+    assert table.settle(waiting) is None and table.late_replies == 1

@@ -292,3 +292,32 @@ def test_one_way_messages_nobody_receives_are_bounded_oldest_dropped_first(serve
             await conn.close()
 
     assert asyncio.run(main()) == (extra, b"%d" % extra)
+
+
+def test_requests_in_one_write_are_each_answered_in_order_amid_pings_one_way_messages_and_failures(
+    serve: Serve,
+) -> None:
+    """What threads sharing a connection send: many envelopes in one read, answered by the server's fast path."""
+
+    def handler(message: bytes) -> bytes | None:
+        return None if message == b"none" else upper_or_fail(message)
+
+    server = serve(handler, multiplexed=True)
+    envelopes = [(1, 1, b"a"), (5, 7, b""), (1, 2, b"fail"), (4, 0, b"one-way"), (1, 3, b"none"), (1, 4, b"b")]
+    with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
+        for _ in range(2):  # the connection stays open after the failure
+            sock.sendall(b"".join(struct.pack("!IBI", 5 + len(p), k, i) + p for k, i, p in envelopes))
+            assert read_envelope(sock) == (2, 1, b"A")
+            assert read_envelope(sock) == (6, 7, b"")  # PONG
+            kind, request_id, text = read_envelope(sock)
+            assert (kind, request_id) == (3, 2) and text.startswith(b"ValueError: asked to fail")
+            assert read_envelope(sock) == (2, 3, b"")  # None: an empty REPLY; the one-way message got nothing
+            assert read_envelope(sock) == (2, 4, b"B")
+
+
+def test_bad_bytes_after_requests_in_one_write_close_after_their_replies(serve: Serve) -> None:
+    server = serve(upper_or_fail, multiplexed=True)
+    with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
+        sock.sendall(struct.pack("!IBI", 6, 1, 1) + b"a" + struct.pack("!IBI", 5, 9, 2))  # kind 9: no envelope
+        assert read_envelope(sock) == (2, 1, b"A")
+        assert recv_until_closed(sock) == b""

@@ -126,8 +126,11 @@ def engine_config(
     beat = heartbeat_of(heartbeat)
     if beat is not None and not multiplexed:
         raise ValueError("heartbeat needs multiplexed=True: pings travel in the envelope")
+    plain_envelopes = None
     if multiplexed:  # the envelope is a handler and a codec around the user's: the engines see no difference
-        handler, codec = _multiplex.multiplexed(handler, codec, beat)
+        envelopes, codec = _multiplex.multiplexed(handler, codec, beat)
+        handler = envelopes
+        plain_envelopes = envelopes if envelopes.is_plain else None  # but the session's fast path for it
     _check_positive("handshake_timeout", handshake_timeout)
     tcp_keepalive = as_keepalive(keepalive)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
@@ -152,6 +155,7 @@ def engine_config(
         high_water=high_water,
         low_water=low_water,
         slow_consumer=slow_consumer,
+        plain_envelopes=plain_envelopes,
     )
 
 

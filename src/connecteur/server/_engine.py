@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
@@ -28,7 +28,7 @@ from .._loop import StopSignal as StopSignal
 from .._loop import accept_error_is_fatal_for_now as accept_error_is_fatal_for_now
 from .._loop import accept_ready as accept_ready
 from ..address import format_address
-from ..framing import Framing
+from ..framing import Buffer, Framing
 from ._deadlines import Deadlines
 from ._handler import Handler, logger, running_handler
 from ._limits import HIGH_WATER, LOW_WATER
@@ -290,6 +290,14 @@ class Counters:
 _PLAIN: Final = ChannelSpec(server_side=True)  # no PROXY header, no TLS, no authentication
 
 
+class PlainEnvelopes(Protocol):
+    """A multiplexed server's plain function, as the session's fast path calls it (`MultiplexedHandler`)."""
+
+    def answer_plain(self, peer: Peer, messages: list[bytes], replies: list[Buffer]) -> Sequence[object]:
+        """Append the replies' envelopes to `replies`; return the async replies to chain."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything an engine needs from `Server`, fixed at start."""
@@ -307,6 +315,7 @@ class EngineConfig:
     high_water: int = HIGH_WATER
     low_water: int = LOW_WATER
     slow_consumer: str = "close"
+    plain_envelopes: PlainEnvelopes | None = None  # multiplexed, a plain function: the session's fast path
 
     def deadlines(self, clock: Callable[[], float] = time.monotonic) -> Deadlines:
         """The deadlines of a new connection (a handshake deadline when it needs one), read on `clock`."""

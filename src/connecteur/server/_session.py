@@ -33,7 +33,7 @@ from .._channel import HANDSHAKE_ERRORS, Channel
 from ..errors import FramingError, MessageTooLarge
 from ..framing import LARGE_MESSAGE, BodyPool, Buffer, Decoder, DirectDecoder, Framing, batch_encoder, direct_decoder
 from ._budget import Budget, Holder
-from ._engine import EngineConfig, Traffic, channel_opened
+from ._engine import EngineConfig, PlainEnvelopes, Traffic, channel_opened
 from ._handler import HandlerFailed, frame_replies, log_closing, log_skipped, logger
 from ._peer import Link, Peer
 
@@ -149,6 +149,7 @@ class Session:
         "_decoder_held",
         "_direct",
         "_ended",
+        "_envelopes",
         "_held",
         "_holder",
         "_lock",
@@ -211,6 +212,8 @@ class Session:
         self.pending_replies = 0
         self._out: list[Buffer] = []  # for data_to_send, in order
         self._plain = config.handler.is_plain  # answered in _received
+        # A multiplexed plain function: a fast path of its own, the plain one's loop inside the envelope.
+        self._envelopes = config.plain_envelopes
         # While handler calls run, the replies and peer.send() messages they
         # produce, to leave as one buffer after them; a close waits for them.
         self._batch: list[bytes] | None = None
@@ -319,8 +322,9 @@ class Session:
         A plain function (`_plain`) is answered here, the hot path of a
         server: one handler loop for the read's messages, their replies
         framed at once (`_emit_replies`), the clock read only when a deadline
-        needs it. Anything else (async replies, a handler object, replies
-        still in flight before these) goes through `_dispatch`.
+        needs it. A multiplexed plain function has its own such loop
+        (`_answer_envelopes`). Anything else (async replies, a handler
+        object, replies still in flight before these) goes through `_dispatch`.
         """
         buffered = self._decoder.buffered
         # Its memory, not the bytes received: a body grows by doubling, so the
@@ -338,7 +342,10 @@ class Session:
             return
         traffic.messages_in += len(messages)
         if not self._plain or self.pending_replies:
-            self._dispatch(messages)
+            if self._envelopes is not None and not self.pending_replies:
+                self._answer_envelopes(self._envelopes, messages)
+            else:
+                self._dispatch(messages)
             return
         replies: list[Buffer] = []
         failure: HandlerFailed | None = None
@@ -356,6 +363,28 @@ class Session:
             self._dispatch(messages[stop + 1 :])
 
     # --- the handler ---------------------------------------------------------------
+
+    def _answer_envelopes(self, envelopes: PlainEnvelopes, messages: list[bytes]) -> None:
+        """`_received`'s fast path on a multiplexed connection: `_envelopes` answers, its async replies chain.
+
+        A handler's failure is an error reply; only bytes that are no
+        envelope fail the connection, after the replies before them. As on
+        the plain path, the replies to one read leave together after it,
+        `on_reply` or not: a slow request holds back those of its read.
+        """
+        replies: list[Buffer] = []
+        failure: HandlerFailed | None = None
+        unordered: Sequence[object] = ()
+        try:
+            unordered = envelopes.answer_plain(self.peer, messages, replies)
+        except HandlerFailed as exc:
+            failure = exc
+        if replies:
+            failure = self._emit_replies(replies) or failure
+        if failure is not None:
+            self.fail(failure)
+        for reply in unordered:  # none but on asyncio: they leave as each is done, in any order
+            self._chain(reply)
 
     def _dispatch(self, messages: list[bytes]) -> None:
         """Call the handler for each message; the replies leave as one buffer after the last."""
