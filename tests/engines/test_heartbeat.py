@@ -19,6 +19,7 @@ import pytest
 
 import connecteur
 from connecteur import ConnectionClosed, Heartbeat, Peer, Server
+from connecteur.server._multiplex import HeartbeatWatch
 from connecteur.tools.proxy import Faults, Proxy
 from tests.engines.conftest import engine_options, engine_per_family
 from tests.engines.test_multiplexed import read_envelope, send_envelope
@@ -147,3 +148,24 @@ def test_a_send_blocked_by_a_server_that_stopped_reading_ends_with_the_heartbeat
             conn.close()
             accepted.close()
             sender.join(TIMEOUT)
+
+
+def test_a_pinger_whose_watch_stopped_ends_even_if_a_new_watch_started_before_it_woke() -> None:
+    """The race, step by step (white-box): the watch stops (no peer left) and wakes its pinger;
+    before the pinger runs, a peer comes and starts a new pair. The old pinger must end.
+
+    It once went on waiting beside the new pair's pinger, for ever: a server
+    with peers coming and going gathered idle threads (the soak left three).
+    """
+    watch = HeartbeatWatch(Heartbeat(interval=60, deadline=60))
+    with watch._lock:
+        watch._running, watch._generation = True, 1
+    pinger = threading.Thread(target=watch._ping, args=(1,), name="connecteur-ping", daemon=True)
+    pinger.start()
+    wait_until(lambda: watch._wake_pinger._waiters, what="the pinger to wait")  # type: ignore[attr-defined]
+    with watch._lock:  # as _check finds nobody left, then, before the pinger wakes, as add starts a new pair
+        watch._running = False
+        watch._wake_pinger.notify_all()
+        watch._running, watch._generation = True, 2
+    pinger.join(TIMEOUT)
+    assert not pinger.is_alive()

@@ -85,7 +85,10 @@ def test_a_stuck_thread_ends_cleanly_once_its_handler_returns(
             left = [thread for thread in threading.enumerate() if thread.name.startswith("connecteur")]
             server.stop(timeout=0.1)
             release.set()
-            wait_until(lambda: not any(thread.is_alive() for thread in left), what="the threads left behind to end")
+            wait_until(
+                lambda: not any(thread.is_alive() for thread in left),
+                what=f"the threads left behind to end ({', '.join(thread.name for thread in left)})",
+            )
             assert recv_until_closed(client) == b""  # its late reply went nowhere
     finally:
         release.set()

@@ -329,6 +329,9 @@ class HeartbeatWatch:
         self._to_ping: list[Peer] = []
         self._wake_pinger = threading.Condition(self._lock)
         self._running = False
+        # Which pair of threads is the current one: a pair that ended (no peers left)
+        # must not go on beside the next pair, started as a peer came meanwhile.
+        self._generation = 0
 
     def add(self, peer: Peer) -> None:
         """Watch `peer` from now on."""
@@ -338,8 +341,10 @@ class HeartbeatWatch:
             self._last[peer] = self._clock()
             if not self._running:
                 self._running = True
-                threading.Thread(target=self._watch, name="connecteur-heartbeat", daemon=True).start()
-                threading.Thread(target=self._ping, name="connecteur-ping", daemon=True).start()
+                self._generation += 1
+                pair = (self._generation,)
+                threading.Thread(target=self._watch, args=pair, name="connecteur-heartbeat", daemon=True).start()
+                threading.Thread(target=self._ping, args=pair, name="connecteur-ping", daemon=True).start()
 
     def saw(self, peer: Peer) -> None:
         """A message came from `peer`: it is alive.
@@ -357,7 +362,11 @@ class HeartbeatWatch:
         with self._lock:
             self._forget(peer)
 
-    def _watch(self) -> None:
+    def _current(self, generation: int) -> bool:
+        """Whether the threads of `generation` should go on (under the lock)."""
+        return self._running and self._generation == generation
+
+    def _watch(self, generation: int) -> None:
         """Every tick: close the peers silent past interval + deadline, queue pings for those past interval."""
         heartbeat, stop = self._heartbeat, threading.Event()
         while not stop.wait(heartbeat.tick):
@@ -375,8 +384,9 @@ class HeartbeatWatch:
                     heartbeat.deadline,
                 )
                 peer.close()
-            if not self._running:
-                return
+            with self._lock:
+                if not self._current(generation):
+                    return
 
     def _check(self) -> list[Peer]:
         now, heartbeat = self._clock(), self._heartbeat
@@ -393,7 +403,7 @@ class HeartbeatWatch:
                     self._to_ping.append(peer)
             if not self._last:
                 self._running = False
-            self._wake_pinger.notify()
+            self._wake_pinger.notify_all()
         return expired
 
     def _forget(self, peer: Peer) -> None:
@@ -401,13 +411,13 @@ class HeartbeatWatch:
         self._last.pop(peer, None)
         self._pinged.pop(peer, None)
 
-    def _ping(self) -> None:
+    def _ping(self, generation: int) -> None:
         ping_id = 0
         while True:
             with self._lock:
-                while not self._to_ping and self._running:
+                while not self._to_ping and self._current(generation):
                     self._wake_pinger.wait()
-                if not self._running:
+                if not self._current(generation):
                     return
                 peers, self._to_ping = self._to_ping, []
             for peer in peers:
