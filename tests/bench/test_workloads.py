@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from connecteur import COMPILED
 from connecteur.bench import check as bench_check
+from connecteur.bench import processes as bench_processes
 from connecteur.bench import servers
 from connecteur.bench.fanout import SUBSCRIBERS
 from connecteur.bench.orchestrator import FANOUT_BASELINE, TARGETS
@@ -144,3 +147,24 @@ def test_check_quick_prints_a_line_per_check_and_exits_0(tmp_path: Path) -> None
     assert {verdict["outcome"] for verdict in document["checks"]} <= {"HOLDS", "MISSED"}
     assert {verdict["build"] for verdict in document["checks"]} == {"compiled" if COMPILED else "pure"}
     assert processes_tagged(tag) == []
+
+
+def test_a_bench_server_is_asked_to_stop_once_and_stops_gracefully(tmp_path: Path) -> None:
+    """Asking twice (all servers at once, then each as it is waited for) sends one SIGTERM.
+
+    A second SIGTERM stops connecteur's servers at once, not gracefully: with a
+    connection still open, the server then ended by the signal, and on a busy
+    machine reported a cut-short stop in the bench's notes.
+    """
+    with (tmp_path / "stderr").open("w+b") as stderr:
+        server = bench_processes.Server("select", None, stderr)
+        try:
+            server.wait_ready()
+            with socket.create_connection(server.address, timeout=TIMEOUT):  # holds the graceful stop
+                server.terminate()
+                server.terminate()
+                time.sleep(0.5)  # time for a second signal to arrive, were one sent
+            assert server.stop() == ""
+            assert server._proc.returncode == 0  # a graceful stop's end, not the signal's
+        finally:
+            server.stop()

@@ -65,6 +65,7 @@ class Server:
         self.pid = self._proc.pid
         self.address: tuple[str, int] = ("", 0)
         self._outcome: str | None = None
+        self._terminated = False
 
     def wait_ready(self) -> None:
         """Wait for the server's "serving" line; `address` is then known.
@@ -84,8 +85,13 @@ class Server:
         return self._proc.poll() is not None
 
     def terminate(self) -> None:
-        """Ask the server to stop (SIGTERM), without waiting: `stop` waits."""
-        if self._proc.poll() is None:
+        """Ask the server to stop (SIGTERM), once, without waiting: `stop` waits.
+
+        Once: a second SIGTERM tells connecteur's servers to stop at once, not
+        gracefully, and they report the cut-short stop as a failure.
+        """
+        if self._proc.poll() is None and not self._terminated:
+            self._terminated = True
             self._proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> str:
