@@ -182,10 +182,8 @@ class BlockingLink:
         if self._droppable is None:
             self._droppable = DropOldest()
         self._droppable.add(view)
-        dropped, high = 0, self._config.high_water
-        while self._queued > high and (size := self._droppable.drop_one()):
-            self._queued -= size
-            dropped += 1
+        dropped, freed = self._droppable.drop_over(self._queued, self._config.high_water)
+        self._queued -= freed
         return dropped
 
     def _count_dropped(self, result: BroadcastResult) -> BroadcastResult:

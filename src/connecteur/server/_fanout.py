@@ -100,6 +100,18 @@ class DropOldest:
         self._skipped.add(id(view))
         return view.nbytes
 
+    def drop_over(self, queued: int, high_water: int) -> tuple[int, int]:
+        """Drop the oldest candidates while `queued` bytes, less those dropped, are over `high_water`.
+
+        Returns:
+            How many were dropped, and their bytes.
+        """
+        dropped = freed = 0
+        while queued - freed > high_water and (size := self.drop_one()):
+            freed += size
+            dropped += 1
+        return dropped, freed
+
     def __len__(self) -> int:
         """The candidates left."""
         return len(self._candidates)

@@ -396,10 +396,10 @@ class _SelectLink:
             if self._droppable is None:
                 self._droppable = DropOldest()
             self._droppable.add(outgoing[-1])
-        dropped, high = 0, self._engine._config.high_water
-        while self._queued > high and self._droppable is not None and (size := self._droppable.drop_one()):
-            self._queued -= size
-            dropped += 1
+        if self._droppable is None:
+            return DELIVERED
+        dropped, freed = self._droppable.drop_over(self._queued, self._engine._config.high_water)
+        self._queued -= freed
         if not dropped:
             return DELIVERED
         self.session.account(self._queued)
