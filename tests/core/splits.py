@@ -1,4 +1,4 @@
-"""The two ways a `LengthPrefixed` decoder splits a read into messages: in C and in Python.
+"""The two ways a `LengthPrefixed` decoder splits a read into messages, and its framing joins them: C and Python.
 
 The C routine (``framing/_speedups.c``) is built with the compiled build
 only; the tests that run both take `SPLITS` (or a case's ``c_split``) and
@@ -26,3 +26,11 @@ def split_decoder(framing: LengthPrefixed, c_split: bool) -> Decoder:
     if c_split and not C_BUILT:
         pytest.skip(NOT_BUILT)
     return framing._decoder(c_split)
+
+
+def join_framing(framing: LengthPrefixed, c_join: bool) -> LengthPrefixed:
+    """`framing`, set to join messages in C or in Python; skips the test when C is asked and not built."""
+    if c_join and not C_BUILT:
+        pytest.skip(NOT_BUILT)
+    framing._join = length._C_JOIN if c_join else None
+    return framing

@@ -1,4 +1,4 @@
-"""The C split of length-prefixed reads (``framing/_speedups.c``) against the Python one.
+"""The C split and join of length-prefixed messages (``framing/_speedups.c``) against the Python ones.
 
 `feed` hands a read to the C routine, which takes its whole messages and
 stops at the first header it does not finish (cut short, over `max_size`, or
@@ -8,6 +8,11 @@ any bytes, and two decoders, one splitting in C and one in Python, against
 each other on any stream cut anywhere: the same messages, errors, and bytes
 held. The other LengthPrefixed properties (tests/core/test_framing.py,
 test_fuzz.py, test_framing_oversize.py) run on both splits too.
+
+`LengthPrefixed.encode_all` hands a list of messages to the C join, which
+frames them all in one new bytes object, or gives up (None) when one is over
+`max_size`, for the Python loop to raise its error: the same bytes and
+errors as framing each message in Python.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from hypothesis import strategies as st
 
 from connecteur import FramingError, MessageTooLarge
 from connecteur.framing import LengthPrefixed, length
-from tests.core.splits import C_BUILT, NOT_BUILT, SPLITS, split_decoder
+from tests.core.splits import C_BUILT, NOT_BUILT, SPLITS, join_framing, split_decoder
 from tests.support import TIMEOUT, cuts
 
 HEADERS = [order + code for order in "!<>" for code in "BHILQ"]
@@ -157,6 +162,72 @@ def test_a_header_over_max_size_stops_the_c_routine_before_its_body() -> None:
     assert errors[0][1] == "length header announces 4294967295 bytes; max_size is 10"
 
 
+def python_join(messages: list[bytes], header: struct.Struct, max_size: int) -> bytes | None:
+    """The C join's contract in Python."""
+    if any(len(message) > max_size for message in messages):
+        return None
+    return b"".join(header.pack(len(message)) + message for message in messages)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[struct.Struct, int, list[bytes]]:
+    header = struct.Struct(draw(st.sampled_from(HEADERS), label="header"))
+    limit = 2 ** (8 * header.size) - 1
+    max_size = draw(st.integers(0, 40) | st.just(min(limit, 300)), label="max_size")
+    messages = draw(st.lists(st.binary(max_size=min(max_size + 2, 300)), max_size=8), label="messages")
+    return header, max_size, messages
+
+
+@needs_c
+@given(batch=batches(), kind=st.sampled_from([bytes, bytearray, memoryview]))
+def test_the_c_join_frames_exactly_as_python_would(batch: tuple[struct.Struct, int, list[bytes]], kind: type) -> None:
+    header, max_size, messages = batch
+    assert length._C_JOIN is not None
+    joined = length._C_JOIN(
+        [kind(message) for message in messages], header.size, header.format.startswith("<"), max_size
+    )
+    assert joined == python_join(messages, header, max_size)
+
+
+@needs_c
+@given(batch=batches())
+def test_encode_all_gives_the_same_bytes_and_errors_joined_in_c_and_in_python(
+    batch: tuple[struct.Struct, int, list[bytes]],
+) -> None:
+    header, max_size, messages = batch
+    outcomes = []
+    for c_join in (True, False):
+        framing = join_framing(LengthPrefixed(header.format, max_size), c_join)
+        try:
+            outcomes.append(framing.encode_all(messages))
+        except MessageTooLarge as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    assert outcomes[0] == outcomes[1]
+    expected = python_join(messages, header, max_size)
+    if expected is None:
+        assert isinstance(outcomes[0], str) and outcomes[0].startswith("MessageTooLarge: message has ")
+    else:
+        assert outcomes[0] == expected
+
+
+@needs_c
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (([b"x"], 3, False, 10), ValueError),  # no such header
+        (((b"x",), 4, False, 10), TypeError),  # not a list
+        ((["text"], 4, False, 10), TypeError),  # not bytes-like
+        (([memoryview(b"abcd")[::2]], 4, False, 10), BufferError),  # not contiguous
+        (([b"x"], 4, False, -1), OverflowError),
+        (([b"x"], 4, False), TypeError),
+    ],
+)
+def test_the_c_join_refuses_what_encode_all_never_passes(args: tuple[object, ...], error: type[Exception]) -> None:
+    assert length._C_JOIN is not None
+    with pytest.raises(error):
+        length._C_JOIN(*args)  # type: ignore[arg-type]
+
+
 def speedups_in_a_fresh_interpreter(**environ: str) -> str:
     code = "from connecteur.framing import length; print(length.SPEEDUPS, length._C_SPLIT is not None)"
     env = {**os.environ, **environ}
@@ -170,9 +241,10 @@ def test_connecteur_pure_forces_the_python_split_at_import() -> None:
     assert speedups_in_a_fresh_interpreter(CONNECTEUR_PURE="0") == f"{C_BUILT} {C_BUILT}"
 
 
-def test_a_default_decoder_splits_as_speedups_says() -> None:
+def test_a_default_decoder_splits_and_a_framing_joins_as_speedups_says() -> None:
     decoder = LengthPrefixed().decoder()
     assert (decoder._split is not None) == length.SPEEDUPS  # type: ignore[attr-defined]
+    assert (LengthPrefixed()._join is not None) == length.SPEEDUPS
     if not C_BUILT:
         with pytest.raises(RuntimeError, match="not built"):
             LengthPrefixed()._decoder(True)

@@ -40,24 +40,26 @@ __all__ = [
 ]
 
 _SplitFrames: TypeAlias = Callable[[Buffer, int, list[bytes], int, bool, int], int]
+_JoinFrames: TypeAlias = Callable[[list[Buffer], int, bool, int], "bytes | None"]
 
 
-def _c_split_frames() -> _SplitFrames | None:
-    """The C routine of ``_speedups.c``, or None when this install has not built it."""
+def _c_routines() -> tuple[_SplitFrames, _JoinFrames] | tuple[None, None]:
+    """The C routines of ``_speedups.c``, or None when this install has not built them."""
     try:
-        from ._speedups import split_frames
+        from ._speedups import join_frames, split_frames
     except ImportError:
-        return None
-    return split_frames
+        return None, None
+    return split_frames, join_frames
 
 
-_C_SPLIT: Final = _c_split_frames()
+_C_SPLIT, _C_JOIN = _c_routines()
 
 SPEEDUPS: Final = _C_SPLIT is not None and os.environ.get("CONNECTEUR_PURE", "") in ("", "0")
-"""True when `LengthPrefixed` decoders split reads into messages with a small
-C routine (``framing/_speedups.c``, built with the compiled build), False when
+"""True when `LengthPrefixed` decoders split reads into messages, and
+`LengthPrefixed.encode_all` joins messages after their headers, with small C
+routines (``framing/_speedups.c``, built with the compiled build), False when
 they do it in Python. Chosen once, at import: ``CONNECTEUR_PURE=1`` in the
-environment forces Python. Both give the same messages, errors and limits."""
+environment forces Python. Both give the same messages, bytes, errors and limits."""
 
 # --- binary length prefix -------------------------------------------------------
 
@@ -81,7 +83,7 @@ class LengthPrefixed:
             on with the next message (see the framing package).
     """
 
-    __slots__ = ("_struct", "header", "max_size", "on_oversize")
+    __slots__ = ("_join", "_little_endian", "_struct", "header", "max_size", "on_oversize")
 
     def __init__(
         self, header: str = "!I", max_size: int = DEFAULT_MAX_SIZE, *, on_oversize: OnOversize = "close"
@@ -94,6 +96,8 @@ class LengthPrefixed:
         self._struct = struct.Struct(header)
         self.max_size = min(_check_max_size(max_size), 2 ** (8 * self._struct.size) - 1)
         self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
+        self._little_endian = header.startswith("<")
+        self._join = _C_JOIN if SPEEDUPS else None  # the C routine framing a list of messages, or None
 
     def __repr__(self) -> str:
         skip = ", on_oversize='skip'" if self.on_oversize == "skip" else ""
@@ -129,6 +133,10 @@ class LengthPrefixed:
         Raises:
             MessageTooLarge: a message is longer than `max_size`.
         """
+        if self._join is not None and type(messages) is list:
+            wire = self._join(messages, self._struct.size, self._little_endian, self.max_size)
+            if wire is not None:
+                return wire  # else one is too large: the loop below raises for it
         pack, max_size = self._struct.pack, self.max_size
         if type(messages) is list and len(messages) == 1:  # a request's one reply: no list, no join
             only: Buffer = messages[0]
@@ -136,13 +144,12 @@ class LengthPrefixed:
                 raise _too_large(len(only), max_size, "message has")
             return pack(len(only)) + only
         parts: list[Buffer] = []
-        append = parts.append
         for message in messages:
             size = len(message)
             if size > max_size:
                 raise _too_large(size, max_size, "message has")
-            append(pack(size))
-            append(message)
+            parts.append(pack(size))
+            parts.append(message)
         return b"".join(parts)
 
     def decoder(self) -> Decoder:
@@ -422,10 +429,12 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                     self._start_body(size)
                     self._fill_body(memoryview(data).cast("B")[header_size:], out)
                     return out
-            data = bytes(data)  # no copy when it is bytes already
-            unpack_from, max_size, append, pos = self._unpack_from, self._max_size, out.append, 0
+            unpack_from, max_size, pos = self._unpack_from, self._max_size, 0
             if self._split is not None:  # C takes the whole messages; the loop below, what stopped it
                 pos = self._split(data, 0, out, header_size, self._little_endian, max_size)
+                if pos == end:  # all of it, the common read: its messages are copies, the read need not be
+                    return out
+            data = bytes(data)  # no copy when it is bytes already
             try:
                 while pos < end:
                     (size,) = unpack_from(data, pos)  # struct.error: part of a header left
@@ -441,7 +450,7 @@ class _LengthPrefixedDecoder(_BufferDecoder):
                             return out
                         self._need = stop - pos
                         break
-                    append(data[pos + header_size : stop])
+                    out.append(data[pos + header_size : stop])
                     pos = stop
                 else:
                     self._need = header_size

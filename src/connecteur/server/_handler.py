@@ -240,8 +240,8 @@ class Handler:
         """
         function = self._function
         assert function is not None and self._codec is None
-        append, before, silent = replies.append, len(replies), 0
-        for message in messages:  # no enumerate(): measured, it added ~7% per 64 B message
+        before, silent = len(replies), 0
+        for message in messages:
             try:
                 reply = function(message)
             except Exception as exc:
@@ -253,7 +253,7 @@ class Handler:
                 if async_ok and inspect.isawaitable(reply):
                     return len(replies) - before + silent, reply  # the messages before gave a reply or None
                 reply = self._sync_reply(reply)
-            append(reply)
+            replies.append(reply)
         return len(messages), None
 
     def _sync_reply(self, reply: object) -> Buffer:

@@ -187,7 +187,6 @@ class MultiplexedHandler:
         assert function is not None and self._codec is None
         if self._watch is not None:
             self._watch.saw(peer)  # once for the read: its messages all came now
-        append = replies.append
         unordered: list[Unordered] = []
         outcome: Outgoing | Unordered | None
         for message in messages:
@@ -198,7 +197,7 @@ class MultiplexedHandler:
                     outcome = self._failed(peer, _request(message), exc)
                 else:
                     if type(result) is bytes:  # the common case, first: the reply's id is the request's 4 bytes
-                        append(_REPLY_KIND + message[1:HEADER_SIZE] + result)
+                        replies.append(_REPLY_KIND + message[1:HEADER_SIZE] + result)
                         continue
                     outcome = self._outcome(peer, _request(message), result)
             else:
@@ -206,7 +205,7 @@ class MultiplexedHandler:
             if isinstance(outcome, Unordered):
                 unordered.append(outcome)
             elif outcome is not None:
-                append(pack_header(outcome.kind, outcome.request_id) + outcome.payload)
+                replies.append(pack_header(outcome.kind, outcome.request_id) + outcome.payload)
         return unordered
 
     def _answer_other(self, peer: Peer, message: bytes) -> Outgoing | Unordered | None:
