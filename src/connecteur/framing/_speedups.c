@@ -164,6 +164,44 @@ copy_frame(PyObject *item, char **dst, Py_ssize_t *left, Py_ssize_t header_size,
     return 0;
 }
 
+/* Returned by join_bytes when a message is not exactly bytes. */
+static PyObject *const NOT_ALL_BYTES = (PyObject *)&PyBytes_Type;
+
+/* join_frames of a list of bytes only, the common case: no buffer to get, and
+ * no Python code can run to change the list. NOT_ALL_BYTES if one is not bytes. */
+static PyObject *
+join_bytes(PyObject *messages, Py_ssize_t header_size, int little_endian, unsigned long long max_size)
+{
+    Py_ssize_t count = PyList_GET_SIZE(messages), total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(messages, i);
+        if (!PyBytes_CheckExact(item)) {
+            return NOT_ALL_BYTES;
+        }
+        Py_ssize_t length = PyBytes_GET_SIZE(item);
+        if ((unsigned long long)length > max_size) {
+            Py_RETURN_NONE;
+        }
+        if (length > PY_SSIZE_T_MAX - header_size - total) {
+            return PyErr_NoMemory();
+        }
+        total += header_size + length;
+    }
+    PyObject *wire = PyBytes_FromStringAndSize(NULL, total);
+    if (wire == NULL) {
+        return NULL;
+    }
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(wire);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(messages, i);
+        Py_ssize_t length = PyBytes_GET_SIZE(item);
+        write_length(dst, (uint64_t)length, header_size, little_endian);
+        memcpy(dst + header_size, PyBytes_AS_STRING(item), (size_t)length);
+        dst += header_size + length;
+    }
+    return wire;
+}
+
 static PyObject *
 join_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -182,6 +220,10 @@ join_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long max_size;
     if (parse_header(args + 1, &header_size, &little_endian, &max_size) < 0) {
         return NULL;
+    }
+    PyObject *wire = join_bytes(messages, header_size, little_endian, max_size);
+    if (wire != NOT_ALL_BYTES) {
+        return wire;
     }
     /* A new reference: getting a buffer may run code that changes the list. */
     PyObject *items = PySequence_Tuple(messages);
@@ -205,7 +247,7 @@ join_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         total += header_size + length;
     }
-    PyObject *wire = PyBytes_FromStringAndSize(NULL, total);
+    wire = PyBytes_FromStringAndSize(NULL, total);
     if (wire == NULL) {
         Py_DECREF(items);
         return NULL;

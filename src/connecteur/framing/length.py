@@ -83,7 +83,7 @@ class LengthPrefixed:
             on with the next message (see the framing package).
     """
 
-    __slots__ = ("_join", "_little_endian", "_struct", "header", "max_size", "on_oversize")
+    __slots__ = ("_header_size", "_join", "_little_endian", "_struct", "header", "max_size", "on_oversize")
 
     def __init__(
         self, header: str = "!I", max_size: int = DEFAULT_MAX_SIZE, *, on_oversize: OnOversize = "close"
@@ -96,6 +96,7 @@ class LengthPrefixed:
         self._struct = struct.Struct(header)
         self.max_size = min(_check_max_size(max_size), 2 ** (8 * self._struct.size) - 1)
         self.on_oversize: OnOversize = _check_on_oversize(on_oversize)
+        self._header_size = self._struct.size
         self._little_endian = header.startswith("<")
         self._join = _C_JOIN if SPEEDUPS else None  # the C routine framing a list of messages, or None
 
@@ -134,7 +135,7 @@ class LengthPrefixed:
             MessageTooLarge: a message is longer than `max_size`.
         """
         if self._join is not None and type(messages) is list:
-            wire = self._join(messages, self._struct.size, self._little_endian, self.max_size)
+            wire = self._join(messages, self._header_size, self._little_endian, self.max_size)
             if wire is not None:
                 return wire  # else one is too large: the loop below raises for it
         pack, max_size = self._struct.pack, self.max_size
