@@ -16,9 +16,9 @@ from . import framing as framing
 from ._envelope import Heartbeat as Heartbeat
 from ._keepalive import Keepalive as Keepalive
 from ._multiplexed import MultiplexedConnection as MultiplexedConnection
-from ._reconnect import Backoff as Backoff
 from ._reconnect import ReconnectingConnection as ReconnectingConnection
 from ._reconnect_mux import ReconnectingMultiplexedConnection as ReconnectingMultiplexedConnection
+from ._redial import Backoff as Backoff
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .connection import connect_nowait as connect_nowait

@@ -1,20 +1,24 @@
-"""The asyncio `ReconnectingConnection`: the blocking one's policy (`Redialer`) on the running loop."""
+"""The asyncio `ReconnectingConnection`: the blocking one's policy (`Redialer`) on the running loop.
+
+And `AioRedialling`, the re-dialling loop of both asyncio reconnecting clients.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, final
+from typing import Any, Protocol, Self, TypeVar, final
 
-from ._reconnect import Backoff, Counted, Redialer, in_flight_error, is_link_failure, logger
-from .address import format_address
+from ._redial import Backoff, Reconnecting, is_link_failure
 from .errors import ConnectionClosed
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+A = TypeVar("A", bound="_Closable")
 
 
 class Connection(Protocol[T_co]):
@@ -39,11 +43,73 @@ class Connection(Protocol[T_co]):
     def _abandon(self, why: str) -> None: ...
 
 
-__all__ = ["ReconnectingConnection"]
+__all__ = ["AioRedialling", "ReconnectingConnection"]
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class AioRedialling(Reconnecting[A]):
+    """What both asyncio reconnecting clients share: re-dialling, its back-off waits, ``async with``."""
+
+    _REPR_PREFIX = "aio."
+    _dial: Callable[[float | None], Awaitable[A]]
+    _closing: asyncio.Event
+
+    async def _redial(self, deadline: float | None, seconds: float | None) -> A:
+        """Dial until a link is open and greeted, by `deadline` (of a call of `seconds`); the caller holds the lock."""
+        policy = self._policy
+        while True:
+            self._check_open()
+            now = time.monotonic()
+            policy.check_deadline(deadline, now, seconds)
+            if policy.due > now:
+                await self._sleep(policy.due - now)
+                continue
+            try:
+                conn = await self._dial(self._remaining(deadline))
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            try:
+                await self._greet(conn)
+            except Exception as exc:
+                await conn.close()
+                self._failed(exc, greeting=True)
+                continue
+            self._adopt(conn)
+            return conn
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `close()` is called."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        except TimeoutError:
+            pass
+
+    async def _greet(self, conn: A) -> None:
+        if self._on_connect is not None:
+            result = self._on_connect(conn)
+            if inspect.isawaitable(result):
+                await result
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the link and stop re-dialling."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
 
 @final
-class ReconnectingConnection(Counted, Generic[T]):
+class ReconnectingConnection(AioRedialling[Connection[T]]):
     """An asyncio client that re-dials its server when the link dies; made by ``await connect(..., reconnect=...)``.
 
     The blocking `connecteur.ReconnectingConnection`'s rules, awaitable:
@@ -68,48 +134,18 @@ class ReconnectingConnection(Counted, Generic[T]):
         on_connect: Callable[[Connection[T]], object] | None,
         timeout: float | None,
     ) -> None:
+        super().__init__(
+            address=address, backoff=backoff, on_connect=on_connect, timeout=timeout, closing=asyncio.Event()
+        )
         self._dial = dial
-        self._on_connect = on_connect
-        self._timeout = timeout
-        self._policy = Redialer(backoff, address)
-        self._conn: Connection[T] | None = None
         self._lock = asyncio.Lock()
-        self._closing = asyncio.Event()
-        self.address: object = address
-        """The server's address, as given to `connect`."""
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closing.is_set() else "connected" if self._conn is not None else "disconnected"
-        return f"<aio.ReconnectingConnection {state} to {format_address(self.address)}>"
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds allowed for each whole call, re-dials included (None: for ever); settable."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, seconds: float | None) -> None:
-        self._timeout = seconds
 
     @property
     def connection(self) -> Connection[T] | None:
         """The link in use now, None between links."""
         return self._conn
 
-    @property
-    def is_closed(self) -> bool:
-        """True once `close()` was called, or the client gave up re-dialling."""
-        return self._closing.is_set()
-
     # --- links -----------------------------------------------------------------
-
-    # Deadlines on time.monotonic(), the policy's clock; links get what remains as their timeout.
-    def _deadline(self) -> float | None:
-        return None if self._timeout is None else time.monotonic() + self._timeout
-
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
-        return None if deadline is None else max(deadline - time.monotonic(), 1e-3)
 
     async def _link(self, deadline: float | None) -> Connection[T]:
         """The open link, re-dialled if needed; its timeout set to what remains of `deadline`."""
@@ -119,78 +155,13 @@ class ReconnectingConnection(Counted, Generic[T]):
                 self._drop(conn, None)
                 conn = None
             if conn is None:
-                conn = await self._redial(deadline)
+                conn = await self._redial(deadline, self._timeout)
         conn.timeout = self._remaining(deadline)
         return conn
 
-    async def _redial(self, deadline: float | None) -> Connection[T]:
-        policy = self._policy
-        while True:
-            self._check_open()
-            now = time.monotonic()
-            policy.check_deadline(deadline, now, self._timeout)
-            if policy.due > now:
-                await self._sleep(policy.due - now)
-                continue
-            try:
-                conn = await self._dial(self._remaining(deadline))
-            except Exception as exc:
-                self._failed(exc)
-                continue
-            try:
-                await self._greet(conn)
-            except Exception as exc:
-                await conn.close()
-                self._failed(exc, greeting=True)
-                continue
-            policy.connected()
-            self._conn = conn
-            return conn
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait `seconds`, or less if `close()` is called."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._closing.wait()
-        except TimeoutError:
-            pass
-
-    async def _greet(self, conn: Connection[T]) -> None:
-        if self._on_connect is not None:
-            result = self._on_connect(conn)
-            if inspect.isawaitable(result):
-                await result
-
-    def _failed(self, exc: Exception, *, greeting: bool = False) -> None:
-        try:
-            self._policy.failed(exc, greeting=greeting)
-        except BaseException:
-            if self._policy.gave_up is not None:
-                self._closing.set()
-            raise
-
     def _drop(self, conn: Connection[T], exc: BaseException | None) -> None:
         conn._abandon("when its link was lost")
-        if self._conn is conn:
-            self._conn = None
-            self._policy.lost(exc)
-
-    def _check_open(self) -> None:
-        if self._closing.is_set():
-            gave_up = self._policy.gave_up
-            why = "with close()" if gave_up is None else f"after giving up re-dialling ({gave_up})"
-            raise ConnectionClosed(f"this connection was closed {why}", by_peer=False)
-
-    def _after_failure(self, conn: Connection[T], exc: Exception, retry: bool) -> None:
-        """Drop a dead link and return if the message may go again; else raise."""
-        if not is_link_failure(exc):
-            raise exc
-        self._drop(conn, exc)
-        if not retry:
-            self._policy.counts["interrupted"] += 1
-            raise in_flight_error(self.address, exc) from exc
-        self._policy.counts["resent"] += 1
-        logger.info("sending a message to %s again (retry=True) on a new link", format_address(self.address))
+        self._forget(conn, exc)
 
     # --- calls -----------------------------------------------------------------
 
@@ -276,11 +247,7 @@ class ReconnectingConnection(Counted, Generic[T]):
             if not is_link_failure(exc):
                 raise
             self._drop(conn, exc)
-            self._policy.counts["interrupted"] += 1
-            raise ConnectionClosed(
-                f"the connection to {format_address(self.address)} was lost while waiting for a message ({exc});"
-                " what the server sent meanwhile is lost, and the next call reconnects"
-            ) from exc
+            raise self._lost_while_waiting(exc) from exc
         self._policy.healthy()
         return message
 
@@ -303,11 +270,3 @@ class ReconnectingConnection(Counted, Generic[T]):
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -21,11 +21,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, final
+from typing import Any, TypeVar, final
 
-from ._multiplexed import Default, MultiplexedConnection, NotSent
-from ._reconnect import Backoff, Counted, Redialer, in_flight_error, is_link_failure, logger
+from ._multiplexed import Default, MultiplexedConnection
+from ._reconnect import Redialling
+from ._redial import Backoff, Multiplexed
 from .address import format_address
 from .errors import ConnectionClosed, Timeout
 
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 @final
-class ReconnectingMultiplexedConnection(Counted, Generic[T]):
+class ReconnectingMultiplexedConnection(Redialling[MultiplexedConnection[T]], Multiplexed[MultiplexedConnection[T]]):
     """A multiplexed client shared by many threads that re-dials when its link dies.
 
     Made by ``connect(address, multiplexed=True, reconnect=Backoff(...))``.
@@ -65,31 +65,12 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
         on_connect: Callable[[MultiplexedConnection[T]], object] | None,
         timeout: float | None,
     ) -> None:
+        super().__init__(
+            address=address, backoff=backoff, on_connect=on_connect, timeout=timeout, closing=threading.Event()
+        )
         self._dial = dial
-        self._on_connect = on_connect
-        self._timeout = timeout
-        self._policy = Redialer(backoff, address)
-        self._conn: MultiplexedConnection[T] | None = None
         self._dialling = threading.Lock()  # one re-dial at a time; held through its back-off waits
         self._state = threading.Lock()  # the current link and the counters
-        self._closing = threading.Event()  # wakes a back-off wait at close()
-        self._late_replies = 0  # of links gone
-        self._one_way_dropped = 0
-        self.address: object = address
-        """The server's address, as given to `connect`."""
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closing.is_set() else "connected" if self._conn is not None else "disconnected"
-        return f"<ReconnectingMultiplexedConnection {state} to {format_address(self.address)}>"
-
-    @property
-    def timeout(self) -> float | None:
-        """The default seconds allowed for each whole call, re-dials included (None: for ever); settable."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, seconds: float | None) -> None:
-        self._timeout = seconds
 
     @property
     def connection(self) -> MultiplexedConnection[T] | None:
@@ -97,27 +78,9 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
         return self._conn
 
     @property
-    def is_closed(self) -> bool:
-        """True once `close()` was called, or the client gave up re-dialling."""
-        return self._closing.is_set()
-
-    @property
-    def in_flight(self) -> int:
-        """Requests sent on the current link and not answered yet."""
-        conn = self._conn
-        return 0 if conn is None else conn.in_flight
-
-    @property
     def late_replies(self) -> int:
         """Replies dropped because their request had timed out, on every link."""
-        conn = self._conn
-        return self._late_replies + (0 if conn is None else conn.late_replies)
-
-    @property
-    def one_way_dropped(self) -> int:
-        """One-way messages from the server dropped because `recv` left too many waiting, on every link."""
-        conn = self._conn
-        return self._one_way_dropped + (0 if conn is None else conn.one_way_dropped)
+        return self._all_late_replies()
 
     # --- links -----------------------------------------------------------------
 
@@ -141,84 +104,26 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
                 conn = None
             if conn is None:
                 conn = self._redial(deadline, seconds)
+                if self._closing.is_set():  # close() ran meanwhile and could not see this link
+                    conn.close()
         finally:
             self._dialling.release()
         return conn
 
-    def _redial(self, deadline: float | None, seconds: float | None) -> MultiplexedConnection[T]:
-        policy = self._policy
-        while True:
-            self._check_open()
-            now = time.monotonic()
-            policy.check_deadline(deadline, now, seconds)
-            if policy.due > now and self._closing.wait(policy.due - now):
-                continue  # closed meanwhile: _check_open raises
-            try:
-                conn = self._dial(_remaining(deadline))
-            except Exception as exc:
-                self._failed(exc)
-                continue
-            try:
-                if self._on_connect is not None:
-                    self._on_connect(conn)
-            except Exception as exc:
-                conn.close()
-                self._failed(exc, greeting=True)
-                continue
-            with self._state:
-                policy.connected()
-                self._conn = conn
-            if self._closing.is_set():  # close() ran meanwhile and could not see this link
-                conn.close()
-            return conn
-
-    def _failed(self, exc: Exception, *, greeting: bool = False) -> None:
-        try:
-            self._policy.failed(exc, greeting=greeting)
-        except BaseException:
-            if self._policy.gave_up is not None:
-                self._closing.set()
-            raise
+    def _adopt(self, conn: MultiplexedConnection[T]) -> None:
+        with self._state:
+            super()._adopt(conn)
 
     def _drop(self, conn: MultiplexedConnection[T], exc: BaseException | None) -> None:
         """Forget a dead link (once, whichever thread sees it first) and close it."""
         with self._state:
-            current = self._conn is conn
-            if current:
-                self._conn = None
-                self._late_replies += conn.late_replies
-                self._one_way_dropped += conn.one_way_dropped
-                self._policy.lost(exc)
+            current = self._forget(conn, exc)
         if current:
             conn.close()
 
-    def _check_open(self) -> None:
-        if self._closing.is_set():
-            gave_up = self._policy.gave_up
-            why = "with close()" if gave_up is None else f"after giving up re-dialling ({gave_up})"
-            raise ConnectionClosed(f"this connection was closed {why}", by_peer=False)
-
     def _count(self, name: str) -> None:
         with self._state:
-            self._policy.counts[name] += 1
-
-    def _after_failure(self, conn: MultiplexedConnection[T], exc: Exception, retry: bool) -> None:
-        """Drop the dead link and return if the message may go on the next one; else raise."""
-        if not is_link_failure(exc):
-            raise exc
-        self._drop(conn, exc)
-        if isinstance(exc, NotSent):
-            return  # the link was dead before the message left: nothing to fear from sending it
-        self._check_open()  # closed by close(): say so, not "lost in flight"
-        if not retry:
-            self._count("interrupted")
-            raise in_flight_error(self.address, exc) from exc
-        self._count("resent")
-        logger.info("sending a message to %s again (retry=True) on a new link", format_address(self.address))
-
-    def _seconds(self, timeout: float | Default | None) -> tuple[float | None, float | None]:
-        seconds = self._timeout if isinstance(timeout, Default) else timeout
-        return seconds, None if seconds is None else time.monotonic() + seconds
+            super()._count(name)
 
     # --- calls -----------------------------------------------------------------
 
@@ -245,7 +150,7 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
         while True:
             conn = self._link(deadline, seconds)
             try:
-                reply = conn.request(message, timeout=_remaining(deadline))
+                reply = conn.request(message, timeout=self._remaining(deadline))
             except Exception as exc:
                 self._after_failure(conn, exc, retry)
                 continue
@@ -264,7 +169,7 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
         while True:
             conn = self._link(deadline, seconds)
             try:
-                conn.send(message, timeout=_remaining(deadline))
+                conn.send(message, timeout=self._remaining(deadline))
             except Exception as exc:
                 self._after_failure(conn, exc, retry)
                 continue
@@ -284,15 +189,11 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
         if conn is None:
             conn = self._link(deadline, seconds)
         try:
-            message = conn.recv(timeout=_remaining(deadline))
+            message = conn.recv(timeout=self._remaining(deadline))
         except ConnectionClosed as exc:
             self._drop(conn, exc)
             self._check_open()
-            self._count("interrupted")
-            raise ConnectionClosed(
-                f"the connection to {format_address(self.address)} was lost while waiting for a message ({exc});"
-                " what the server sent meanwhile is lost, and the next call reconnects"
-            ) from exc
+            raise self._lost_while_waiting(exc) from exc
         self._policy.healthy()
         return message
 
@@ -303,15 +204,3 @@ class ReconnectingMultiplexedConnection(Counted, Generic[T]):
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 1e-3)

@@ -34,7 +34,7 @@ from ._aio_reconnect_mux import ReconnectingMultiplexedConnection
 from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_ERRORS, Channel, ChannelSpec
 from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import Keepalive, KeepaliveLike, as_keepalive
-from ._reconnect import Backoff
+from ._redial import Backoff
 from ._skipping import report_skips
 from .address import Address, AddressLike, TcpAddress, UnixAddress, format_address, parse_address
 from .codecs import Codec

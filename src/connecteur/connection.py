@@ -29,8 +29,9 @@ from ._channel import DEFAULT_HANDSHAKE_TIMEOUT, Channel, ChannelSpec
 from ._envelope import Heartbeat, heartbeat_of
 from ._keepalive import KeepaliveLike, as_keepalive
 from ._multiplexed import MultiplexedConnection
-from ._reconnect import Backoff, ReconnectingConnection
+from ._reconnect import ReconnectingConnection
 from ._reconnect_mux import ReconnectingMultiplexedConnection
+from ._redial import Backoff
 from ._skipping import report_skips
 from .address import AddressLike, format_address, parse_address
 from .codecs import Codec
