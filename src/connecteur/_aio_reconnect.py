@@ -73,12 +73,15 @@ class AioRedialling(Reconnecting[A]):
                 self._failed(exc)
                 continue
             try:
+                self._greet_start(conn)
                 await self._greet(conn)
+                self._adopt(conn)
             except Exception as exc:
                 await conn.close()
+                self._greeted = None  # once closed: a close() that finds it meanwhile closes it too
+                self._check_open()  # close() ran: say so, not what on_connect met on the closed link
                 self._failed(exc, greeting=True)
                 continue
-            self._adopt(conn)
             return conn
 
     async def _sleep(self, seconds: float) -> None:
@@ -265,8 +268,11 @@ class ReconnectingConnection(AioRedialling[Connection[T]]):
             yield message
 
     async def close(self) -> None:
-        """Close the link and stop re-dialling (a back-off wait ends). Idempotent."""
+        """Close the link and stop re-dialling (a back-off wait ends). Idempotent.
+
+        A link another task's re-dial is greeting (in `on_connect`) is
+        closed too, and that call raises `ConnectionClosed`.
+        """
         self._closing.set()
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        for conn in self._take_links():
             await conn.close()

@@ -92,8 +92,6 @@ class ReconnectingMultiplexedConnection(AioRedialling[MultiplexedConnection[T]],
                 conn = None
             if conn is None:
                 conn = await self._redial(deadline, seconds)
-                if self._closing.is_set():  # close() ran during on_connect and could not see this link
-                    await conn.close()
         finally:
             self._dialling.release()
         return conn
@@ -189,8 +187,7 @@ class ReconnectingMultiplexedConnection(AioRedialling[MultiplexedConnection[T]],
     async def close(self) -> None:
         """Close the link and stop re-dialling (a back-off wait ends). Idempotent."""
         self._closing.set()
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        for conn in self._take_links():
             await conn.close()
         for closing in list(self._gone):
             await closing

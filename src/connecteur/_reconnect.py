@@ -76,13 +76,16 @@ class Redialling(Reconnecting[B]):
                 self._failed(exc)
                 continue
             try:
+                self._greet_start(conn)
                 if self._on_connect is not None:
                     self._on_connect(conn)
+                self._adopt(conn)
             except Exception as exc:
                 conn.close()
+                self._greeted = None  # once closed: a close() that finds it meanwhile closes it too
+                self._check_open()  # close() ran: say so, not what on_connect met on the closed link
                 self._failed(exc, greeting=True)
                 continue
-            self._adopt(conn)
             return conn
 
     @abstractmethod
@@ -270,10 +273,13 @@ class ReconnectingConnection(Redialling[Connection[T]]):
                 self._check_open()
 
     def close(self) -> None:
-        """Close the link and stop re-dialling (a back-off wait in another thread ends). Idempotent."""
+        """Close the link and stop re-dialling (a back-off wait in another thread ends). Idempotent.
+
+        A link another thread's re-dial is greeting (in `on_connect`) is
+        closed too, and that call raises `ConnectionClosed`.
+        """
         self._closing.set()
-        conn, self._conn = self._conn, None  # not under the lock: a re-dial may hold it, waiting for _closing
-        if conn is not None:
+        for conn in self._take_links():  # not under the lock: a re-dial may hold it, in on_connect
             _end(conn)
 
 

@@ -104,8 +104,6 @@ class ReconnectingMultiplexedConnection(Redialling[MultiplexedConnection[T]], Mu
                 conn = None
             if conn is None:
                 conn = self._redial(deadline, seconds)
-                if self._closing.is_set():  # close() ran meanwhile and could not see this link
-                    conn.close()
         finally:
             self._dialling.release()
         return conn
@@ -201,6 +199,6 @@ class ReconnectingMultiplexedConnection(Redialling[MultiplexedConnection[T]], Mu
         """Close the link and stop re-dialling; calls waiting in other threads raise `ConnectionClosed`. Idempotent."""
         self._closing.set()
         with self._state:
-            conn, self._conn = self._conn, None
-        if conn is not None:
+            links = self._take_links()
+        for conn in links:
             conn.close()

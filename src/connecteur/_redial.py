@@ -262,6 +262,7 @@ class Reconnecting(Generic[L]):
         self._timeout = timeout
         self._policy = Redialer(backoff, address)
         self._conn: L | None = None
+        self._greeted: L | None = None  # a new link given to on_connect, not in use yet: close() closes it too
         self._closing = closing  # set by close() or on giving up; wakes a back-off wait
         self.address: object = address
         """The server's address, as given to `connect`."""
@@ -327,10 +328,37 @@ class Reconnecting(Generic[L]):
                 self._closing.set()
             raise
 
+    def _greet_start(self, conn: L) -> None:
+        """A new link goes to `on_connect`: `close()` closes it from now on; raise if `close()` ran during the dial."""
+        self._greeted = conn
+        self._check_open()
+
     def _adopt(self, conn: L) -> None:
-        """Make a new link, `on_connect` done, the one in use."""
+        """Make a new link, `on_connect` done, the one in use; raise if `close()` ran during `on_connect`.
+
+        `close()` then closed the link already (`_take_links`); the re-dial
+        closes it again and raises the closed error: nothing is sent on it.
+        """
+        self._check_open()
         self._policy.connected()
         self._conn = conn
+        self._greeted = None  # after _conn is set: a link moving from one to the other is in one of them
+
+    def _take_links(self) -> list[L]:
+        """Stop using every link, for `close()`, once `_closing` is set; return them, to be closed.
+
+        The one in use, and the one `on_connect` is given now by a re-dial
+        in another thread or task. `_greeted` is read before `_conn`, the
+        other order from `_adopt`'s, so that a link moving from one to the
+        other is seen; a link dialled before `_closing` was set and not
+        greeted yet is closed by its re-dial (`_greet_start` raises).
+        """
+        greeted = self._greeted
+        conn, self._conn = self._conn, None
+        links: list[L] = [] if conn is None else [conn]
+        if greeted is not None and greeted is not conn:
+            links.append(greeted)
+        return links
 
     def _forget(self, conn: L, exc: BaseException | None) -> bool:
         """Stop using `conn`, found dead (`exc`), if it is the link in use; False if it was not."""

@@ -343,6 +343,112 @@ def test_close_wakes_a_receiver_and_ends_iteration(server: Server) -> None:
     assert failures and "close()" in str(failures[0])
 
 
+ON_CONNECT_WAITS = ["on an event", "on its link"]
+
+
+@pytest.mark.parametrize("waits", ON_CONNECT_WAITS)
+def test_close_while_another_thread_runs_on_connect_closes_the_new_link(
+    server: Server, executions: Executions, waits: str
+) -> None:
+    """close() comes while a call re-dials and its on_connect runs: close() closes that link, and the call raises.
+
+    "on its link": on_connect waits for a message the server never sends, and
+    turns the link's end into an error of its own, as an authentication step
+    would; the call still says that close() ended it.
+    """
+    greeting, gate = threading.Event(), threading.Event()
+    links: list[connecteur.Connection[bytes]] = []
+
+    def greet(link: connecteur.Connection[bytes]) -> None:
+        links.append(link)
+        if len(links) == 1:
+            return
+        assert link.request(b"hello") == b"done hello"  # the server has this link: it sees it end
+        greeting.set()
+        if waits == "on an event":
+            gate.wait(TIMEOUT)
+            return
+        try:
+            link.recv()  # only close() ends this wait
+        except ConnectionClosed as exc:
+            raise PermissionError("not authenticated") from exc
+
+    failures: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            conn.request(b"late")
+        except Exception as exc:
+            failures.append(exc)
+
+    conn = connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST, on_connect=greet)
+    caller = threading.Thread(target=late)
+    try:
+        assert conn.connection is not None
+        conn.connection.close()  # the next call re-dials
+        caller.start()
+        assert greeting.wait(TIMEOUT)
+        conn.close()
+        wait_until(lambda: server.stats.active == 0, what="close() to close the link being greeted")
+        gate.set()
+        caller.join(TIMEOUT)
+        assert not caller.is_alive()
+    finally:
+        gate.set()
+        conn.close()
+        if caller.ident is not None:
+            caller.join(TIMEOUT)
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionClosed), failures
+    assert "with close()" in str(failures[0])
+    assert links[1].is_closed and conn.connection is None
+    assert executions.count[b"late"] == 0
+
+
+@pytest.mark.parametrize("waits", ON_CONNECT_WAITS)
+def test_aio_close_while_another_task_runs_on_connect_closes_the_new_link(
+    server: Server, executions: Executions, waits: str
+) -> None:
+    async def main() -> None:
+        greeting, gate = asyncio.Event(), asyncio.Event()
+        links: list[connecteur.aio.Connection[bytes]] = []
+
+        async def greet(link: connecteur.aio.Connection[bytes]) -> None:
+            links.append(link)
+            if len(links) == 1:
+                return
+            assert await link.request(b"hello") == b"done hello"  # the server has this link: it sees it end
+            greeting.set()
+            if waits == "on an event":
+                await gate.wait()
+                return
+            try:
+                await link.recv()  # only close() ends this wait
+            except ConnectionClosed as exc:
+                raise PermissionError("not authenticated") from exc
+
+        conn = await connecteur.aio.connect(server.address, timeout=TIMEOUT, reconnect=FAST, on_connect=greet)
+        try:
+            assert conn.connection is not None
+            await conn.connection.close()  # the next call re-dials
+            request = asyncio.ensure_future(conn.request(b"late"))
+            await greeting.wait()
+            await conn.close()
+            deadline = time.monotonic() + TIMEOUT / 2
+            while server.stats.active:
+                assert time.monotonic() < deadline, "close() did not close the link being greeted"
+                await asyncio.sleep(0.005)
+            gate.set()
+            with pytest.raises(ConnectionClosed, match=r"with close\(\)"):
+                await request
+            assert links[1].is_closed and conn.connection is None
+        finally:
+            gate.set()
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    assert executions.count[b"late"] == 0
+
+
 def test_aio_a_link_the_server_closed_between_requests_is_replaced_before_sending(executions: Executions) -> None:
     async def main(server: Server) -> None:
         async with await connecteur.aio.connect(server.address, timeout=TIMEOUT, reconnect=FAST) as conn:

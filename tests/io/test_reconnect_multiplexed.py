@@ -308,6 +308,50 @@ def test_aio_a_link_that_ended_just_before_the_send_passes_the_request_to_the_ne
     assert log.count[b"two"] == 1
 
 
+def test_close_while_another_thread_runs_on_connect_closes_the_new_link(log: Log) -> None:
+    """close() does not wait for on_connect to end: it closes the link being greeted, and the call raises."""
+    greeting, gate = threading.Event(), threading.Event()
+    links: list[connecteur.MultiplexedConnection[bytes]] = []
+
+    def greet(link: connecteur.MultiplexedConnection[bytes]) -> None:
+        links.append(link)
+        if len(links) == 2:
+            assert link.request(b"hello") == b"done hello"  # the server has this link: it sees it end
+            greeting.set()
+            gate.wait(TIMEOUT)  # close() comes now
+
+    failures: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            conn.request(b"late")
+        except Exception as exc:
+            failures.append(exc)
+
+    with Server(log, "127.0.0.1:0", engine="threads", multiplexed=True) as server:
+        conn = connecteur.connect(server.address, multiplexed=True, reconnect=FAST, on_connect=greet, timeout=TIMEOUT)
+        caller = threading.Thread(target=late)
+        try:
+            assert conn.connection is not None
+            conn.connection.close()  # the next call re-dials
+            caller.start()
+            assert greeting.wait(TIMEOUT)
+            conn.close()
+            wait_until(lambda: server.stats.active == 0, what="close() to close the link being greeted")
+            gate.set()
+            caller.join(TIMEOUT)
+            assert not caller.is_alive()
+        finally:
+            gate.set()
+            conn.close()
+            if caller.ident is not None:
+                caller.join(TIMEOUT)
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionClosed), failures
+    assert "with close()" in str(failures[0])
+    assert links[1].is_closed
+    assert log.count[b"late"] == 0
+
+
 def test_aio_close_during_on_connect_closes_the_new_link_and_nothing_is_sent_on_it(proxy: Proxy, log: Log) -> None:
     async def main() -> None:
         gate = asyncio.Event()
