@@ -12,7 +12,9 @@ than its limit plus a header, messages that are not exactly the bytes they
 were cut from, or a failed decoder that accepts more bytes. Where the C split
 of length-prefixed reads is built (``framing/_speedups.c``), a `LengthPrefixed`
 input also feeds a twin decoder splitting in Python: a crash is any
-difference between the two, in messages, errors or bytes held. See README.md.
+difference between the two, in messages, errors or bytes held; and the
+messages of each piece, joined again by the C join (`encode_all`), must be
+the bytes the Python `encode` gives. See README.md.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def TestOneInput(data: bytes) -> None:  # the name libFuzzer's Python binding lo
             piece = provider.ConsumeBytes(provider.ConsumeIntInRange(1, 16))
             stream += piece
             messages = _feed(decoder, twin, piece)
-            decoded += b"".join(framing.encode(m) for m in messages)
+            decoded += _encoded(framing, messages)
             if decoded != stream[: len(stream) - decoder.buffered]:
                 raise AssertionError(f"{framing!r}: messages {messages!r} are not the bytes fed")
             if decoder.buffered > framing.max_size + overhead:
@@ -79,6 +81,14 @@ def TestOneInput(data: bytes) -> None:  # the name libFuzzer's Python binding lo
         except FramingError:
             return
         raise AssertionError(f"{framing!r}: a failed or ended decoder accepted more bytes") from None
+
+
+def _encoded(framing: Framing, messages: list[bytes]) -> bytes:
+    """The messages' wire bytes, by `encode`; with the C join built, `encode_all` must give the same."""
+    wire = b"".join(framing.encode(m) for m in messages)
+    if SPEEDUPS and isinstance(framing, LengthPrefixed) and framing.encode_all(messages) != wire:
+        raise AssertionError(f"the C join gave {framing.encode_all(messages)!r}, encode {wire!r}")
+    return wire
 
 
 def _feed(decoder: Decoder, twin: Decoder | None, piece: bytes) -> list[bytes]:

@@ -3,8 +3,9 @@
 Its decoder has a `feed` of its own (measured: see `_LengthPrefixedDecoder`),
 reads a large message's body straight from the socket (`DirectDecoder`), grows
 that body as its bytes arrive, and lends finished bodies to the next message
-through a `BodyPool`. No I/O. Where the compiled build has it, a small C
-routine (``_speedups.c``) splits the whole messages of a read (`SPEEDUPS`).
+through a `BodyPool`. No I/O. Where the compiled build has them, small C
+routines (``_speedups.c``) split the whole messages of a read and join
+replies after their headers (`SPEEDUPS`).
 """
 
 from __future__ import annotations
