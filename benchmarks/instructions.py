@@ -63,7 +63,7 @@ COUNTS |= {"mux-rr": COUNTS["rr"], "mux-pipeline": COUNTS["pipeline"]}
 """Messages of the short and the long run of each workload."""
 MANY_CONNECTIONS = 100
 BATCH = 500  # pipeline: messages per write
-START_TIMEOUT = 120.0  # seconds for a server under valgrind to start listening
+START_TIMEOUT = 600.0  # seconds for a server under valgrind to start listening: 120 failed at loads above 10
 IO_TIMEOUT = 60.0
 
 
