@@ -228,6 +228,17 @@ def test_the_c_join_refuses_what_encode_all_never_passes(args: tuple[object, ...
         length._C_JOIN(*args)  # type: ignore[arg-type]
 
 
+@needs_c
+@pytest.mark.parametrize("header", [order + code for order in "!<>" for code in "BH"])  # 4 GiB for "I": too long
+def test_the_c_join_gives_up_on_a_message_its_header_cannot_say(header: str) -> None:
+    """Whatever `max_size` it is given: a header that wrapped would frame the wrong bytes."""
+    assert length._C_JOIN is not None
+    size = struct.calcsize(header)
+    too_long = b"x" * 2 ** (8 * size)
+    assert length._C_JOIN([b"ok", too_long], size, header.startswith("<"), 2**64 - 1) is None
+    assert length._C_JOIN([b"ok"], size, header.startswith("<"), 2**64 - 1) == struct.pack(header, 2) + b"ok"
+
+
 def speedups_in_a_fresh_interpreter(**environ: str) -> str:
     code = "from connecteur.framing import length; print(length.SPEEDUPS, length._C_SPLIT is not None)"
     env = {**os.environ, **environ}

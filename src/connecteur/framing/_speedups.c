@@ -71,6 +71,12 @@ parse_header(PyObject *const *args, Py_ssize_t *header_size, int *little_endian,
         PyErr_Format(PyExc_ValueError, "a header of %zd bytes", *header_size);
         return -1;
     }
+    if (*header_size < 8) {  /* never past what the header can say: a joined header must not wrap */
+        unsigned long long largest = (1ULL << (8 * *header_size)) - 1;
+        if (*max_size > largest) {
+            *max_size = largest;
+        }
+    }
     return 0;
 }
 
