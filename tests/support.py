@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -36,6 +37,41 @@ def cuts(data: bytes, draw: st.DataObject, *, max_piece: int = 64) -> Iterator[b
 def one_byte_at_a_time(data: bytes) -> Iterator[bytes]:
     """Every byte of `data` as its own piece."""
     return (data[i : i + 1] for i in range(len(data)))
+
+
+def close_while_greeting(
+    conn: Any, active: Callable[[], int], greeting: threading.Event, gate: threading.Event, call: Callable[[], object]
+) -> list[BaseException]:
+    """Close a reconnecting client while another thread's `call` re-dials and its ``on_connect`` waits.
+
+    `call` runs in a thread; once ``on_connect`` on the new link sets
+    `greeting` (and waits for `gate` or on its link), `conn` is closed, and
+    the server's `active` count must reach 0 before `gate` lets ``on_connect``
+    return: the peer saw the link end. Returns what `call` raised.
+    """
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except Exception as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=run)
+    try:
+        caller.start()
+        assert greeting.wait(TIMEOUT)
+        conn.close()
+        wait_until(lambda: active() == 0, what="close() to close the link being greeted")
+        gate.set()
+        caller.join(TIMEOUT)
+        assert not caller.is_alive()
+    finally:
+        gate.set()
+        conn.close()
+        if caller.ident is not None:
+            caller.join(TIMEOUT)
+    return failures
 
 
 def wait_until(condition: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition") -> None:

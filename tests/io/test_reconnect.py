@@ -17,7 +17,7 @@ import pytest
 import connecteur
 from connecteur import Backoff, ConnectionClosed, Server, Timeout
 from connecteur.tools.proxy import Faults, Proxy
-from tests.support import TIMEOUT, wait_until
+from tests.support import TIMEOUT, close_while_greeting, wait_until
 from tests.tls_support import make_pki
 
 FAST = Backoff(initial=0.01, factor=2, maximum=0.1)
@@ -373,31 +373,10 @@ def test_close_while_another_thread_runs_on_connect_closes_the_new_link(
         except ConnectionClosed as exc:
             raise PermissionError("not authenticated") from exc
 
-    failures: list[BaseException] = []
-
-    def late() -> None:
-        try:
-            conn.request(b"late")
-        except Exception as exc:
-            failures.append(exc)
-
     conn = connecteur.connect(server.address, timeout=TIMEOUT, reconnect=FAST, on_connect=greet)
-    caller = threading.Thread(target=late)
-    try:
-        assert conn.connection is not None
-        conn.connection.close()  # the next call re-dials
-        caller.start()
-        assert greeting.wait(TIMEOUT)
-        conn.close()
-        wait_until(lambda: server.stats.active == 0, what="close() to close the link being greeted")
-        gate.set()
-        caller.join(TIMEOUT)
-        assert not caller.is_alive()
-    finally:
-        gate.set()
-        conn.close()
-        if caller.ident is not None:
-            caller.join(TIMEOUT)
+    assert conn.connection is not None
+    conn.connection.close()  # the next call re-dials
+    failures = close_while_greeting(conn, lambda: server.stats.active, greeting, gate, lambda: conn.request(b"late"))
     assert len(failures) == 1 and isinstance(failures[0], ConnectionClosed), failures
     assert "with close()" in str(failures[0])
     assert links[1].is_closed and conn.connection is None

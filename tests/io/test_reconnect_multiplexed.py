@@ -22,7 +22,7 @@ import connecteur
 from connecteur import Backoff, ConnectionClosed, Heartbeat, RemoteError, Server, Timeout
 from connecteur._multiplexed import NotSent
 from connecteur.tools.proxy import Faults, Proxy
-from tests.support import TIMEOUT, wait_until
+from tests.support import TIMEOUT, close_while_greeting, wait_until
 
 FAST = Backoff(initial=0.01, factor=2, maximum=0.1)
 STOP = 0.2
@@ -320,32 +320,13 @@ def test_close_while_another_thread_runs_on_connect_closes_the_new_link(log: Log
             greeting.set()
             gate.wait(TIMEOUT)  # close() comes now
 
-    failures: list[BaseException] = []
-
-    def late() -> None:
-        try:
-            conn.request(b"late")
-        except Exception as exc:
-            failures.append(exc)
-
     with Server(log, "127.0.0.1:0", engine="threads", multiplexed=True) as server:
         conn = connecteur.connect(server.address, multiplexed=True, reconnect=FAST, on_connect=greet, timeout=TIMEOUT)
-        caller = threading.Thread(target=late)
-        try:
-            assert conn.connection is not None
-            conn.connection.close()  # the next call re-dials
-            caller.start()
-            assert greeting.wait(TIMEOUT)
-            conn.close()
-            wait_until(lambda: server.stats.active == 0, what="close() to close the link being greeted")
-            gate.set()
-            caller.join(TIMEOUT)
-            assert not caller.is_alive()
-        finally:
-            gate.set()
-            conn.close()
-            if caller.ident is not None:
-                caller.join(TIMEOUT)
+        assert conn.connection is not None
+        conn.connection.close()  # the next call re-dials
+        failures = close_while_greeting(
+            conn, lambda: server.stats.active, greeting, gate, lambda: conn.request(b"late")
+        )
     assert len(failures) == 1 and isinstance(failures[0], ConnectionClosed), failures
     assert "with close()" in str(failures[0])
     assert links[1].is_closed
