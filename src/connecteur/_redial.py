@@ -463,12 +463,9 @@ class Multiplexed(Reconnecting[M]):
         self._one_way_dropped += conn.one_way_dropped
         return True
 
-    def _after_failure(self, conn: M, exc: Exception, retry: bool) -> None:
-        """Drop the dead link and return if the message may go on the next one; else raise."""
-        if not is_link_failure(exc):
-            raise exc
-        self._drop(conn, exc)
+    def _resend_or_raise(self, exc: Exception, retry: bool) -> None:
+        """As `Reconnecting`'s, but a message that never left (`NotSent`) goes again, and a close() says so."""
         if isinstance(exc, NotSent):
             return  # the link was dead before the message left: nothing to fear from sending it
         self._check_open()  # closed by close(): say so, not "lost in flight"
-        self._resend_or_raise(exc, retry)
+        super()._resend_or_raise(exc, retry)
