@@ -117,6 +117,23 @@ def test_decoders_splitting_in_c_and_in_python_agree_on_any_stream(
             return
 
 
+@pytest.mark.parametrize("c_split", SPLITS)
+@given(messages=st.lists(st.binary(max_size=40), min_size=1, max_size=6), tail=st.binary(max_size=7))
+def test_messages_of_a_read_do_not_share_the_engines_read_buffer(
+    c_split: bool, messages: list[bytes], tail: bytes
+) -> None:
+    """An engine reads into one buffer and feeds a view of it: the messages must outlive the next read into it."""
+    framing = LengthPrefixed()
+    wire = framing.encode_all(messages) + tail[:3]  # whole messages, then maybe part of a header
+    buffer = bytearray(wire)
+    decoder = split_decoder(framing, c_split)
+    with memoryview(buffer) as view:
+        got = decoder.feed(view)
+    buffer[:] = b"\xff" * len(buffer)  # the next read
+    assert got == messages
+    assert decoder.buffered == len(tail[:3])
+
+
 @needs_c
 @pytest.mark.parametrize(
     ("args", "error"),
