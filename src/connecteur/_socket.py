@@ -418,8 +418,23 @@ def check_connected(sock: socket.socket) -> None:
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
         raise OSError(code, os.strerror(code))
-    sock.getpeername()  # raises ENOTCONN if the socket was not writable yet
+    try:
+        sock.getpeername()  # raises ENOTCONN if the socket was not writable yet
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN or not _shows_writable(sock):
+            raise
+        # Connected, then reset before this look, its error already taken (or
+        # arriving just after SO_ERROR was read): the peer ended it.
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
+        raise OSError(code, f"{os.strerror(code)}: the connection ended as it was made") from None
     configure_stream(sock)
+
+
+def _shows_writable(sock: socket.socket) -> bool:
+    """Whether `sock` shows writable now (a connection made, or ended), without waiting."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        return bool(selector.select(0))
 
 
 def bound_address(listener: socket.socket) -> Any:

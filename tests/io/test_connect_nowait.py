@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import selectors
 import socket
+import struct
 
 import pytest
 
@@ -43,6 +45,29 @@ def test_a_refused_connect_nowait_raises_at_finish() -> None:
         wait_writable(sock)
         with pytest.raises(ConnectionRefusedError):
             finish_connect(sock)
+
+
+def test_a_connection_reset_as_it_was_made_raises_a_connection_error_at_finish() -> None:
+    """The peer accepts and resets at once, and the reset's error is gone from SO_ERROR when finish looks.
+
+    Through a proxy that resets every connection (reset_after=0), the reset
+    can land between finish's two looks; without its error, `getpeername`
+    says only ENOTCONN, a plain OSError that callers retrying on
+    ConnectionError did not take for the peer's doing.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sock = connect_nowait(listener.getsockname())
+        with sock:
+            accepted, _ = listener.accept()
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            accepted.close()  # a reset
+            wait_writable(sock)
+            with selectors.DefaultSelector() as selector:  # until the reset arrived: readable, as writable
+                selector.register(sock, selectors.EVENT_READ)
+                assert selector.select(TIMEOUT)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET  # taken, as in the race
+            with pytest.raises(ConnectionResetError):
+                finish_connect(sock)
 
 
 def test_unix_connect_nowait(tmp_path: object) -> None:
